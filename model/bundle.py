@@ -1,0 +1,327 @@
+"""Model bundles: save a trained FM with everything needed to serve it, load and check one.
+
+    bundle/
+      saved_model/   TF SavedModel, signatures side_sums, score_pairs, top_n
+      spec.json      feature spec with golden hashes
+      catalog.npz    movie ids, titles, genres, years and precomputed item side sums
+      metrics.json   data set, split, RMSE/MAE, training time, rating range, config
+      model_id       content hash of the files above; namespaces every cache key
+
+Serving speaks to the SavedModel only through the three signatures, so a bundle trained
+on a GPU serves on a CPU and the other way round. The query side of a request (user +
+context) is a set of side sums; with them, scoring movie j is
+w0 + bias(query) + bias(j) + <s_query, s_j> (see `model.fm.item_bias`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from model.dataset import item_payload
+from model.features import FeatureMap, FeatureSpec, SparseRows, SpecError
+from model.fm import FactorizationMachine, SideSums, item_bias
+
+FORMAT_VERSION = 1
+FILES = ("spec.json", "catalog.npz", "metrics.json")
+
+
+class BundleError(RuntimeError):
+    """A bundle that is missing, corrupt or incompatible with this code."""
+
+
+@dataclass(frozen=True)
+class Sums:
+    """Side sums as numpy arrays: L (n,), s (n, k), q (n,)."""
+
+    L: np.ndarray
+    s: np.ndarray
+    q: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.L)
+
+    def __add__(self, other: Sums) -> Sums:
+        return Sums(self.L + other.L, self.s + other.s, self.q + other.q)
+
+    def take(self, rows: np.ndarray) -> Sums:
+        return Sums(self.L[rows], self.s[rows], self.q[rows])
+
+    @staticmethod
+    def concat(parts: list[Sums]) -> Sums:
+        return Sums(*(np.concatenate([getattr(p, a) for p in parts]) for a in ("L", "s", "q")))
+
+
+_I32 = tf.TensorSpec([None], tf.int32)
+_F32 = tf.TensorSpec([None], tf.float32)
+
+
+class ServingModule(tf.Module):
+    """What the SavedModel holds: the FM, the catalog's item sums, three signatures."""
+
+    def __init__(self, fm: FactorizationMachine, items: SideSums, genre_bits: np.ndarray):
+        super().__init__(name="fmrec")
+        self.fm = fm
+        k = fm.k
+        self.item_s = tf.Variable(items.s, trainable=False, name="item_s")
+        self.item_bias = tf.Variable(item_bias(items), trainable=False, name="item_bias")
+        self.item_genres = tf.Variable(genre_bits, dtype=tf.int64, trainable=False)
+        query = (_F32, tf.TensorSpec([None, k], tf.float32), _F32, _I32, _I32, _F32)
+        self.side_sums = tf.function(self._side_sums, input_signature=(_I32, _I32, _F32,
+                                     tf.TensorSpec([], tf.int32)))
+        self.score_pairs = tf.function(self._score_pairs, input_signature=(
+            *query, _I32, _F32, tf.TensorSpec([None, k], tf.float32), _F32))
+        self.top_n = tf.function(self._top_n, input_signature=(
+            *query, _I32, _I32, tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.int32)))
+
+    def _side_sums(self, row_ids: tf.Tensor, indices: tf.Tensor, values: tf.Tensor,
+                   n_rows: tf.Tensor) -> dict[str, tf.Tensor]:
+        sums = self.fm.side_sums(row_ids, indices, values, n_rows)
+        return {"L": sums.L, "s": sums.s, "q": sums.q}
+
+    def _query(self, L: tf.Tensor, s: tf.Tensor, q: tf.Tensor, ctx_rows: tf.Tensor,
+               ctx_indices: tf.Tensor, ctx_values: tf.Tensor) -> SideSums:
+        """User sums of each request plus the side sums of its context row."""
+        ctx = self.fm.side_sums(ctx_rows, ctx_indices, ctx_values, tf.shape(L)[0])
+        return SideSums(L, s, q) + ctx
+
+    def _score_pairs(self, L: tf.Tensor, s: tf.Tensor, q: tf.Tensor, ctx_rows: tf.Tensor,
+                     ctx_indices: tf.Tensor, ctx_values: tf.Tensor, pair_row: tf.Tensor,
+                     item_L: tf.Tensor, item_s: tf.Tensor, item_q: tf.Tensor
+                     ) -> dict[str, tf.Tensor]:
+        """Score of each (request row, item sums) pair."""
+        query = self._query(L, s, q, ctx_rows, ctx_indices, ctx_values).gather(pair_row)
+        return {"score": self.fm.score(query + SideSums(item_L, item_s, item_q))}
+
+    def _top_n(self, L: tf.Tensor, s: tf.Tensor, q: tf.Tensor, ctx_rows: tf.Tensor,
+               ctx_indices: tf.Tensor, ctx_values: tf.Tensor, exclude_row: tf.Tensor,
+               exclude_item: tf.Tensor, genre_mask: tf.Tensor, n: tf.Tensor
+               ) -> dict[str, tf.Tensor]:
+        """Best n catalog items per request: one matmul, exclusions and genre filter, top-k.
+
+        Excluded or filtered items score -inf; callers drop those from short lists.
+        """
+        query = self._query(L, s, q, ctx_rows, ctx_indices, ctx_values)
+        query_bias = self.fm.w0 + query.L + 0.5 * (
+            tf.reduce_sum(tf.square(query.s), axis=1) - query.q)
+        scores = tf.matmul(query.s, self.item_s, transpose_b=True)
+        scores += query_bias[:, None] + self.item_bias[None, :]
+        wanted = tf.bitwise.bitwise_and(genre_mask[:, None], self.item_genres[None, :])
+        allowed = tf.logical_or(genre_mask[:, None] == 0, wanted != 0)
+        scores = tf.where(allowed, scores, -np.inf)
+        pairs = tf.stack([exclude_row, exclude_item], axis=1)
+        scores = tf.tensor_scatter_nd_update(
+            scores, pairs, tf.fill(tf.shape(exclude_row), tf.constant(-np.inf, tf.float32)))
+        top = tf.math.top_k(scores, k=tf.minimum(n, tf.shape(scores)[1]))
+        return {"items": top.indices, "scores": top.values}
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Movies the model can rank, with their precomputed item side sums."""
+
+    ids: np.ndarray  # str
+    titles: np.ndarray  # str
+    genres: list[list[str]]
+    years: np.ndarray  # int32, 0 = unknown
+    sums: Sums
+    genre_names: list[str]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", {i: n for n, i in enumerate(self.ids.tolist())})
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def row(self, movie_id: str) -> int | None:
+        return self.index.get(movie_id)  # type: ignore[attr-defined, no-any-return]
+
+    def genre_bits(self) -> np.ndarray:
+        """Per movie, a bit per genre (position in `genre_names`): the top_n filter."""
+        pos = {g: n for n, g in enumerate(self.genre_names)}
+        return np.array([sum(1 << pos[g] for g in gs) for gs in self.genres], dtype=np.int64)
+
+    def mask(self, genres: list[str]) -> int:
+        """The genre filter of a request; unknown genre names raise KeyError."""
+        pos = {g.lower(): n for n, g in enumerate(self.genre_names)}
+        return sum(1 << pos[g.lower()] for g in genres)
+
+    def payload(self, row: int) -> dict[str, Any]:
+        year = int(self.years[row])
+        return item_payload(str(self.ids[row]), {
+            "title": str(self.titles[row]), "genres": self.genres[row],
+            "year": year or None})
+
+
+def build_catalog(fm: FactorizationMachine, fmap: FeatureMap,
+                  items: dict[str, dict[str, Any]]) -> Catalog:
+    """Encode every movie once and precompute its item side sums."""
+    ids = sorted(items)
+    genre_names = sorted({g for m in items.values() for g in m.get("genres") or []})
+    if len(genre_names) > 63:
+        raise BundleError(f"{len(genre_names)} genres; the genre filter holds at most 63")
+    rows = fmap.encode("item", [item_payload(i, items[i]) for i in ids])
+    sums = fm.side_sums(tf.constant(rows.row_ids()), tf.constant(rows.indices),
+                        tf.constant(rows.values), tf.constant(rows.n_rows, tf.int32))
+    return Catalog(
+        np.array(ids, dtype=str), np.array([items[i].get("title") or "" for i in ids], dtype=str),
+        [list(items[i].get("genres") or []) for i in ids],
+        np.array([items[i].get("year") or 0 for i in ids], dtype=np.int32),
+        Sums(sums.L.numpy(), sums.s.numpy(), sums.q.numpy()), genre_names,
+    )
+
+
+def content_hash(root: Path) -> str:
+    """sha256 over every file of the bundle but model_id itself, in path order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "model_id"):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def save_bundle(path: str | Path, fm: FactorizationMachine, spec: FeatureSpec,
+                items: dict[str, dict[str, Any]], metrics: dict[str, Any]) -> str:
+    """Write a bundle atomically (to a temp dir, then rename); returns its model id."""
+    target = Path(path)
+    fmap = FeatureMap(spec)
+    catalog = build_catalog(fm, fmap, items)
+    spec = spec.with_golden(
+        [f.token(v) for f in spec.fields for v in ("1", "x")] + [f.key for f in spec.fields])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=target.parent))
+    try:
+        module = ServingModule(fm, SideSums(*(tf.constant(a) for a in (
+            catalog.sums.L, catalog.sums.s, catalog.sums.q))), catalog.genre_bits())
+        tf.saved_model.save(module, str(tmp / "saved_model"), signatures={
+            "side_sums": module.side_sums, "score_pairs": module.score_pairs,
+            "top_n": module.top_n})
+        (tmp / "spec.json").write_text(spec.to_json())
+        np.savez(tmp / "catalog.npz", ids=catalog.ids, titles=catalog.titles,
+                 genres=np.array(["|".join(g) for g in catalog.genres], dtype=str),
+                 years=catalog.years, L=catalog.sums.L, s=catalog.sums.s, q=catalog.sums.q,
+                 genre_names=np.array(catalog.genre_names, dtype=str))
+        meta = {"format_version": FORMAT_VERSION, "k": fm.k, **metrics}
+        (tmp / "metrics.json").write_text(json.dumps(meta, indent=2, default=float))
+        model_id = content_hash(tmp)
+        (tmp / "model_id").write_text(model_id + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return model_id
+
+
+class Bundle:
+    """A loaded, checked bundle: feature map, SavedModel signatures, catalog, metadata."""
+
+    def __init__(self, path: str | Path) -> None:
+        root = Path(path)
+        self.path = root
+        if not root.is_dir():
+            raise BundleError(f"no model bundle at {root} (train one with `fmrec train`)")
+        missing = [f for f in (*FILES, "model_id", "saved_model") if not (root / f).exists()]
+        if missing:
+            raise BundleError(f"bundle {root} is incomplete: missing {', '.join(missing)}")
+        self.model_id = (root / "model_id").read_text().strip()
+        if content_hash(root) != self.model_id:
+            raise BundleError(f"bundle {root} does not match its model_id (corrupt or edited)")
+        try:
+            self.metrics: dict[str, Any] = json.loads((root / "metrics.json").read_text())
+            self.spec = FeatureSpec.from_json((root / "spec.json").read_text())
+            self.spec.check_golden()
+        except (ValueError, SpecError) as exc:
+            raise BundleError(f"bundle {root}: {exc}") from exc
+        if self.metrics.get("format_version") != FORMAT_VERSION:
+            raise BundleError(f"bundle {root} has format {self.metrics.get('format_version')}, "
+                              f"this code reads format {FORMAT_VERSION}")
+        self.fmap = FeatureMap(self.spec)
+        self.k = int(self.metrics["k"])
+        self.rating_range = tuple(self.metrics.get("rating_range", (1.0, 5.0)))
+        try:
+            self.model = tf.saved_model.load(str(root / "saved_model"))
+            with np.load(root / "catalog.npz") as z:
+                self.catalog = Catalog(
+                    z["ids"], z["titles"], [g.split("|") if g else [] for g in z["genres"]],
+                    z["years"], Sums(z["L"], z["s"], z["q"]), z["genre_names"].tolist())
+        except Exception as exc:  # noqa: BLE001 - TF raises many types for a bad file
+            raise BundleError(f"bundle {root}: cannot load ({type(exc).__name__}: {exc})") from exc
+        for name in ("side_sums", "score_pairs", "top_n"):
+            if name not in self.model.signatures:
+                raise BundleError(f"bundle {root}: SavedModel has no {name!r} signature")
+
+    # --- the three signatures, numpy in and out --------------------------------------
+
+    def side_sums(self, rows: SparseRows) -> Sums:
+        out = self.model.signatures["side_sums"](
+            row_ids=tf.constant(rows.row_ids()), indices=tf.constant(rows.indices),
+            values=tf.constant(rows.values), n_rows=tf.constant(rows.n_rows, tf.int32))
+        return Sums(out["L"].numpy(), out["s"].numpy(), out["q"].numpy())
+
+    def _query_args(self, query: Sums, contexts: SparseRows) -> dict[str, tf.Tensor]:
+        return {"L": tf.constant(query.L, tf.float32), "s": tf.constant(query.s, tf.float32),
+                "q": tf.constant(query.q, tf.float32),
+                "ctx_rows": tf.constant(contexts.row_ids()),
+                "ctx_indices": tf.constant(contexts.indices),
+                "ctx_values": tf.constant(contexts.values)}
+
+    def score_pairs(self, query: Sums, contexts: SparseRows, pair_row: np.ndarray,
+                    items: Sums) -> np.ndarray:
+        """Unclipped scores of (query row, item) pairs."""
+        out = self.model.signatures["score_pairs"](
+            **self._query_args(query, contexts), pair_row=tf.constant(pair_row, tf.int32),
+            item_L=tf.constant(items.L, tf.float32), item_s=tf.constant(items.s, tf.float32),
+            item_q=tf.constant(items.q, tf.float32))
+        return np.asarray(out["score"].numpy())
+
+    def top_n(self, query: Sums, contexts: SparseRows, exclude_row: np.ndarray,
+              exclude_item: np.ndarray, genre_mask: np.ndarray, n: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """(catalog rows, unclipped scores), each (n_queries, n); excluded rows score -inf."""
+        out = self.model.signatures["top_n"](
+            **self._query_args(query, contexts),
+            exclude_row=tf.constant(exclude_row, tf.int32),
+            exclude_item=tf.constant(exclude_item, tf.int32),
+            genre_mask=tf.constant(genre_mask, tf.int64), n=tf.constant(n, tf.int32))
+        return out["items"].numpy(), out["scores"].numpy()
+
+    # --- offline prediction: the reference the service must agree with -------------------
+
+    def clip(self, scores: np.ndarray) -> np.ndarray:
+        return np.clip(scores, *self.rating_range)
+
+    def item_sums(self, movies: list[dict[str, Any]]) -> Sums:
+        """Catalog sums for known ids sent without attributes; the rest encoded inline."""
+        rows = [self.catalog.row(str(m["id"])) if set(m) <= {"id"} else None for m in movies]
+        sums = self.catalog.sums.take(np.array([r or 0 for r in rows], dtype=np.int64))
+        inline = [n for n, r in enumerate(rows) if r is None]
+        if inline:
+            encoded = self.side_sums(self.fmap.encode("item", [movies[n] for n in inline]))
+            sums.L[inline], sums.s[inline], sums.q[inline] = encoded.L, encoded.s, encoded.q
+        return sums
+
+    def predict(self, user: dict[str, Any], movies: list[dict[str, Any]],
+                context: dict[str, Any] | None = None) -> np.ndarray:
+        """Clipped ratings of one user (payload with history) for several movies."""
+        query = self.side_sums(self.fmap.encode("user", [user]))
+        contexts = self.fmap.encode("context", [context or {}])
+        pair_row = np.zeros(len(movies), dtype=np.int32)
+        return self.clip(self.score_pairs(query, contexts, pair_row, self.item_sums(movies)))
+
+    def warm_up(self) -> None:
+        """Run every signature once so the first real request is not the slow one."""
+        user = self.side_sums(self.fmap.encode("user", [{"id": "warm-up"}]))
+        ctx = self.fmap.encode("context", [{}])
+        self.score_pairs(user, ctx, np.zeros(1, np.int32), self.catalog.sums.take(np.zeros(1, int)))
+        self.top_n(user, ctx, np.zeros(0, np.int32), np.zeros(0, np.int32),
+                   np.zeros(1, np.int64), min(10, len(self.catalog)))

@@ -1,0 +1,312 @@
+"""Payload dicts -> sparse rows, one block per side (user / item / context).
+
+This is the only hashing code in fmrec: training, evaluation, the bundle and the service
+all call `FeatureMap.encode`, so a payload gets the same features everywhere.
+
+A feature is `side.field=value` hashed with BLAKE2b (stable and seedless, unlike Python's
+`hash()`) into `2**hash_bits` buckets. Numeric fields hash `side.field` and carry a value
+scaled to [0, 1] by the range seen in training (clipped outside it, so a timestamp from
+2026 cannot blow up a linear term). Multi-valued fields (genres, rated movies) give each
+value the weight 1/n ("mean") or 1/sqrt(n) ("sqrt").
+
+Collisions: two features that hash to one bucket share parameters (the hashing trick).
+The FM treats every feature *occurrence* as its own term, so rows may repeat an index and
+side sums stay additive, which is what lets /ratings update a user in O(k).
+`collision_report` counts how many distinct features share buckets in a data set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
+from typing import Any, Literal
+
+import numpy as np
+
+Side = Literal["user", "item", "context"]
+Kind = Literal["categorical", "multi", "numeric"]
+SIDES: tuple[Side, ...] = ("user", "item", "context")
+
+
+class FeatureError(ValueError):
+    """A payload that cannot be encoded (wrong type for a field); names the field."""
+
+
+class SpecError(ValueError):
+    """A feature spec that this code cannot reproduce or does not understand."""
+
+
+@lru_cache(maxsize=1 << 20)
+def feature_hash(key: str, hash_bits: int) -> int:
+    """Stable bucket of a feature key: same on every machine, process and Python version."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << hash_bits) - 1)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One payload key of one side and how it becomes features."""
+
+    name: str
+    side: Side
+    kind: Kind
+    prefix: int = 0  # categorical: keep only the first `prefix` characters (zip codes)
+    weighting: Literal["mean", "sqrt"] = "mean"  # multi: weight of each of n values
+    low: float = 0.0  # numeric: training range, mapped to [0, 1]
+    high: float = 1.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.side}.{self.name}"
+
+    def token(self, value: Any) -> str:
+        """The hashed key of one categorical value of this field."""
+        text = str(value)
+        if self.prefix:
+            text = text[: self.prefix]
+        return f"{self.key}={text}"
+
+
+@dataclass(frozen=True)
+class SparseRows:
+    """A block of sparse rows in CSR form; `indices` may repeat within a row."""
+
+    indptr: np.ndarray  # int64, n_rows + 1
+    indices: np.ndarray  # int32
+    values: np.ndarray  # float32
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def nnz(self) -> int:
+        return len(self.indices)
+
+    def row_ids(self) -> np.ndarray:
+        """Row number of every non-zero (the segment ids of a segment sum)."""
+        return np.repeat(np.arange(self.n_rows, dtype=np.int32), np.diff(self.indptr))
+
+    def take(self, rows: np.ndarray) -> SparseRows:
+        """The rows `rows` (in that order) as a new block, without a Python loop."""
+        rows = np.asarray(rows, dtype=np.int64)
+        starts = self.indptr[rows]
+        lengths = self.indptr[rows + 1] - starts
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        gather = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])
+        return SparseRows(indptr, self.indices[gather], self.values[gather])
+
+    def to_dense(self, n_features: int) -> np.ndarray:
+        """Dense matrix with repeated indices added up (for tests and the dense baseline)."""
+        dense = np.zeros((self.n_rows, n_features), dtype=np.float32)
+        np.add.at(dense, (self.row_ids(), self.indices), self.values)
+        return dense
+
+    @staticmethod
+    def concat_columns(blocks: Sequence[SparseRows]) -> SparseRows:
+        """Row-wise union of blocks with equal row counts (row r = all blocks' row r)."""
+        n_rows = blocks[0].n_rows
+        rows = np.concatenate([b.row_ids() for b in blocks])
+        order = np.argsort(rows, kind="stable")
+        counts = np.bincount(rows, minlength=n_rows)
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        indices = np.concatenate([b.indices for b in blocks])[order]
+        values = np.concatenate([b.values for b in blocks])[order]
+        return SparseRows(indptr, indices, values)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Fields, hash size and latent size: everything needed to rebuild the feature map.
+
+    Saved in the bundle as JSON with golden hashes; `check_golden` refuses a spec whose
+    hashes this code does not reproduce (a changed hash function would silently scramble
+    every feature otherwise).
+    """
+
+    fields: tuple[Field, ...]
+    hash_bits: int = 18
+    golden: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_features(self) -> int:
+        return 1 << self.hash_bits
+
+    def side_fields(self, side: Side) -> tuple[Field, ...]:
+        return tuple(f for f in self.fields if f.side == side)
+
+    def with_golden(self, keys: Iterable[str]) -> FeatureSpec:
+        return replace(self, golden={k: feature_hash(k, self.hash_bits) for k in keys})
+
+    def check_golden(self) -> None:
+        for key, expected in self.golden.items():
+            got = feature_hash(key, self.hash_bits)
+            if got != expected:
+                raise SpecError(
+                    f"feature spec mismatch: {key!r} hashes to {got} here but to {expected} "
+                    "in the bundle; this code cannot reproduce the model's features"
+                )
+
+    def fit_numeric(self, side: Side, columns: Mapping[str, Sequence[Any]]) -> FeatureSpec:
+        """Record the training range of each numeric field of `side`."""
+        fields = []
+        for f in self.fields:
+            if f.side == side and f.kind == "numeric" and f.name in columns:
+                data = np.array([v for v in columns[f.name] if v is not None], dtype=np.float64)
+                if len(data):
+                    f = replace(f, low=float(data.min()), high=float(data.max()))
+            fields.append(f)
+        return replace(self, fields=tuple(fields))
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"hash_bits": self.hash_bits, "fields": [asdict(f) for f in self.fields],
+             "golden": self.golden},
+            indent=2,
+        )
+
+    @staticmethod
+    def from_json(text: str) -> FeatureSpec:
+        try:
+            raw = json.loads(text)
+            fields = tuple(Field(**f) for f in raw["fields"])
+            spec = FeatureSpec(fields, int(raw["hash_bits"]), dict(raw.get("golden", {})))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SpecError(f"unreadable feature spec: {exc}") from exc
+        for f in spec.fields:
+            if f.side not in SIDES or f.kind not in ("categorical", "multi", "numeric"):
+                raise SpecError(f"feature spec field {f.key!r}: unknown side or kind")
+        return spec
+
+
+def movielens_spec(hash_bits: int = 18, features: str = "full") -> FeatureSpec:
+    """The source article's feature set (features="full") or user and movie ids ("ids").
+
+    Field names are the HTTP payload keys: user {id, age, gender, occupation, zip, rated},
+    movie {id, genres, year}, context {time, last_movie}.
+    """
+    ids = (Field("id", "user", "categorical"), Field("id", "item", "categorical"))
+    groups: dict[str, tuple[Field, ...]] = {
+        "implicit": (Field("rated", "user", "multi", weighting="sqrt"),),
+        "time": (Field("time", "context", "numeric"),),
+        "last": (Field("last_movie", "context", "categorical"),),
+        "user_attrs": (
+            Field("age", "user", "categorical"),
+            Field("gender", "user", "categorical"),
+            Field("occupation", "user", "categorical"),
+            Field("zip", "user", "categorical", prefix=2),
+        ),
+        "item_attrs": (Field("genres", "item", "multi"), Field("year", "item", "categorical")),
+    }
+    chosen = list(groups) if features == "full" else [g for g in features.split(",") if g != "ids"]
+    unknown = [g for g in chosen if g not in groups]
+    if unknown:
+        raise SpecError(f"unknown feature groups {unknown}; choose from ids, {', '.join(groups)}")
+    fields = ids + tuple(f for g in chosen for f in groups[g])
+    return FeatureSpec(fields, hash_bits)
+
+
+FEATURE_GROUPS = ("implicit", "time", "last", "user_attrs", "item_attrs")
+
+
+class FeatureMap:
+    """Encodes payloads of one side into `SparseRows` according to a `FeatureSpec`."""
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.spec = spec
+
+    def encode(self, side: Side, payloads: Sequence[Mapping[str, Any]]) -> SparseRows:
+        """Row-wise entry point (the HTTP path): one payload dict per row."""
+        columns = {f.name: [p.get(f.name) for p in payloads] for f in self.spec.side_fields(side)}
+        return self.encode_columns(side, columns, len(payloads))
+
+    def encode_columns(
+        self, side: Side, columns: Mapping[str, Sequence[Any]], n_rows: int
+    ) -> SparseRows:
+        """Column-wise entry point (the bulk path): each field's values for all rows.
+
+        Missing fields or None values add no feature. Each distinct value is hashed once.
+        """
+        blocks = [
+            self._encode_field(f, columns[f.name], n_rows)
+            for f in self.spec.side_fields(side)
+            if f.name in columns
+        ]
+        if not blocks:
+            return SparseRows(np.zeros(n_rows + 1, np.int64), np.zeros(0, np.int32),
+                              np.zeros(0, np.float32))
+        return SparseRows.concat_columns(blocks)
+
+    def _encode_field(self, f: Field, column: Sequence[Any], n_rows: int) -> SparseRows:
+        if len(column) != n_rows:
+            raise FeatureError(f"{f.side}.{f.name}: {len(column)} values for {n_rows} rows")
+        if f.kind == "numeric":
+            return self._numeric(f, column)
+        if f.kind == "categorical":
+            lists: Sequence[Any] = [() if v is None else (v,) for v in column]
+        else:
+            lists = [() if v is None else v for v in column]
+            for v in lists:
+                if isinstance(v, (str, bytes)) or not isinstance(v, (Sequence, np.ndarray)):
+                    raise FeatureError(f"{f.side}.{f.name}: expected a list, got {v!r}")
+        lengths = np.fromiter((len(v) for v in lists), dtype=np.int64, count=n_rows)
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        flat = [x for v in lists for x in v]
+        for x in flat:
+            if not isinstance(x, (str, int, np.integer)) or isinstance(x, bool):
+                raise FeatureError(f"{f.side}.{f.name}: expected strings or integers, got {x!r}")
+        tokens = {x: feature_hash(f.token(x), self.spec.hash_bits) for x in set(flat)}
+        indices = np.fromiter((tokens[x] for x in flat), dtype=np.int32, count=len(flat))
+        if f.kind == "categorical":
+            values = np.ones(len(flat), dtype=np.float32)
+        else:
+            per_row = np.maximum(lengths, 1).astype(np.float32)
+            weight = 1.0 / (per_row if f.weighting == "mean" else np.sqrt(per_row))
+            values = np.repeat(weight, lengths)
+        return SparseRows(indptr, indices, values)
+
+    def _numeric(self, f: Field, column: Sequence[Any]) -> SparseRows:
+        present = np.array([v is not None for v in column], dtype=bool)
+        try:
+            raw = np.array([v for v in column if v is not None], dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise FeatureError(f"{f.side}.{f.name}: expected numbers ({exc})") from None
+        if not np.all(np.isfinite(raw)):
+            raise FeatureError(f"{f.side}.{f.name}: NaN or infinite value")
+        span = f.high - f.low if f.high > f.low else 1.0
+        values = np.clip((raw - f.low) / span, 0.0, 1.0).astype(np.float32)
+        indptr = np.zeros(len(column) + 1, dtype=np.int64)
+        np.cumsum(present, out=indptr[1:])
+        index = feature_hash(f.key, self.spec.hash_bits)
+        return SparseRows(indptr, np.full(len(values), index, dtype=np.int32), values)
+
+    def collision_report(self, tokens: Iterable[str]) -> dict[str, int]:
+        """How many distinct feature keys share a bucket with another key."""
+        keys = set(tokens)
+        buckets = np.fromiter((feature_hash(k, self.spec.hash_bits) for k in keys), np.int64)
+        _, counts = np.unique(buckets, return_counts=True)
+        return {
+            "features": len(keys),
+            "buckets_used": len(counts),
+            "colliding_features": int(counts[counts > 1].sum()),
+        }
+
+    def tokens(self, side: Side, columns: Mapping[str, Sequence[Any]]) -> set[str]:
+        """All distinct feature keys a side's columns produce (for collision_report)."""
+        out: set[str] = set()
+        for f in self.spec.side_fields(side):
+            if f.name not in columns:
+                continue
+            if f.kind == "numeric":
+                out.add(f.key)
+            elif f.kind == "categorical":
+                out.update(f.token(v) for v in set(columns[f.name]) if v is not None)
+            else:
+                out.update(f.token(x) for v in columns[f.name] if v for x in v)
+        return out

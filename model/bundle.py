@@ -254,7 +254,7 @@ class Bundle:
                 self.catalog = Catalog(
                     z["ids"], z["titles"], [g.split("|") if g else [] for g in z["genres"]],
                     z["years"], Sums(z["L"], z["s"], z["q"]), z["genre_names"].tolist())
-        except Exception as exc:  # noqa: BLE001 - TF raises many types for a bad file
+        except Exception as exc:
             raise BundleError(f"bundle {root}: cannot load ({type(exc).__name__}: {exc})") from exc
         for name in ("side_sums", "score_pairs", "top_n"):
             if name not in self.model.signatures:

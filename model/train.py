@@ -22,6 +22,7 @@ from model.evaluate import rmse_mae
 from model.fm import FactorizationMachine
 from model.optim import OptimizerName, SparseOptimizer
 
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters; the defaults are tuned on ML-100k ua.base (see README)."""
@@ -158,7 +159,8 @@ def train(
         if validation is None:
             continue
         if row["val_rmse"] < best - 1e-5:
-            best, best_values, waited, result.best_epoch = row["val_rmse"], trainer.snapshot(), 0, epoch
+            best, best_values, waited = row["val_rmse"], trainer.snapshot(), 0
+            result.best_epoch = epoch
         else:
             waited += 1
             if waited >= config.patience:

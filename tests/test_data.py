@@ -1,0 +1,120 @@
+"""Data readers, relation blocks and the synthetic generator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.data import DataError, Ratings
+from model.data.movielens import read_movielens
+from model.data.synthetic import synthetic
+from model.dataset import encode_ratings, last_movies
+from model.features import FeatureMap, feature_hash, movielens_spec
+
+
+def test_reads_ml100k_ua_split(ml100k_dir: Path) -> None:
+    data = read_movielens(ml100k_dir, "ua")
+    assert (len(data.train), len(data.test)) == (90570, 9430)
+    assert len(data.users) == 943 and len(data.items) == 1682
+    assert data.users["1"] == {"age": 24, "gender": "M", "occupation": "technician",
+                               "zip": "85711"}
+    toy = data.items["1"]
+    assert toy["title"] == "Toy Story (1995)" and toy["year"] == 1995
+    assert toy["genres"] == ["Animation", "Children's", "Comedy"]
+    assert set(np.unique(data.train.rating)) == {1.0, 2.0, 3.0, 4.0, 5.0}
+
+
+def test_unknown_split_is_a_clear_error(ml100k_dir: Path) -> None:
+    with pytest.raises(DataError, match="unknown split 'u9'"):
+        read_movielens(ml100k_dir, "u9")
+
+
+def test_missing_folder_and_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no MovieLens folder"):
+        read_movielens(tmp_path / "nope")
+    with pytest.raises(DataError, match="holds no MovieLens ratings"):
+        read_movielens(tmp_path)
+    (tmp_path / "u.data").write_text("1\t1\t5\t1\n")
+    with pytest.raises(DataError, match=r"missing file .*u\.genre"):
+        read_movielens(tmp_path)
+
+
+def _tiny_100k(root: Path, base: str) -> Path:
+    (root / "u.genre").write_text("unknown|0\nComedy|1\n")
+    (root / "u.user").write_text("1|24|M|technician|85711\n")
+    (root / "u.item").write_text("1|Toy Story (1995)|01-Jan-1995||http://x|0|1\n")
+    (root / "u.data").write_text(base)
+    (root / "ua.base").write_text(base)
+    (root / "ua.test").write_text("1\t1\t4\t2\n")
+    return root
+
+
+def test_malformed_lines_name_file_and_line(tmp_path: Path) -> None:
+    _tiny_100k(tmp_path, "1\t1\t5\t1\n1\t1\n")
+    with pytest.raises(DataError, match=r"ua\.base:2: expected 4 fields"):
+        read_movielens(tmp_path)
+    _tiny_100k(tmp_path, "1\t1\tfive\t1\n")
+    with pytest.raises(DataError, match=r"ua\.base:1: rating and timestamp must be numbers"):
+        read_movielens(tmp_path)
+
+
+def test_reads_dat_and_csv_formats(tmp_path: Path) -> None:
+    dat = tmp_path / "ml-1m"
+    dat.mkdir()
+    (dat / "users.dat").write_text("1::F::1::10::48067\n")
+    (dat / "movies.dat").write_text("1::Toy Story (1995)::Animation|Comedy\n")
+    (dat / "ratings.dat").write_text("".join(f"1::1::{r}::{978300760 + r}\n" for r in range(1, 6)))
+    data = read_movielens(dat)
+    assert len(data.train) + len(data.test) == 5
+    assert data.items["1"] == {"title": "Toy Story (1995)", "genres": ["Animation", "Comedy"],
+                               "year": 1995}
+    assert data.users["1"]["zip"] == "48067"
+    csv_dir = tmp_path / "ml-25m"
+    csv_dir.mkdir()
+    (csv_dir / "movies.csv").write_text('movieId,title,genres\n1,"Heat, The (1995)",Crime\n')
+    (csv_dir / "ratings.csv").write_text("userId,movieId,rating,timestamp\n"
+                                         + "".join(f"1,1,{r}.5,{r}\n" for r in range(4)))
+    data = read_movielens(csv_dir)
+    assert data.items["1"]["title"] == "Heat, The (1995)" and data.rating_range == (0.5, 5.0)
+
+
+def _ratings(rows: list[tuple[str, str, int]]) -> Ratings:
+    return Ratings(np.array([r[0] for r in rows], object), np.array([r[1] for r in rows], object),
+                   np.ones(len(rows), np.float32), np.array([r[2] for r in rows], np.int64))
+
+
+def test_last_movie_is_latest_strictly_earlier_history_entry() -> None:
+    history = _ratings([("u", "a", 10), ("u", "b", 20), ("u", "c", 20), ("v", "x", 5)])
+    events = _ratings([("u", "q", 20), ("u", "q", 21), ("u", "q", 10), ("v", "q", 6),
+                       ("w", "q", 99)])
+    assert last_movies(events, history) == ["a", "c", None, "x", None]
+
+
+def test_test_ratings_use_training_history_only(ml100k_dir: Path) -> None:
+    data = read_movielens(ml100k_dir, "ua")
+    fmap = FeatureMap(movielens_spec(18))
+    test = encode_ratings(fmap, data, data.test, data.train)
+    # every "rated" feature of a test user is one of that user's *training* movies
+    user = str(data.test.user[0])
+    train_movies = set(data.train.item[data.train.user == user])
+    test_movies = set(data.test.item[data.test.user == user])
+    row = int(test.row_user[0])
+    start, end = test.users.indptr[row], test.users.indptr[row + 1]
+    rated = next(f for f in fmap.spec.fields if f.key == "user.rated")
+    expected = {feature_hash(rated.token(m), 18) for m in train_movies}
+    leaked = {feature_hash(rated.token(m), 18) for m in test_movies - train_movies}
+    got = set(test.users.indices[start:end].tolist())
+    assert expected <= got
+    assert not (leaked - expected) & got
+
+
+def test_synthetic_is_seeded_and_sized() -> None:
+    a, spec = synthetic(n_ratings=3000, seed=5, hash_bits=12)
+    b, _ = synthetic(n_ratings=3000, seed=5, hash_bits=12)
+    c, _ = synthetic(n_ratings=3000, seed=6, hash_bits=12)
+    assert len(a.train) + len(a.test) == 3000
+    np.testing.assert_array_equal(a.train.rating, b.train.rating)
+    assert not np.array_equal(a.train.rating, c.train.rating)
+    assert spec.hash_bits == 12 and a.rating_range[0] < a.rating_range[1]

@@ -1,0 +1,153 @@
+"""The feature map: stable hashing, encodings, spec round trip, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from model.features import (
+    FeatureError,
+    FeatureMap,
+    FeatureSpec,
+    SparseRows,
+    SpecError,
+    feature_hash,
+    movielens_spec,
+)
+
+USER = {"id": "196", "age": 49, "gender": "M", "occupation": "writer", "zip": "55105",
+        "rated": ["242", "302", "377", "51"]}
+
+
+def test_hash_is_identical_across_processes_with_different_hash_seeds() -> None:
+    code = ("from model.features import feature_hash;"
+            "print([feature_hash(k, 18) for k in ('user.id=196', 'item.genres=Comedy', 'x')])")
+    outputs = set()
+    for seed in ("1", "2", "random"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True)
+        outputs.add(out.stdout)
+    assert len(outputs) == 1
+    assert outputs.pop().strip() == str(
+        [feature_hash(k, 18) for k in ("user.id=196", "item.genres=Comedy", "x")])
+
+
+def test_hash_stays_in_range() -> None:
+    assert all(0 <= feature_hash(f"k{n}", 10) < 1024 for n in range(2000))
+
+
+def test_user_row_has_one_feature_per_field_and_weighted_history() -> None:
+    fmap = FeatureMap(movielens_spec(18))
+    rows = fmap.encode("user", [USER])
+    assert rows.n_rows == 1 and rows.nnz == 5 + 4
+    spec = fmap.spec
+    rated = [feature_hash(f"user.rated={m}", 18) for m in USER["rated"]]
+    weights = dict(zip(rows.indices.tolist(), rows.values.tolist(), strict=True))
+    for index in rated:  # sqrt weighting: 1/sqrt(4)
+        assert weights[index] == pytest.approx(0.5)
+    zip_field = next(f for f in spec.fields if f.name == "zip")
+    assert feature_hash(zip_field.token("55105"), 18) == feature_hash("user.zip=55", 18)
+
+
+def test_mean_weighting_sums_to_one() -> None:
+    fmap = FeatureMap(movielens_spec(18))
+    rows = fmap.encode("item", [{"id": "1", "genres": ["Comedy", "Drama", "War"]}])
+    genre_values = [v for i, v in zip(rows.indices, rows.values, strict=True)
+                    if i != feature_hash("item.id=1", 18)]
+    assert sum(genre_values) == pytest.approx(1.0)
+
+
+def test_numeric_field_scaled_to_training_range_and_clipped() -> None:
+    spec = movielens_spec(18).fit_numeric("context", {"time": [100, 200, 300]})
+    fmap = FeatureMap(spec)
+    rows = fmap.encode("context", [{"time": 150}, {"time": 10**10}, {"time": -5}, {}])
+    assert rows.values.tolist() == pytest.approx([0.25, 1.0, 0.0])
+    assert np.diff(rows.indptr).tolist() == [1, 1, 1, 0]
+
+
+def test_missing_and_unknown_values_are_not_errors() -> None:
+    fmap = FeatureMap(movielens_spec(18))
+    rows = fmap.encode("user", [{"id": "never-seen"}, {}])
+    assert np.diff(rows.indptr).tolist() == [1, 0]
+
+
+@pytest.mark.parametrize(("side", "payload", "field"), [
+    ("user", {"rated": "242"}, "user.rated"),
+    ("user", {"id": 1.5}, "user.id"),
+    ("item", {"genres": [["nested"]]}, "item.genres"),
+    ("context", {"time": "yesterday"}, "context.time"),
+    ("context", {"time": float("nan")}, "context.time"),
+])
+def test_malformed_values_raise_naming_the_field(side: str, payload: dict, field: str) -> None:
+    with pytest.raises(FeatureError, match=field.replace(".", r"\.")):
+        FeatureMap(movielens_spec(18)).encode(side, [payload])  # type: ignore[arg-type]
+
+
+def test_row_and_column_paths_agree() -> None:
+    fmap = FeatureMap(movielens_spec(16))
+    payloads = [USER, {"id": "7", "rated": []}, {"id": "8", "age": 30}]
+    by_rows = fmap.encode("user", payloads)
+    columns = {f.name: [p.get(f.name) for p in payloads] for f in fmap.spec.side_fields("user")}
+    by_columns = fmap.encode_columns("user", columns, len(payloads))
+    for a, b in zip((by_rows.indptr, by_rows.indices, by_rows.values),
+                    (by_columns.indptr, by_columns.indices, by_columns.values), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_take_gathers_rows_in_order() -> None:
+    rows = FeatureMap(movielens_spec(16)).encode(
+        "user", [USER, {"id": "7"}, {"id": "8", "rated": ["1", "2"]}])
+    picked = rows.take(np.array([2, 0, 2]))
+    dense, full = picked.to_dense(1 << 16), rows.to_dense(1 << 16)
+    np.testing.assert_array_equal(dense, full[[2, 0, 2]])
+
+
+def test_concat_columns_keeps_rows_aligned() -> None:
+    a = SparseRows(np.array([0, 1, 1]), np.array([3], np.int32), np.array([1.0], np.float32))
+    b = SparseRows(np.array([0, 1, 3]), np.array([4, 5, 6], np.int32), np.ones(3, np.float32))
+    both = SparseRows.concat_columns([a, b])
+    assert both.indptr.tolist() == [0, 2, 4] and both.indices.tolist() == [3, 4, 5, 6]
+
+
+def test_spec_round_trips_through_json_with_golden_hashes() -> None:
+    spec = movielens_spec(14).fit_numeric("context", {"time": [5, 9]}).with_golden(["user.id=1"])
+    again = FeatureSpec.from_json(spec.to_json())
+    assert again == spec
+    again.check_golden()
+
+
+def test_golden_mismatch_is_refused_with_a_clear_message() -> None:
+    raw = json.loads(movielens_spec(14).with_golden(["user.id=1"]).to_json())
+    raw["golden"]["user.id=1"] += 1
+    spec = FeatureSpec.from_json(json.dumps(raw))
+    with pytest.raises(SpecError, match="cannot reproduce"):
+        spec.check_golden()
+
+
+@pytest.mark.parametrize("text", ["{", '{"hash_bits": 10}',
+                                  '{"hash_bits": 10, "fields": [{"name": "a", "side": "moon",'
+                                  ' "kind": "numeric"}]}'])
+def test_unreadable_specs_are_refused(text: str) -> None:
+    with pytest.raises(SpecError):
+        FeatureSpec.from_json(text)
+
+
+def test_feature_groups_select_fields() -> None:
+    assert [f.key for f in movielens_spec(10, "ids").fields] == ["user.id", "item.id"]
+    keys = [f.key for f in movielens_spec(10, "ids,implicit").fields]
+    assert keys == ["user.id", "item.id", "user.rated"]
+    with pytest.raises(SpecError, match="unknown feature groups"):
+        movielens_spec(10, "ids,colour")
+
+
+def test_collision_report_counts_shared_buckets() -> None:
+    fmap = FeatureMap(movielens_spec(4))  # 16 buckets: 40 keys must collide
+    report = fmap.collision_report(f"user.id={n}" for n in range(40))
+    assert report["features"] == 40 and report["buckets_used"] <= 16
+    assert report["colliding_features"] >= 40 - 16

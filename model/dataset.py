@@ -7,6 +7,10 @@ batch (libFM's relation blocks, Rendle 2013) instead of once per rating.
 
 No leakage: "rated" history and "last movie" come from the `history` ratings only (the
 training split), and the last movie is the latest one rated strictly before the event.
+A training rating's own movie is in its user's history; a test rating's is not. So that
+the model cannot learn from a signal that never exists at test time, each training
+rating carries a `left_out` occurrence (user.rated=<its movie>) whose side sums are
+subtracted: the FM then sees exactly "history without this movie".
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from model.data import Dataset, Ratings
-from model.features import FeatureMap, SparseRows
+from model.features import FeatureMap, SparseRows, feature_hash
 
 
 class Block(NamedTuple):
@@ -40,6 +44,7 @@ class Batch(NamedTuple):
     users: Block
     items: Block
     contexts: Block
+    left_out: Block  # per rating: occurrences to subtract (its own movie in its history)
     row_user: np.ndarray  # int32: which user row each rating uses
     row_item: np.ndarray
     y: np.ndarray  # float32
@@ -52,6 +57,7 @@ class EncodedRatings:
     users: SparseRows
     items: SparseRows
     contexts: SparseRows
+    left_out: SparseRows
     row_user: np.ndarray  # int64
     row_item: np.ndarray
     y: np.ndarray  # float32
@@ -69,7 +75,8 @@ class EncodedRatings:
     def subset(self, rows: np.ndarray) -> EncodedRatings:
         """Some ratings, sharing the user and item blocks."""
         return EncodedRatings(self.users, self.items, self.contexts.take(rows),
-                              self.row_user[rows], self.row_item[rows], self.y[rows])
+                              self.left_out.take(rows), self.row_user[rows],
+                              self.row_item[rows], self.y[rows])
 
     def batch(self, rows: np.ndarray) -> Batch:
         """Rows `rows` with each distinct user and item encoded once."""
@@ -77,7 +84,7 @@ class EncodedRatings:
         items, row_item = np.unique(self.row_item[rows], return_inverse=True)
         return Batch(
             Block.of(self.users.take(users)), Block.of(self.items.take(items)),
-            Block.of(self.contexts.take(rows)),
+            Block.of(self.contexts.take(rows)), Block.of(self.left_out.take(rows)),
             row_user.astype(np.int32), row_item.astype(np.int32), self.y[rows],
         )
 
@@ -116,6 +123,25 @@ def item_payload(item_id: str, attrs: dict[str, Any]) -> dict[str, Any]:
     return {"id": item_id, **attrs}
 
 
+def own_movie_occurrences(fmap: FeatureMap, events: Ratings,
+                          rated: dict[str, list[str]]) -> SparseRows:
+    """Per event, the "rated" occurrence of its own movie if its user's history holds it."""
+    field = next((f for f in fmap.spec.fields if f.key == "user.rated"), None)
+    n = len(events)
+    if field is None:
+        return SparseRows(np.zeros(n + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
+    seen = {u: set(movies) for u, movies in rated.items()}
+    present = np.array([i in seen.get(u, ()) for u, i in zip(events.user, events.item,
+                                                            strict=True)], dtype=bool)
+    n_rated = np.array([len(seen.get(u, ())) for u in events.user[present]], dtype=np.float32)
+    weight = 1.0 / (n_rated if field.weighting == "mean" else np.sqrt(n_rated))
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(present, out=indptr[1:])
+    indices = np.array([feature_hash(field.token(i), fmap.spec.hash_bits)
+                        for i in events.item[present]], dtype=np.int32)
+    return SparseRows(indptr, indices, weight.astype(np.float32))
+
+
 def encode_ratings(
     fmap: FeatureMap, data: Dataset, events: Ratings, history: Ratings
 ) -> EncodedRatings:
@@ -132,5 +158,6 @@ def encode_ratings(
         {"time": events.timestamp.tolist(), "last_movie": last_movies(events, history)},
         len(events),
     )
-    return EncodedRatings(users, items, contexts, row_user.astype(np.int64),
+    left_out = own_movie_occurrences(fmap, events, rated)
+    return EncodedRatings(users, items, contexts, left_out, row_user.astype(np.int64),
                           row_item.astype(np.int64), events.rating.astype(np.float32))

@@ -31,6 +31,10 @@ class SideSums(NamedTuple):
             return NotImplemented
         return SideSums(self.L + other.L, self.s + other.s, self.q + other.q)
 
+    def __sub__(self, other: SideSums) -> SideSums:
+        """Remove occurrences: the side sums of a multiset minus a sub-multiset."""
+        return SideSums(self.L - other.L, self.s - other.s, self.q - other.q)
+
     def gather(self, rows: tf.Tensor) -> SideSums:
         return SideSums(tf.gather(self.L, rows), tf.gather(self.s, rows), tf.gather(self.q, rows))
 

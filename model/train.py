@@ -55,20 +55,21 @@ _BLOCK = (
     tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32),
     tf.TensorSpec([None], tf.float32), tf.TensorSpec([], tf.int32),
 )
-_BATCH = (_BLOCK, _BLOCK, _BLOCK, tf.TensorSpec([None], tf.int32),
+_BATCH = (_BLOCK, _BLOCK, _BLOCK, _BLOCK, tf.TensorSpec([None], tf.int32),
           tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32))
 
 
 def _as_batch(args: tuple[Any, ...]) -> Batch:
     """Rebuild the named tuples that tf.function flattened into plain tuples."""
-    return Batch(Block(*args[0]), Block(*args[1]), Block(*args[2]), *args[3:])
+    return Batch(*(Block(*a) for a in args[:4]), *args[4:])
 
 
 def batch_scores(fm: FactorizationMachine, batch: Batch) -> tf.Tensor:
     """FM output of every rating in a batch, via per-block side sums."""
     users = fm.side_sums(*batch.users).gather(batch.row_user)
     items = fm.side_sums(*batch.items).gather(batch.row_item)
-    return fm.score(users + items + fm.side_sums(*batch.contexts))
+    contexts = fm.side_sums(*batch.contexts)
+    return fm.score(users + items + contexts - fm.side_sums(*batch.left_out))
 
 
 class Trainer:

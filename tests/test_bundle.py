@@ -1,0 +1,154 @@
+"""Bundles: save -> load -> identical predictions; refusal of broken bundles; the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.cli import main
+from model.bundle import Bundle, BundleError, content_hash
+from model.data import Dataset
+from model.dataset import encode_ratings, user_histories
+from model.evaluate import evaluate_bundle
+from model.features import FeatureSpec
+from tests.reference import fm_pairwise
+
+
+def test_bundle_metrics_match_offline_evaluation(small_bundle: Bundle,
+                                                  small_data: tuple[Dataset, FeatureSpec]) -> None:
+    """Scoring the test split through the SavedModel reproduces the trainer's test RMSE."""
+    data, _ = small_data
+    result = evaluate_bundle(small_bundle, data)
+    assert result["rmse"] == pytest.approx(small_bundle.metrics["test_rmse"], abs=1e-5)
+    assert result["mae"] == pytest.approx(small_bundle.metrics["test_mae"], abs=1e-5)
+
+
+def test_predict_equals_pairwise_reference_of_saved_weights(
+        small_bundle: Bundle, small_data: tuple[Dataset, FeatureSpec]) -> None:
+    """bundle.predict == the FM definition on the same payload, using the saved variables."""
+    data, _ = small_data
+    fm = small_bundle.model.fm
+    variables = {"w0": fm.w0.numpy(), "w": fm.w.numpy(), "V": fm.V.numpy()}
+    user = {"id": "3", **data.users["3"], "rated": user_histories(data.train)["3"][:7]}
+    movies = [{"id": m} for m in ("1", "2", "5")] + [{"id": "zz", "genres": ["War"]}]
+    context = {"time": int(data.train.timestamp[0]), "last_movie": "2"}
+    got = small_bundle.predict(user, movies, context)
+    fmap = small_bundle.fmap
+    u, c = fmap.encode("user", [user]), fmap.encode("context", [context])
+    for n, movie in enumerate(movies):
+        attrs = movie if movie["id"] == "zz" else {"id": movie["id"], **data.items[movie["id"]]}
+        i = fmap.encode("item", [attrs])
+        idx = np.concatenate([u.indices, i.indices, c.indices])
+        val = np.concatenate([u.values, i.values, c.values])
+        ref = fm_pairwise(variables["w0"], variables["w"], variables["V"], idx, val)
+        assert got[n] == pytest.approx(np.clip(ref, *small_bundle.rating_range), abs=1e-4)
+
+
+def test_save_load_round_trip_gives_identical_predictions(
+        small_bundle_path: Path, small_bundle: Bundle, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(small_bundle_path, copy)
+    again = Bundle(copy)
+    assert again.model_id == small_bundle.model_id
+    user = {"id": "1", "rated": ["2", "3"]}
+    movies = [{"id": str(m)} for m in small_bundle.catalog.ids[:20]]
+    np.testing.assert_array_equal(again.predict(user, movies), small_bundle.predict(user, movies))
+
+
+def test_top_n_equals_brute_force(small_bundle: Bundle) -> None:
+    cat = small_bundle.catalog
+    user = {"id": "4", "rated": [str(m) for m in cat.ids[:5]]}
+    brute = small_bundle.predict(user, [{"id": str(m)} for m in cat.ids])
+    raw = small_bundle.score_pairs(small_bundle.side_sums(small_bundle.fmap.encode("user", [user])),
+                                   small_bundle.fmap.encode("context", [{}]),
+                                   np.zeros(len(cat), np.int32), cat.sums)
+    excluded = np.arange(5)
+    genre = cat.genre_names[0]
+    mask = cat.mask([genre])
+    rows, scores = small_bundle.top_n(
+        small_bundle.side_sums(small_bundle.fmap.encode("user", [user])),
+        small_bundle.fmap.encode("context", [{}]), np.zeros(5, np.int32),
+        excluded.astype(np.int32), np.array([mask], np.int64), 10)
+    allowed = [n for n in range(len(cat)) if n >= 5 and genre in cat.genres[n]]
+    expected = sorted(allowed, key=lambda n: (-raw[n], n))[:10]
+    assert rows[0].tolist() == expected
+    np.testing.assert_allclose(scores[0], raw[expected], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(small_bundle.clip(raw), brute, atol=1e-5)
+
+
+def test_missing_and_incomplete_bundles_are_refused(small_bundle_path: Path,
+                                                    tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="no model bundle"):
+        Bundle(tmp_path / "nothing")
+    broken = tmp_path / "broken"
+    shutil.copytree(small_bundle_path, broken)
+    (broken / "catalog.npz").unlink()
+    with pytest.raises(BundleError, match=r"missing catalog\.npz"):
+        Bundle(broken)
+
+
+def test_edited_bundle_is_refused(small_bundle_path: Path, tmp_path: Path) -> None:
+    edited = tmp_path / "edited"
+    shutil.copytree(small_bundle_path, edited)
+    metrics = json.loads((edited / "metrics.json").read_text())
+    metrics["test_rmse"] = 0.1
+    (edited / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(BundleError, match="does not match its model_id"):
+        Bundle(edited)
+
+
+def test_spec_the_code_cannot_reproduce_is_refused(small_bundle_path: Path,
+                                                   tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(small_bundle_path, other)
+    spec = json.loads((other / "spec.json").read_text())
+    key = next(iter(spec["golden"]))
+    spec["golden"][key] += 1  # as if written by a different hash function
+    (other / "spec.json").write_text(json.dumps(spec))
+    (other / "model_id").write_text(content_hash(other))
+    with pytest.raises(BundleError, match="cannot reproduce"):
+        Bundle(other)
+
+
+def test_cli_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "b"
+    assert main(["train", "--synthetic", "3000", "--epochs", "2", "--k", "4", "--hash-bits", "12",
+                 "--out", str(out), "--quiet"]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", "--synthetic", "3000", "--hash-bits", "12", "--bundle",
+                 str(out)]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["model_id"] == trained["model_id"]
+    assert evaluated["rmse"] == pytest.approx(trained["test_rmse"], abs=1e-5)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "--data", "/no/such/dir"], "no MovieLens folder"),
+    (["train"], "give --data DIR"),
+    (["evaluate", "--synthetic", "100", "--bundle", "/no/bundle"], "no model bundle"),
+])
+def test_cli_errors_are_one_line(args: list[str], message: str,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fmrec: error: ") and message in err and "Traceback" not in err
+
+
+def test_cli_bad_split_from_a_real_process(ml100k_dir: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "train", "--data", str(ml100k_dir),
+                           "--split", "u9"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "unknown split 'u9'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_encoded_test_split_has_nothing_left_out(small_data: tuple[Dataset, FeatureSpec],
+                                                 small_bundle: Bundle) -> None:
+    """Test ratings' movies are not in their training history, so scoring needs no fix-up."""
+    data, _ = small_data
+    assert encode_ratings(small_bundle.fmap, data, data.test, data.train).left_out.nnz == 0

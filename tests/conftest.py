@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from model.data.synthetic import synthetic
 from model.features import FeatureSpec
 from model.pipeline import fit_and_save
 from model.train import TrainConfig
+from tests.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("FMREC_DATA_DIR", REPO.parent / "shared" / "data"))
@@ -48,3 +50,18 @@ def small_bundle_path(tmp_path_factory: pytest.TempPathFactory,
 @pytest.fixture(scope="session")
 def small_bundle(small_bundle_path: Path) -> Bundle:
     return Bundle(small_bundle_path)
+
+
+# --- service tests: a real redis-server per test, anyio for async tests ---------------------
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh redis-server process on a free port, killed after the test."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.kill()

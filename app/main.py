@@ -1,0 +1,121 @@
+"""The FastAPI app: `create_app(settings)` builds it; its lifespan loads, warms and opens.
+
+`uvicorn app.main:create_app --factory` (what `fmrec serve` runs) calls it with no
+arguments, so settings come from the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.batching import QueueFull
+from app.metrics import Metrics
+from app.routes import router
+from app.schemas import InvalidInput
+from app.service import Service
+from app.settings import Settings
+from model.bundle import BundleError
+from model.features import FeatureError
+
+log = logging.getLogger("fmrec")
+
+
+class ObserveRequests:
+    """Latency per route (the route's path template, so ids do not explode labels) and
+    the request body limit: 413 from Content-Length, or as soon as a chunked body
+    passes it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            response = JSONResponse({"detail": f"request body over {self.max_body_bytes} "
+                                     "bytes"}, status_code=413)
+            await response(scope, receive, send)
+            self._observe(scope, 413, start)
+            return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body_bytes:
+                raise HTTPException(413, f"request body over {self.max_body_bytes} bytes")
+            return message
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_status)
+        finally:
+            self._observe(scope, status, start)
+
+    def _observe(self, scope: Scope, status: int, start: float) -> None:
+        route = scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        self.metrics.latency.labels(route=path, method=scope["method"],
+                                    status=str(status)).observe(time.perf_counter() - start)
+
+
+def _errors(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, InvalidInput):
+        return JSONResponse({"detail": exc.errors()}, status_code=422)
+    if isinstance(exc, QueueFull):
+        request.app.state.service.metrics.queue_full.inc()
+        return JSONResponse({"detail": f"overloaded: {exc}; retry shortly"}, status_code=503,
+                            headers={"Retry-After": "1"})
+    return JSONResponse({"detail": str(exc)}, status_code=422)  # FeatureError
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics = Metrics()
+    service = Service(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await service.start()
+        except BundleError as exc:
+            message = f"cannot serve: {exc}. Train one with `fmrec train` or run `fmrec demo`."
+            log.error(message)
+            raise RuntimeError(message) from None
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(title="fmrec", version="0.1.0", lifespan=lifespan,
+                  description="Rating prediction and recommendation with Factorization "
+                              "Machines over cached user side sums.")
+    app.state.service = service
+    app.include_router(router)
+    for kind in (InvalidInput, QueueFull, FeatureError):
+        app.add_exception_handler(kind, _errors)
+    app.add_middleware(ObserveRequests, metrics=metrics,
+                       max_body_bytes=settings.max_body_bytes)
+    return app
+

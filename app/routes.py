@@ -1,0 +1,144 @@
+"""Thin HTTP handlers: validate, hand to the scorer or the service, shape the answer."""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+
+from app.schemas import (
+    PredictRequest,
+    PredictResponse,
+    RecommendRequest,
+    RecommendResponse,
+    ReloadRequest,
+    check_limits,
+)
+from app.scorer import Scorer
+from app.service import ReloadBusy, ReloadFailed, Service
+from app.settings import Settings
+from app.store import Store
+
+
+def get_service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+def get_settings(service: ServiceDep) -> Settings:
+    return service.settings
+
+
+def get_scorer(service: ServiceDep) -> Scorer:
+    """The scorer serving now; the request keeps this one even if a reload swaps it."""
+    scorer = service.scorer
+    if scorer is None:
+        raise HTTPException(503, "model not loaded yet", headers={"Retry-After": "1"})
+    return scorer
+
+
+def get_store(service: ServiceDep) -> Store:
+    if service.store is None:
+        raise HTTPException(503, "store not open yet", headers={"Retry-After": "1"})
+    return service.store
+
+
+def _check_key(settings: Settings, key: str | None) -> None:
+    keys = settings.keys
+    if keys and not (key and any(hmac.compare_digest(key, k) for k in keys)):
+        raise HTTPException(401, "missing or wrong X-API-Key header")
+
+
+def require_key(settings: Annotated[Settings, Depends(get_settings)],
+                x_api_key: Annotated[str | None, Header()] = None) -> None:
+    """Admin endpoints need a key whenever FMREC_API_KEYS lists any."""
+    _check_key(settings, x_api_key)
+
+
+def require_read_key(settings: Annotated[Settings, Depends(get_settings)],
+                     x_api_key: Annotated[str | None, Header()] = None) -> None:
+    """Read endpoints need one only with FMREC_PROTECT_READS=true."""
+    if settings.protect_reads:
+        _check_key(settings, x_api_key)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ScorerDep = Annotated[Scorer, Depends(get_scorer)]
+StoreDep = Annotated[Store, Depends(get_store)]
+
+router = APIRouter()
+reads = APIRouter(dependencies=[Depends(require_read_key)])
+
+
+@reads.post("/predict", response_model=PredictResponse)
+async def predict(body: PredictRequest, scorer: ScorerDep, store: StoreDep,
+                  settings: SettingsDep) -> PredictResponse:
+    """Predicted ratings of one user for one or many movies, clipped to the rating range."""
+    check_limits(body, settings)
+    return await scorer.predict(body, store)
+
+
+@reads.post("/recommend", response_model=RecommendResponse)
+async def recommend(body: RecommendRequest, scorer: ScorerDep, store: StoreDep,
+                    settings: SettingsDep) -> RecommendResponse:
+    """The user's top-n catalog movies (or candidates), best first."""
+    check_limits(body, settings)
+    return await scorer.recommend(body, store)
+
+
+@reads.get("/model")
+async def model(service: ServiceDep) -> dict[str, Any]:
+    """Bundle metadata and test metrics of the model being served, and reload state."""
+    return service.model_info()
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive (says nothing about the model: see /readyz)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(service: ServiceDep) -> JSONResponse:
+    """200 once a warmed model is served; "store" says whether Redis answers."""
+    scorer = service.scorer
+    store = service.store
+    store_ok = store is not None and await store.ping()
+    body = {
+        "ready": scorer is not None,
+        "model_id": scorer.model_id if scorer is not None else None,
+        "store": "ok" if store_ok else "degraded",
+        "store_backend": store.description if store is not None else None,
+        "store_embedded": store.embedded if store is not None else None,
+    }
+    return JSONResponse(body, status_code=200 if scorer is not None else 503)
+
+
+@reads.get("/metrics")
+async def metrics(service: ServiceDep) -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.post("/admin/reload", dependencies=[Depends(require_key)])
+async def reload(service: ServiceDep,
+                 body: Annotated[ReloadRequest | None, Body()] = None) -> JSONResponse:
+    """Load and warm a bundle beside the current one, then swap; on failure keep serving."""
+    path = Path(body.bundle) if body is not None and body.bundle else None
+    try:
+        return JSONResponse(await service.reload(path))
+    except ReloadBusy as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+    except ReloadFailed as exc:
+        return JSONResponse({"detail": str(exc), "model_id": service.scorer.model_id
+                             if service.scorer else None}, status_code=422)
+
+
+router.include_router(reads)

@@ -1,0 +1,166 @@
+"""Request and response bodies of the HTTP API (pydantic v2).
+
+Ids may be sent as JSON numbers or strings and are strings from here on (MovieLens ids
+are numbers in files but keys in the feature map). Numbers must be finite. Limits that
+depend on settings (movies per request, n, history length) are checked by
+`check_limits`; it and the scorer raise `InvalidInput`, which the app answers with the
+same 422 body FastAPI gives for schema errors, so every refusal names its field alike.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
+
+from app.settings import Settings
+
+MAX_ID_CHARS = 64
+MAX_GENRES = 64
+
+
+def _id_text(value: Any) -> Any:
+    """JSON integers become their decimal string; anything else is left to str validation."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Id = Annotated[
+    str, BeforeValidator(_id_text),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID_CHARS),
+    WithJsonSchema({"anyOf": [{"type": "string", "maxLength": MAX_ID_CHARS},
+                              {"type": "integer"}]}),
+]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+
+
+class Strict(BaseModel):
+    """Unknown keys are refused (a misspelt "occupaton" must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class UserIn(Strict):
+    """A user by id (known to the store), inline (cold start), or both (inline wins)."""
+
+    id: Id | None = None
+    age: Annotated[int | None, Field(ge=0, le=150)] = None
+    gender: Text | None = None
+    occupation: Text | None = None
+    zip: Annotated[str, BeforeValidator(_id_text),
+                   StringConstraints(strip_whitespace=True, max_length=16)] | None = None
+    rated: Annotated[list[Id] | None, Field(
+        description="movies the user rated, oldest first (replaces the stored history)")] = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> UserIn:
+        if self.id is None and self.rated is None and not self.attributes():
+            raise ValueError("give the user's id, or attributes / rated movies inline")
+        return self
+
+    def attributes(self) -> dict[str, Any]:
+        """Inline attributes that were given (these override the stored profile)."""
+        return {k: v for k, v in self.model_dump(exclude={"id", "rated"}).items()
+                if v is not None}
+
+
+class ContextIn(Strict):
+    time: Annotated[float | None, Field(description="unix seconds (default: now)")] = None
+    last_movie: Annotated[Id | None, Field(
+        description="default: the user's most recently rated movie")] = None
+
+
+class MovieIn(Strict):
+    """A catalog movie by id, or a movie described inline (attributes override the catalog)."""
+
+    id: Id
+    genres: Annotated[list[Text] | None, Field(max_length=MAX_GENRES)] = None
+    year: Annotated[int | None, Field(ge=0, le=9999)] = None
+
+    def payload(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class PredictRequest(Strict):
+    user: UserIn
+    context: ContextIn | None = None
+    movies: Annotated[list[MovieIn], Field(min_length=1)]
+
+
+class RecommendRequest(Strict):
+    user: UserIn
+    context: ContextIn | None = None
+    n: Annotated[int, Field(ge=1)] = 10
+    candidates: Annotated[list[Id] | None, Field(min_length=1)] = None
+    exclude_rated: bool = True
+    genres: Annotated[list[Text] | None, Field(max_length=MAX_GENRES)] = None
+
+
+class Prediction(BaseModel):
+    movie_id: str
+    rating: float
+
+
+class PredictResponse(BaseModel):
+    model_id: str
+    predictions: list[Prediction]
+    user_cached: bool
+
+
+class Recommendation(BaseModel):
+    movie_id: str
+    title: str
+    score: Annotated[float, Field(description="unclipped model output, the ranking key")]
+    rating: Annotated[float, Field(description="score clipped to the rating range")]
+
+
+class RecommendResponse(BaseModel):
+    model_id: str
+    items: list[Recommendation]
+    user_cached: bool
+
+
+class ReloadRequest(Strict):
+    bundle: Annotated[str | None, Field(min_length=1, max_length=4096)] = None
+
+
+class InvalidInput(ValueError):
+    """Input that passed the schema but not a later check; `loc` is the path in the body."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str, value: Any = None) -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+        self.value = value
+
+    def errors(self) -> list[dict[str, Any]]:
+        """FastAPI's validation error entries."""
+        return [{"type": "value_error", "loc": ["body", *self.loc], "msg": self.message,
+                 "input": self.value}]
+
+
+def check_limits(request: PredictRequest | RecommendRequest, settings: Settings) -> None:
+    """Refuse requests over the configured sizes; the error names the field."""
+    rated = request.user.rated
+    if rated is not None and len(rated) > settings.max_history:
+        raise InvalidInput(("user", "rated"), f"at most {settings.max_history} rated movies",
+                      len(rated))
+    if isinstance(request, PredictRequest):
+        if len(request.movies) > settings.max_movies:
+            raise InvalidInput(("movies",), f"at most {settings.max_movies} movies per request",
+                          len(request.movies))
+        return
+    if request.n > settings.max_n:
+        raise InvalidInput(("n",), f"n must be at most {settings.max_n}", request.n)
+    if request.candidates is not None and len(request.candidates) > settings.max_movies:
+        raise InvalidInput(("candidates",), f"at most {settings.max_movies} candidates",
+                      len(request.candidates))

@@ -1,0 +1,340 @@
+"""Predict and recommend over side sums, through the bundle's SavedModel signatures.
+
+A request becomes a `Job`: the user's cached parts (or what is needed to compute them),
+a context payload and what to score. Jobs run in micro-batches (`app.batching`); one
+batch makes at most three model calls whatever its size: `side_sums` for every row the
+batch must encode (user profiles and histories missing from the cache, inline movies),
+`score_pairs` for listed movies and candidates, `top_n` for whole-catalog rankings.
+
+Rankings are exactly those of scoring every candidate and sorting by score, ties by
+catalog row (tf.math.top_k keeps the lower index first among equals; numpy lexsort here).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from app.batching import MicroBatcher
+from app.metrics import Metrics
+from app.schemas import (
+    ContextIn,
+    InvalidInput,
+    Prediction,
+    PredictRequest,
+    PredictResponse,
+    Recommendation,
+    RecommendRequest,
+    RecommendResponse,
+    UserIn,
+)
+from app.settings import Settings
+from app.store import Rating, Store, StoreUnavailable, UserRecord
+from app.user_sums import BaseSums, HistorySums, combine, history_weighting
+from model.bundle import Bundle, Sums
+from model.features import SparseRows
+
+
+@dataclass(frozen=True)
+class UserQuery:
+    """The user side of a request: cached parts, or the payloads to compute them from."""
+
+    uid: str | None
+    base: BaseSums | None  # cached; None = compute from base_payload
+    base_payload: dict[str, Any]
+    history: HistorySums | None  # cached; None = compute from rated
+    rated: list[str] | None  # history in use; None only when cached and not read
+    last_movie: str | None
+    last_time: int
+    cache_base: bool  # write a computed base back under uid
+    cache_history: bool
+
+    @property
+    def cached(self) -> bool:
+        return self.base is not None and self.history is not None
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """What /recommend asks beyond the scores: how many, and what to leave out."""
+
+    n: int
+    exclude: np.ndarray  # catalog rows
+    genre_mask: int
+
+
+@dataclass(frozen=True)
+class Job:
+    user: UserQuery
+    context: dict[str, Any]
+    pair_rows: np.ndarray | None  # catalog row per listed movie (-1: inline); None = all
+    inline_movies: list[dict[str, Any]] = field(default_factory=list)
+    ranking: Ranking | None = None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    rows: np.ndarray  # catalog rows (ranked for /recommend; as listed for /predict)
+    scores: np.ndarray  # unclipped, aligned with rows
+    base: BaseSums  # the user's parts as used (cached or just computed)
+    history: HistorySums
+
+
+def stack_rows(blocks: list[SparseRows]) -> SparseRows:
+    """Blocks one under the other (rows of different sides may share a side_sums call)."""
+    offsets = np.cumsum([0] + [b.nnz for b in blocks])
+    indptr = np.concatenate([np.zeros(1, np.int64)] + [
+        b.indptr[1:] + off for b, off in zip(blocks, offsets[:-1], strict=True)])
+    return SparseRows(indptr, np.concatenate([b.indices for b in blocks]).astype(np.int32),
+                      np.concatenate([b.values for b in blocks]).astype(np.float32))
+
+
+def latest(ratings: dict[str, Rating]) -> tuple[str | None, int]:
+    """The most recently rated movie (ties: the larger id, so the choice is stable)."""
+    if not ratings:
+        return None, 0
+    movie, rating = max(ratings.items(), key=lambda mr: (mr[1].timestamp, mr[0]))
+    return movie, rating.timestamp
+
+
+class Scorer:
+    """One loaded bundle, its micro-batcher, and the request logic on top of them."""
+
+    def __init__(self, bundle: Bundle, settings: Settings, metrics: Metrics) -> None:
+        self.bundle = bundle
+        self.metrics = metrics
+        self.weighting = history_weighting(bundle.spec)
+        self.genre_bits = bundle.catalog.genre_bits()
+        self.batcher: MicroBatcher[Job, JobResult] = MicroBatcher(
+            self.run_batch, max_batch_size=settings.max_batch_size,
+            max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue,
+            enabled=settings.batching, observe=metrics.observe_batch)
+
+    @property
+    def model_id(self) -> str:
+        return self.bundle.model_id
+
+    # --- requests ------------------------------------------------------------------------
+
+    async def predict(self, request: PredictRequest, store: Store) -> PredictResponse:
+        movies = [m.payload() for m in request.movies]
+        catalog = self.bundle.catalog
+        rows = np.array([catalog.row(p["id"]) if set(p) == {"id"} and catalog.row(p["id"])
+                         is not None else -1 for p in movies], dtype=np.int64)
+        user = await self._user(request.user, store, need_ratings=False)
+        job = Job(user, self._context(request.context, user), rows,
+                  [p for p, r in zip(movies, rows, strict=True) if r < 0])
+        result = await self._run(job, store)
+        ratings = self.bundle.clip(result.scores)
+        return PredictResponse(model_id=self.model_id, user_cached=user.cached, predictions=[
+            Prediction(movie_id=p["id"], rating=float(r))
+            for p, r in zip(movies, ratings, strict=True)])
+
+    async def recommend(self, request: RecommendRequest, store: Store) -> RecommendResponse:
+        catalog = self.bundle.catalog
+        mask = 0
+        for n, genre in enumerate(request.genres or []):
+            try:
+                mask |= catalog.mask([genre])
+            except KeyError:
+                raise InvalidInput(("genres", n), f"unknown genre {genre!r}; known: "
+                                   + ", ".join(catalog.genre_names), genre) from None
+        candidates = None
+        if request.candidates is not None:
+            found = [catalog.row(c) for c in request.candidates]
+            for n, row in enumerate(found):
+                if row is None:
+                    raise InvalidInput(("candidates", n), f"movie {request.candidates[n]!r} "
+                                       "is not in the catalog", request.candidates[n])
+            candidates = np.unique(np.array(found, dtype=np.int64))
+        user = await self._user(request.user, store, need_ratings=request.exclude_rated)
+        exclude = np.zeros(0, np.int64)
+        if request.exclude_rated and user.rated:
+            exclude = np.array([r for r in map(catalog.row, user.rated) if r is not None],
+                               dtype=np.int64)
+        job = Job(user, self._context(request.context, user), candidates,
+                  ranking=Ranking(request.n, exclude, mask))
+        result = await self._run(job, store)
+        ratings = self.bundle.clip(result.scores)
+        return RecommendResponse(model_id=self.model_id, user_cached=user.cached, items=[
+            Recommendation(movie_id=str(catalog.ids[row]), title=str(catalog.titles[row]),
+                           score=float(score), rating=float(rating))
+            for row, score, rating in zip(result.rows, result.scores, ratings, strict=True)])
+
+    async def _run(self, job: Job, store: Store) -> JobResult:
+        result = await self.batcher.submit(job)
+        user = job.user
+        if user.uid is not None and (user.cache_base or user.cache_history):
+            try:
+                await store.write_sums(self.model_id, user.uid,
+                                       result.base if user.cache_base else None,
+                                       result.history if user.cache_history else None)
+            except StoreUnavailable:
+                self.metrics.degraded.inc()
+        return result
+
+    async def _user(self, user: UserIn, store: Store, *, need_ratings: bool) -> UserQuery:
+        """Merge the request's user with the store's: inline fields win, the cache is used
+        only for parts the request does not override, and a failing store means computing
+        from the request alone."""
+        attrs = user.attributes()
+        record: UserRecord | None = None
+        if user.id is not None:
+            try:
+                record = await store.read_user(
+                    self.model_id, user.id, k=self.bundle.k,
+                    with_ratings=need_ratings and user.rated is None)
+                if user.rated is None and record.history is None and record.ratings is None:
+                    record = UserRecord(record.profile, await store.read_ratings(user.id),
+                                        record.base, None)
+            except StoreUnavailable:
+                self.metrics.degraded.inc()
+                record = None
+        base = record.base if record is not None and not attrs else None
+        history = None
+        if user.rated is not None:
+            rated: list[str] | None = list(user.rated)
+            last, last_time = (rated[-1] if rated else None), 0
+        elif record is not None and record.history is not None:
+            history = record.history
+            rated = list(record.ratings) if record.ratings is not None else None
+            last, last_time = history.last_movie, history.last_time
+        else:
+            ratings = (record.ratings if record is not None else None) or {}
+            rated = list(ratings)
+            last, last_time = latest(ratings)
+        known = record is not None and record.known
+        payload = {**(record.profile if record is not None else {}), **attrs}
+        if user.id is not None:
+            payload["id"] = user.id
+        query = UserQuery(user.id, base, payload, history, rated, last, last_time,
+                          cache_base=known and base is None and not attrs,
+                          cache_history=known and history is None and user.rated is None)
+        if user.id is not None and record is not None:
+            (self.metrics.cache_hits if query.cached else self.metrics.cache_misses).inc()
+        return query
+
+    @staticmethod
+    def _context(context: ContextIn | None, user: UserQuery) -> dict[str, Any]:
+        """Time defaults to now (the feature map clips it to the training range), the last
+        movie to the user's latest rated one."""
+        given = context or ContextIn()
+        out: dict[str, Any] = {"time": given.time if given.time is not None else time.time()}
+        last = given.last_movie if given.last_movie is not None else user.last_movie
+        if last is not None:
+            out["last_movie"] = last
+        return out
+
+    # --- one micro-batch (runs in a worker thread) ----------------------------------------
+
+    def run_batch(self, jobs: list[Job]) -> list[JobResult | Exception]:
+        bases, histories, inline = self._computed_sums(jobs)
+        query, parts = self._query(jobs, bases, histories)
+        contexts = self.bundle.fmap.encode("context", [j.context for j in jobs])
+        ranked = self._score_listed(jobs, query, contexts, inline)
+        ranked.update(self._score_catalog(jobs, query, contexts))
+        return [JobResult(*ranked[n], *parts[n]) for n in range(len(jobs))]
+
+    def _computed_sums(self, jobs: list[Job]) -> tuple[Sums, Sums, Sums]:
+        """Side sums of every row the batch lacks, in ONE side_sums call: user profiles,
+        single-movie history rows (w_j, v_j, |v_j|^2) and inline movies, in job order."""
+        fmap = self.bundle.fmap
+        blocks = [
+            fmap.encode("user", [j.user.base_payload for j in jobs if j.user.base is None]),
+            fmap.encode("user", [{"rated": [m]} for j in jobs if j.user.history is None
+                                 for m in j.user.rated or []]),
+            fmap.encode("item", [m for j in jobs for m in j.inline_movies]),
+        ]
+        bounds = np.cumsum([0] + [b.n_rows for b in blocks])
+        if bounds[-1] == 0:
+            empty = Sums(np.zeros(0, np.float32), np.zeros((0, self.bundle.k), np.float32),
+                         np.zeros(0, np.float32))
+            return empty, empty, empty
+        sums = self.bundle.side_sums(stack_rows(blocks))
+        a, b, c, d = bounds
+        return sums.take(np.arange(a, b)), sums.take(np.arange(b, c)), sums.take(np.arange(c, d))
+
+    def _query(self, jobs: list[Job], bases: Sums, histories: Sums
+               ) -> tuple[Sums, list[tuple[BaseSums, HistorySums]]]:
+        """Each job's user sums (cached parts or just computed ones, combined)."""
+        k = self.bundle.k
+        L, s, q = np.zeros(len(jobs)), np.zeros((len(jobs), k)), np.zeros(len(jobs))
+        parts = []
+        base_row = history_row = 0
+        for n, job in enumerate(jobs):
+            user = job.user
+            base = user.base
+            if base is None:
+                base = BaseSums.of_row(bases, base_row)
+                base_row += 1
+            history = user.history
+            if history is None:
+                size = len(user.rated or [])
+                history = HistorySums.of_rows(histories, history_row, history_row + size,
+                                              user.last_movie, user.last_time)
+                history_row += size
+            parts.append((base, history))
+            L[n], s[n], q[n] = combine(base, history, self.weighting)
+        return Sums(L.astype(np.float32), s.astype(np.float32), q.astype(np.float32)), parts
+
+    def _score_listed(self, jobs: list[Job], query: Sums, contexts: SparseRows, inline: Sums
+                      ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Listed movies (/predict) and candidates (/recommend): one score_pairs call."""
+        listed = [(n, j.pair_rows) for n, j in enumerate(jobs) if j.pair_rows is not None]
+        if not listed:
+            return {}
+        items, pair_row = [], []
+        inline_row = 0
+        for p, (_, rows) in enumerate(listed):
+            job_items = self.bundle.catalog.sums.take(np.maximum(rows, 0))
+            slots = np.flatnonzero(rows < 0)
+            own = inline.take(np.arange(inline_row, inline_row + len(slots)))
+            job_items.L[slots], job_items.s[slots], job_items.q[slots] = own.L, own.s, own.q
+            inline_row += len(slots)
+            items.append(job_items)
+            pair_row.append(np.full(len(rows), p, np.int32))
+        which = np.array([n for n, _ in listed])
+        flat = self.bundle.score_pairs(query.take(which), contexts.take(which),
+                                       np.concatenate(pair_row), Sums.concat(items))
+        out = {}
+        start = 0
+        for n, rows in listed:
+            scores = flat[start:start + len(rows)]
+            start += len(rows)
+            ranking = jobs[n].ranking
+            out[n] = (rows, scores) if ranking is None else self._rank(rows, scores, ranking)
+        return out
+
+    def _score_catalog(self, jobs: list[Job], query: Sums, contexts: SparseRows
+                       ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Whole-catalog rankings: one top_n call with each job's exclusions and genres."""
+        ranked = [(n, j.ranking) for n, j in enumerate(jobs)
+                  if j.pair_rows is None and j.ranking is not None]
+        if not ranked:
+            return {}
+        which = np.array([n for n, _ in ranked])
+        exclude_item = np.concatenate([r.exclude for _, r in ranked]).astype(np.int32)
+        exclude_row = np.concatenate(
+            [np.full(len(r.exclude), p, np.int32) for p, (_, r) in enumerate(ranked)])
+        masks = np.array([r.genre_mask for _, r in ranked], np.int64)
+        size = min(max(r.n for _, r in ranked), len(self.bundle.catalog))
+        rows, scores = self.bundle.top_n(query.take(which), contexts.take(which),
+                                         exclude_row, exclude_item, masks, size)
+        out = {}
+        for p, (n, ranking) in enumerate(ranked):
+            keep = np.isfinite(scores[p, :ranking.n])  # excluded / filtered score -inf
+            out[n] = rows[p, :ranking.n][keep].astype(np.int64), scores[p, :ranking.n][keep]
+        return out
+
+    def _rank(self, rows: np.ndarray, scores: np.ndarray, ranking: Ranking
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """Top n of scored candidates: what top_n does over the catalog, in numpy."""
+        allowed = ~np.isin(rows, ranking.exclude)
+        if ranking.genre_mask:
+            allowed &= (self.genre_bits[rows] & ranking.genre_mask) != 0
+        rows, scores = rows[allowed], scores[allowed]
+        order = np.lexsort((rows, -scores))[:ranking.n]
+        return rows[order], scores[order]

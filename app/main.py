@@ -7,11 +7,15 @@ arguments, so settings come from the environment.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -78,9 +82,21 @@ class ObserveRequests:
                                     status=str(status)).observe(time.perf_counter() - start)
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities as strings: an error echoing `"time": NaN` must not itself fail."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _errors(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, InvalidInput):
-        return JSONResponse({"detail": exc.errors()}, status_code=422)
+    if isinstance(exc, (InvalidInput, RequestValidationError)):
+        detail = _json_safe(jsonable_encoder(exc.errors()))
+        return JSONResponse({"detail": detail}, status_code=422)
     if isinstance(exc, QueueFull):
         request.app.state.service.metrics.queue_full.inc()
         return JSONResponse({"detail": f"overloaded: {exc}; retry shortly"}, status_code=503,
@@ -113,7 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "Machines over cached user side sums.")
     app.state.service = service
     app.include_router(router)
-    for kind in (InvalidInput, QueueFull, FeatureError):
+    for kind in (RequestValidationError, InvalidInput, QueueFull, FeatureError):
         app.add_exception_handler(kind, _errors)
     app.add_middleware(ObserveRequests, metrics=metrics,
                        max_body_bytes=settings.max_body_bytes)

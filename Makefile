@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # Tests start their own redis-server processes; Debian's package provides the binary.
+# Non-interactive: CI runs this on a fresh machine with no terminal.
 redis:
-	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+	@command -v redis-server >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] || { echo "redis-server is missing: install it (apt-get install redis-server) or run make as root" >&2; exit 1; }; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
 
 lint: setup
 	$(BIN)/ruff check .
@@ -25,5 +29,6 @@ lint: setup
 test: setup redis lint
 	$(BIN)/pytest -q
 
+# `make run DATA=data/ml-100k` trains the first model on MovieLens instead of synthetic data.
 run: setup
-	$(BIN)/fmrec demo
+	$(BIN)/fmrec demo $(if $(DATA),--data $(DATA))

@@ -2,9 +2,14 @@
 
 One step computes side sums for the batch's distinct users and movies (each once), the
 contexts per rating, gathers them per rating and scores with `FactorizationMachine.score`:
-the same code the exported model and the service use. L2 is per parameter group
-(w0, w, V) and applies to the parameters the batch touches, as in libFM's SGD, so
-rarely seen features are not shrunk by every step of everyone else.
+the same code the exported model and the service use.
+
+L2 is per parameter group (w0, w, V) and per feature occurrence, as in libFM's SGD: each
+rating adds lambda_w * sum_i w_i^2 x_i^2 + lambda_V * sum_i |v_i|^2 x_i^2, so a feature is
+shrunk in proportion to how often (and how strongly) it appears, and rare features are
+not shrunk by every step of everyone else. The V part is exactly the `q` side sum the
+score already computes, so it costs nothing extra. On ML-100k this beat L2 on the
+touched rows by 0.006 RMSE (README, "Accuracy").
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from tqdm import tqdm
 
 from model.dataset import Batch, Block, EncodedRatings
 from model.evaluate import rmse_mae
-from model.fm import FactorizationMachine
+from model.fm import FactorizationMachine, SideSums
 from model.optim import OptimizerName, SparseOptimizer
 
 
@@ -28,15 +33,15 @@ class TrainConfig:
     """Hyper-parameters; the defaults are tuned on ML-100k ua.base (see README)."""
 
     k: int = 16
-    epochs: int = 40
-    batch_size: int = 1024
+    epochs: int = 100
+    batch_size: int = 4096
     optimizer: OptimizerName = "adam"
-    learning_rate: float = 0.003
+    learning_rate: float = 0.002
     l2_w0: float = 0.0
-    l2_w: float = 0.01
-    l2_v: float = 0.03
-    init_std: float = 0.01
-    patience: int = 4
+    l2_w: float = 0.05
+    l2_v: float = 0.1
+    init_std: float = 0.001
+    patience: int = 6
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,12 +69,22 @@ def _as_batch(args: tuple[Any, ...]) -> Batch:
     return Batch(*(Block(*a) for a in args[:4]), *args[4:])
 
 
-def batch_scores(fm: FactorizationMachine, batch: Batch) -> tf.Tensor:
-    """FM output of every rating in a batch, via per-block side sums."""
+def batch_totals(fm: FactorizationMachine, batch: Batch) -> SideSums:
+    """Side sums of every rating's whole feature vector, from per-block side sums."""
     users = fm.side_sums(*batch.users).gather(batch.row_user)
     items = fm.side_sums(*batch.items).gather(batch.row_item)
     contexts = fm.side_sums(*batch.contexts)
-    return fm.score(users + items + contexts - fm.side_sums(*batch.left_out))
+    return users + items + contexts - fm.side_sums(*batch.left_out)
+
+
+def batch_scores(fm: FactorizationMachine, batch: Batch) -> tf.Tensor:
+    """FM output of every rating in a batch."""
+    return fm.score(batch_totals(fm, batch))
+
+
+def _square_w(fm: FactorizationMachine, block: Block) -> tf.Tensor:
+    return tf.math.unsorted_segment_sum(
+        tf.square(tf.gather(fm.w, block.indices) * block.values), block.row_ids, block.n_rows)
 
 
 class Trainer:
@@ -91,18 +106,16 @@ class Trainer:
     def _step(self, *args: Any) -> tf.Tensor:
         batch = _as_batch(args)
         cfg = self.config
-        touched, _ = tf.unique(
-            tf.concat([batch.users.indices, batch.items.indices, batch.contexts.indices], 0)
-        )
+        fm = self.fm
         with tf.GradientTape() as tape:
-            err = batch_scores(self.fm, batch) - batch.y
+            total = batch_totals(fm, batch)
+            err = fm.score(total) - batch.y
             mse = tf.reduce_mean(tf.square(err))
-            n = tf.cast(tf.shape(err)[0], tf.float32)
-            reg = (
-                cfg.l2_w0 * tf.square(self.fm.w0)
-                + cfg.l2_w * tf.reduce_sum(tf.square(tf.gather(self.fm.w, touched)))
-                + cfg.l2_v * tf.reduce_sum(tf.square(tf.gather(self.fm.V, touched)))
-            ) / n
+            w_sq = (tf.gather(_square_w(fm, batch.users), batch.row_user)
+                    + tf.gather(_square_w(fm, batch.items), batch.row_item)
+                    + _square_w(fm, batch.contexts) - _square_w(fm, batch.left_out))
+            reg = cfg.l2_w0 * tf.square(fm.w0) + tf.reduce_mean(
+                cfg.l2_w * w_sq + cfg.l2_v * total.q)
             loss = mse + reg
         variables = [self.fm.w0, self.fm.w, self.fm.V]
         grads = tape.gradient(loss, variables)

@@ -12,6 +12,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+    from model.bundle import Bundle
+    from model.data import Dataset
+    from model.features import FeatureSpec
 
 DEFAULT_DATA_ENV = "FMREC_DATA"
 
@@ -20,7 +27,7 @@ class CliError(Exception):
     """An error to report on one line and exit 2."""
 
 
-def _load_data(args: argparse.Namespace):  # noqa: ANN202 - returns (Dataset, spec)
+def _load_data(args: argparse.Namespace) -> tuple[Dataset, FeatureSpec]:
     from model.data import DataError
     from model.data.movielens import read_movielens
     from model.data.synthetic import synthetic
@@ -66,6 +73,116 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(json.dumps({"model_id": bundle.model_id, "data": data.name,
                       **evaluate_bundle(bundle, data)}, indent=2))
 
+
+
+# --- the service: serve, load-users, demo ----------------------------------------------------
+
+DEMO_RATINGS = 50_000
+
+
+def _settings() -> Settings:
+    """Settings from the environment; a bad FMREC_* value is a one-line error."""
+    from pydantic import ValidationError
+
+    from app.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"FMREC_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                             for e in exc.errors())
+        raise CliError(f"bad setting: {problems}") from None
+
+
+def _bundle(path: Path) -> Bundle:
+    from model.bundle import Bundle, BundleError
+
+    try:
+        return Bundle(path)
+    except BundleError as exc:
+        raise CliError(f"{exc}; or run `fmrec demo` to train and serve a demo model") from None
+
+
+def _load_users(settings: Settings, data: Dataset) -> int:
+    """Write the data's user profiles and training histories into the configured store."""
+    import asyncio
+
+    from app.store import Store, StoreUnavailable, rating_histories
+
+    async def load() -> int:
+        store = Store.open(settings)
+        try:
+            train = data.train
+            return await store.load_users(data.users, rating_histories(
+                train.user, train.item, train.rating, train.timestamp))
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(load())
+    except StoreUnavailable as exc:
+        raise CliError(f"cannot write to the store {settings.store_description()}: "
+                       f"{exc}") from None
+
+
+def _serve(settings: Settings) -> None:
+    import uvicorn
+
+    _bundle(settings.bundle)  # refuse here, on one line, rather than in every worker
+    print(f"fmrec: serving {settings.bundle} at http://{settings.host}:{settings.port} "
+          f"({settings.workers} worker(s))", file=sys.stderr)
+    # workers re-read the environment: FMREC_* set by `serve` flags reach them too
+    uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port,
+                workers=settings.workers, log_level=settings.log_level)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    flags = {"FMREC_BUNDLE": args.bundle, "FMREC_HOST": args.host, "FMREC_PORT": args.port,
+             "FMREC_WORKERS": args.workers}
+    os.environ.update({k: str(v) for k, v in flags.items() if v is not None})
+    _serve(_settings())
+
+
+def cmd_load_users(args: argparse.Namespace) -> None:
+    if args.redis_url is not None:
+        os.environ["FMREC_REDIS_URL"] = args.redis_url
+    settings = _settings()
+    data, _ = _load_data(args)
+    bundle = _bundle(args.bundle)
+    trained_on = (bundle.metrics.get("data"), bundle.metrics.get("train_ratings"),
+                  bundle.metrics.get("data_info"))
+    given = (data.name, len(data.train), json.loads(json.dumps(data.info, default=float)))
+    if trained_on != given:
+        raise CliError(
+            f"bundle {args.bundle} was trained on {trained_on[0]} data with {trained_on[1]} "
+            f"training ratings ({trained_on[2]}), not on this {given[0]} data with {given[1]} "
+            f"({given[2]}): give the --data/--synthetic/--split/--seed used to train it")
+    users = _load_users(settings, data)
+    print(json.dumps({"model_id": bundle.model_id, "users": users,
+                      "ratings": len(data.train), "store": settings.store_description()},
+                     indent=2))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from model.pipeline import fit_and_save
+    from model.train import TrainConfig
+
+    settings = _settings()
+    if (settings.bundle / "model_id").is_file():
+        print(f"fmrec demo: a model is already at {settings.bundle}; serving it",
+              file=sys.stderr)
+    else:
+        if not (args.data or args.synthetic or os.environ.get(DEFAULT_DATA_ENV)):
+            args.synthetic = DEMO_RATINGS
+        data, spec = _load_data(args)
+        print(f"fmrec demo: no model at {settings.bundle}; training one on {data.name} data "
+              f"({len(data.train)} ratings)", file=sys.stderr)
+        fit_and_save(data, spec, TrainConfig(seed=args.seed), settings.bundle,
+                     progress=not args.quiet)
+        users = _load_users(settings, data)
+        print(f"fmrec demo: loaded {users} users into {settings.store_description()}",
+              file=sys.stderr)
+    _serve(settings)
 
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help=f"MovieLens folder (or ${DEFAULT_DATA_ENV})")
@@ -113,6 +230,27 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--bundle", type=Path, default=Path("bundles/current"))
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("serve", help="serve a bundle over HTTP (FMREC_* settings apply)")
+    p.add_argument("--bundle", type=Path, help="bundle directory (default: $FMREC_BUNDLE)")
+    p.add_argument("--host", help="listen address (default: $FMREC_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: $FMREC_PORT or 8000)")
+    p.add_argument("--workers", type=_positive(int), help="uvicorn worker processes")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("load-users", help="write a data set's users and training histories "
+                       "to the store (FMREC_REDIS_URL, or the embedded one)")
+    _data_args(p)
+    p.add_argument("--bundle", type=Path, default=Path("bundles/current"),
+                   help="the bundle trained on this data (checked to match)")
+    p.add_argument("--redis-url", help="default: $FMREC_REDIS_URL (empty: embedded)")
+    p.set_defaults(func=cmd_load_users)
+
+    p = sub.add_parser("demo", help="train a model if $FMREC_BUNDLE has none, load its "
+                       f"users, serve it (synthetic data, {DEMO_RATINGS} ratings, by default)")
+    _data_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -16,7 +16,7 @@ if [ -n "${FMREC_DATA-}" ] && { [ -f "$FMREC_DATA/u.data" ] ||
     set -- --data "$FMREC_DATA"
     echo "fmrec-bootstrap: training on MovieLens at $FMREC_DATA"
 else
-    set -- --synthetic "${FMREC_DEMO_RATINGS:-100000}"
+    set -- --synthetic "${FMREC_DEMO_RATINGS:-50000}"
     echo "fmrec-bootstrap: no MovieLens folder at ${FMREC_DATA:-\$FMREC_DATA}; training on" \
          "synthetic demo data"
 fi

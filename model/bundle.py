@@ -143,7 +143,7 @@ class Catalog:
         return len(self.ids)
 
     def row(self, movie_id: str) -> int | None:
-        return self.index.get(movie_id)  # type: ignore[attr-defined, no-any-return]
+        return self.index.get(movie_id)  # type: ignore[attr-defined]
 
     def genre_bits(self) -> np.ndarray:
         """Per movie, a bit per genre (position in `genre_names`): the top_n filter."""

@@ -31,7 +31,7 @@ class Block(NamedTuple):
     row_ids: np.ndarray
     indices: np.ndarray
     values: np.ndarray
-    n_rows: np.ndarray  # int32 scalar
+    n_rows: np.int32
 
     @staticmethod
     def of(rows: SparseRows) -> Block:

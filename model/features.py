@@ -297,16 +297,18 @@ class FeatureMap:
             "colliding_features": int(counts[counts > 1].sum()),
         }
 
-    def tokens(self, side: Side, columns: Mapping[str, Sequence[Any]]) -> set[str]:
-        """All distinct feature keys a side's columns produce (for collision_report)."""
+    def tokens(self, side: Side, payloads: Iterable[Mapping[str, Any]]) -> set[str]:
+        """All distinct feature keys a side's payloads produce (for collision_report)."""
         out: set[str] = set()
-        for f in self.spec.side_fields(side):
-            if f.name not in columns:
-                continue
-            if f.kind == "numeric":
-                out.add(f.key)
-            elif f.kind == "categorical":
-                out.update(f.token(v) for v in set(columns[f.name]) if v is not None)
-            else:
-                out.update(f.token(x) for v in columns[f.name] if v for x in v)
+        for p in payloads:
+            for f in self.spec.side_fields(side):
+                value = p.get(f.name)
+                if value is None:
+                    continue
+                if f.kind == "numeric":
+                    out.add(f.key)
+                elif f.kind == "categorical":
+                    out.add(f.token(value))
+                else:
+                    out.update(f.token(x) for x in value)
         return out

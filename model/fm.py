@@ -26,7 +26,7 @@ class SideSums(NamedTuple):
     s: tf.Tensor
     q: tf.Tensor
 
-    def __add__(self, other: object) -> SideSums:  # type: ignore[override]
+    def __add__(self, other: object) -> SideSums:
         if not isinstance(other, SideSums):
             return NotImplemented
         return SideSums(self.L + other.L, self.s + other.s, self.q + other.q)

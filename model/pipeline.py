@@ -11,7 +11,7 @@ import numpy as np
 
 from model.bundle import save_bundle
 from model.data import Dataset
-from model.dataset import encode_ratings
+from model.dataset import encode_ratings, item_payload, user_histories, user_payload
 from model.evaluate import rmse_mae
 from model.features import FeatureMap, FeatureSpec
 from model.train import TrainConfig, TrainResult, train
@@ -25,6 +25,38 @@ class FitReport:
     result: TrainResult
 
 
+def feature_keys(fmap: FeatureMap, data: Dataset) -> set[str]:
+    """Every distinct feature key the training data can produce (for the collision report)."""
+    rated = user_histories(data.train)
+    users = [user_payload(u, data.users.get(u, {}), rated.get(u, []))
+             for u in set(data.train.user) | set(data.users)]
+    items = [item_payload(i, attrs) for i, attrs in data.items.items()]
+    contexts = [{"time": 0, "last_movie": i} for i in data.items]
+    return (fmap.tokens("user", users) | fmap.tokens("item", items)
+            | fmap.tokens("context", contexts))
+
+
+def per_user_holdout(row_user: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The same number of random ratings from every user with enough of them (sorted rows).
+
+    MovieLens test splits such as ua/ub hold out 10 ratings *per user*, so light users
+    weigh as much as heavy ones; a uniformly random validation slice is dominated by heavy
+    users and stops training at an epoch that overfits the light ones.
+    """
+    if fraction <= 0:
+        return np.zeros(0, dtype=np.int64)
+    counts = np.bincount(row_user)
+    n_users = max(int(np.count_nonzero(counts)), 1)
+    per_user = max(1, round(fraction * len(row_user) / n_users))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(row_user))
+    order = order[np.argsort(row_user[order], kind="stable")]  # grouped by user, shuffled
+    starts = np.searchsorted(row_user[order], np.arange(len(counts)))
+    rank = np.arange(len(order)) - starts[row_user[order]]
+    eligible = counts[row_user[order]] > 2 * per_user
+    return np.sort(order[(rank < per_user) & eligible])
+
+
 def fit(data: Dataset, spec: FeatureSpec, config: TrainConfig, validation_fraction: float = 0.05,
         progress: bool = True) -> FitReport:
     """Train on `data.train` (early stopping on a random slice of it), test on `data.test`."""
@@ -34,18 +66,14 @@ def fit(data: Dataset, spec: FeatureSpec, config: TrainConfig, validation_fracti
     encoded = encode_ratings(fmap, data, data.train, data.train)
     test = encode_ratings(fmap, data, data.test, data.train)
     encode_seconds = time.perf_counter() - t0
-    rows = np.random.default_rng(config.seed).permutation(len(encoded))
-    n_val = int(len(rows) * validation_fraction)
-    fit_part = encoded.subset(np.sort(rows[n_val:]))
-    val_part = encoded.subset(np.sort(rows[:n_val])) if n_val else None
+    val_rows = per_user_holdout(encoded.row_user, validation_fraction, config.seed)
+    fit_rows = np.setdiff1d(np.arange(len(encoded)), val_rows)
+    fit_part = encoded.subset(fit_rows)
+    val_part = encoded.subset(val_rows) if len(val_rows) else None
     result = train(fit_part, config, spec.n_features, data.rating_range, val_part, progress)
     test_pred = np.clip(result.trainer.predict_all(test), *data.rating_range)
     test_rmse, test_mae = rmse_mae(test_pred, test.y)
-    tokens = set().union(*(fmap.tokens(side, cols) for side, cols in (
-        ("user", {"id": list(data.users) + list(set(data.train.user))}),
-        ("item", {"id": list(data.items), "genres": [m.get("genres") for m in data.items.values()],
-                  "year": [m.get("year") for m in data.items.values()]}),
-    )))
+    tokens = feature_keys(fmap, data)
     epochs = result.history
     metrics = {
         "data": data.name, "data_info": data.info, "train_ratings": len(data.train),

@@ -66,7 +66,8 @@ _BATCH = (_BLOCK, _BLOCK, _BLOCK, _BLOCK, tf.TensorSpec([None], tf.int32),
 
 def _as_batch(args: tuple[Any, ...]) -> Batch:
     """Rebuild the named tuples that tf.function flattened into plain tuples."""
-    return Batch(*(Block(*a) for a in args[:4]), *args[4:])
+    users, items, contexts, left_out = (Block(*a) for a in args[:4])
+    return Batch(users, items, contexts, left_out, *args[4:])
 
 
 def batch_totals(fm: FactorizationMachine, batch: Batch) -> SideSums:

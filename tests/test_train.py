@@ -11,6 +11,7 @@ from model.dataset import EncodedRatings, encode_ratings
 from model.evaluate import rmse_mae
 from model.features import FeatureMap, FeatureSpec
 from model.optim import SparseOptimizer
+from model.pipeline import per_user_holdout
 from model.train import TrainConfig, train
 
 
@@ -92,3 +93,15 @@ def test_early_stopping_keeps_the_best_epoch(small_data: tuple[Dataset, FeatureS
                      test_part.y)[0]
     assert final == pytest.approx(best, abs=1e-5)
     assert result.history[result.best_epoch - 1]["val_rmse"] == best
+
+
+def test_per_user_holdout_takes_the_same_count_from_each_eligible_user() -> None:
+    row_user = np.repeat(np.arange(4), [40, 40, 3, 80])  # user 2 has too few ratings
+    rng = np.random.default_rng(0)
+    row_user = row_user[rng.permutation(len(row_user))]
+    held = per_user_holdout(row_user, 0.05, seed=1)
+    counts = np.bincount(row_user[held], minlength=4)
+    per_user = round(0.05 * len(row_user) / 4)
+    assert counts.tolist() == [per_user, per_user, 0, per_user]
+    assert np.all(np.diff(held) > 0)
+    assert len(per_user_holdout(row_user, 0.0, seed=1)) == 0

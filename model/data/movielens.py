@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from model.data import Dataset, DataError, Ratings, random_split
+from model.data import DataError, Dataset, Ratings, random_split
 
 SPLITS_100K = ("ua", "ub", "u1", "u2", "u3", "u4", "u5")
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
@@ -107,7 +107,8 @@ def read_dat(root: Path, split: str = "random", seed: int = 0) -> Dataset:
             for _, p in _lines(root / "users.dat", "::", 5, "latin-1")
         }
     items = {
-        p[0]: {"title": p[1], "genres": [g for g in p[2].split("|") if g], "year": _title_year(p[1])}
+        p[0]: {"title": p[1], "genres": [g for g in p[2].split("|") if g],
+               "year": _title_year(p[1])}
         for _, p in _lines(root / "movies.dat", "::", 3, "latin-1")
     }
     ratings = _ratings(_lines(root / "ratings.dat", "::", 4, "latin-1"), root / "ratings.dat")

@@ -21,6 +21,14 @@ from model.dataset import user_histories, user_payload
 CONTEXT = {"time": 890_000_000, "last_movie": "7"}
 
 
+def service_settings(**values: Any) -> Settings:
+    """Settings for a test app. The Redis timeout is generous: on a busy CI machine the
+    event loop can stall past the 0.25 s default, and a timed-out read rightly degrades
+    the answer, which would make tests about numbers flaky. Tests of the timeout itself
+    set their own."""
+    return Settings(**{"redis_timeout_s": 5.0, **values})
+
+
 @asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """The app with its lifespan run (load, warm, open the store), and a client for it."""

@@ -15,7 +15,7 @@ from app.batching import MicroBatcher, QueueFull
 from app.settings import Settings
 from model.data import Dataset
 from model.features import FeatureSpec
-from tests.api_client import CONTEXT, load_users, metric, serving
+from tests.api_client import CONTEXT, load_users, metric, service_settings, serving
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -47,6 +47,7 @@ async def _answers(settings: Settings, concurrent: bool) -> tuple[list[dict[str,
             responses = [await client.post(r, json=b) for r, b in requests]
         page = (await client.get("/metrics")).text
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    assert metric(page, "fmrec_degraded_requests_total") == 0  # all answered with the store
     return [r.json() for r in responses], page
 
 
@@ -54,7 +55,7 @@ async def test_batched_answers_equal_unbatched_ones(
         small_bundle_path: Path, redis_server: RedisServer,
         small_data: tuple[Dataset, FeatureSpec]) -> None:
     data, _ = small_data
-    on = Settings(bundle=small_bundle_path, redis_url=redis_server.url, max_batch_size=16)
+    on = service_settings(bundle=small_bundle_path, redis_url=redis_server.url, max_batch_size=16)
     await load_users(on, data)
     batched, page = await _answers(on, concurrent=True)
     batches = metric(page, "fmrec_batch_size_count")
@@ -79,7 +80,7 @@ async def test_batched_answers_equal_unbatched_ones(
 
 async def test_full_queue_answers_503_with_retry_after(
         small_bundle_path: Path, redis_server: RedisServer) -> None:
-    settings = Settings(bundle=small_bundle_path, redis_url=redis_server.url, max_queue=1,
+    settings = service_settings(bundle=small_bundle_path, redis_url=redis_server.url, max_queue=1,
                         max_batch_size=1)
     body = {"user": {"id": "1"}, "movies": [{"id": "1"}]}
     async with serving(settings) as (_, client):

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.settings import Settings
 from model.bundle import Bundle
 from model.data import Dataset
 from model.features import FeatureSpec
-from tests.api_client import CONTEXT, full_payload, load_users, metric, serving
+from tests.api_client import CONTEXT, full_payload, load_users, metric, service_settings, serving
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -22,7 +21,7 @@ async def test_redis_killed_then_restarted(
         small_bundle_path: Path, small_bundle: Bundle, redis_server: RedisServer,
         small_data: tuple[Dataset, FeatureSpec]) -> None:
     data, _ = small_data
-    settings = Settings(bundle=small_bundle_path, redis_url=redis_server.url,
+    settings = service_settings(bundle=small_bundle_path, redis_url=redis_server.url,
                         redis_retry_s=0.2)
     await load_users(settings, data)
     movies = [{"id": str(i)} for i in small_bundle.catalog.ids[:25]]
@@ -71,7 +70,7 @@ async def test_hung_redis_costs_one_timeout_then_backs_off(
     import signal
     import time
 
-    settings = Settings(bundle=small_bundle_path, redis_url=redis_server.url,
+    settings = service_settings(bundle=small_bundle_path, redis_url=redis_server.url,
                         redis_timeout_s=0.3, redis_retry_s=30)
     body = {"user": {"id": "1"}, "movies": [{"id": "1"}]}
     async with serving(settings) as (_, client):
@@ -96,7 +95,7 @@ async def test_embedded_store_when_no_redis_url(
         small_bundle_path: Path, small_bundle: Bundle, tmp_path: Path,
         small_data: tuple[Dataset, FeatureSpec], caplog: pytest.LogCaptureFixture) -> None:
     data, _ = small_data
-    settings = Settings(bundle=small_bundle_path, redis_url="",
+    settings = service_settings(bundle=small_bundle_path, redis_url="",
                         embedded_redis_path=tmp_path / "db" / "fmrec.db")
     await load_users(settings, data)  # written, saved on close, read by the next process
     movies = [{"id": "4"}, {"id": "8"}]

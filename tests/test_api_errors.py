@@ -10,7 +10,7 @@ import pytest
 
 from app.main import create_app
 from app.settings import Settings
-from tests.api_client import serving
+from tests.api_client import service_settings, serving
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -20,7 +20,7 @@ MOVIES = [{"id": "1"}]
 
 @pytest.fixture
 def settings(small_bundle_path: Path, redis_server: RedisServer) -> Settings:
-    return Settings(bundle=small_bundle_path, redis_url=redis_server.url, max_n=20,
+    return service_settings(bundle=small_bundle_path, redis_url=redis_server.url, max_n=20,
                     max_movies=5, max_history=10, max_body_bytes=4096)
 
 
@@ -95,7 +95,7 @@ async def test_malformed_json_non_finite_numbers_and_huge_bodies(settings: Setti
 
 
 async def test_missing_bundle_refuses_to_start(tmp_path: Path, redis_server: RedisServer) -> None:
-    app = create_app(Settings(bundle=tmp_path / "nope", redis_url=redis_server.url))
+    app = create_app(service_settings(bundle=tmp_path / "nope", redis_url=redis_server.url))
     with pytest.raises(RuntimeError, match=r"fmrec train.*fmrec demo"):
         async with app.router.lifespan_context(app):
             pass

@@ -12,7 +12,15 @@ from app.settings import Settings
 from model.bundle import Bundle
 from model.data import Dataset
 from model.features import FeatureSpec
-from tests.api_client import CONTEXT, full_payload, latest_movie, load_users, metric, serving
+from tests.api_client import (
+    CONTEXT,
+    full_payload,
+    latest_movie,
+    load_users,
+    metric,
+    service_settings,
+    serving,
+)
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -20,7 +28,7 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 def settings(small_bundle_path: Path, redis_server: RedisServer) -> Settings:
-    return Settings(bundle=small_bundle_path, redis_url=redis_server.url)
+    return service_settings(bundle=small_bundle_path, redis_url=redis_server.url)
 
 
 def _ratings(body: dict[str, Any]) -> np.ndarray:

@@ -13,7 +13,14 @@ from model.bundle import Bundle
 from model.data import Dataset
 from model.dataset import user_histories
 from model.features import FeatureSpec
-from tests.api_client import CONTEXT, brute_force, full_payload, load_users, serving
+from tests.api_client import (
+    CONTEXT,
+    brute_force,
+    full_payload,
+    load_users,
+    service_settings,
+    serving,
+)
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -21,7 +28,7 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 def settings(small_bundle_path: Path, redis_server: RedisServer) -> Settings:
-    return Settings(bundle=small_bundle_path, redis_url=redis_server.url)
+    return service_settings(bundle=small_bundle_path, redis_url=redis_server.url)
 
 
 def _check(body: dict[str, Any], expected: list[tuple[str, float]], bundle: Bundle) -> None:

@@ -22,7 +22,7 @@ from model.data import Dataset
 from model.features import FeatureSpec
 from model.pipeline import fit_and_save
 from model.train import TrainConfig
-from tests.api_client import CONTEXT, metric, serving
+from tests.api_client import CONTEXT, metric, service_settings, serving
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -44,7 +44,7 @@ def other_bundle_path(tmp_path_factory: pytest.TempPathFactory,
 
 @pytest.fixture
 def settings(small_bundle_path: Path, redis_server: RedisServer) -> Settings:
-    return Settings(bundle=small_bundle_path, redis_url=redis_server.url)
+    return service_settings(bundle=small_bundle_path, redis_url=redis_server.url)
 
 
 async def _predict(client: httpx.AsyncClient) -> dict[str, Any]:
@@ -162,7 +162,7 @@ async def test_reload_without_body_rereads_the_configured_path(
         tmp_path: Path) -> None:
     current = tmp_path / "current"
     shutil.copytree(small_bundle_path, current)
-    settings = Settings(bundle=current, redis_url=redis_server.url)
+    settings = service_settings(bundle=current, redis_url=redis_server.url)
     async with serving(settings) as (_, client):
         first = (await client.get("/model")).json()["model_id"]
         shutil.rmtree(current)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,11 +17,10 @@ import numpy as np
 import pytest
 
 from app.cli import main
-from app.settings import Settings
 from model.bundle import Bundle
 from model.data.synthetic import synthetic
 from model.dataset import user_histories, user_payload
-from tests.api_client import CONTEXT, serving
+from tests.api_client import CONTEXT, service_settings, serving
 from tests.redis_server import RedisServer, free_port
 
 TINY = ["--synthetic", "3000", "--hash-bits", "12"]
@@ -32,6 +32,15 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], code: int, *needles: str
     assert len(err.splitlines()) == 1 and err.startswith("fmrec: error: "), err
     for needle in needles:
         assert needle in err, err
+
+
+@pytest.fixture(autouse=True)
+def _keep_environment() -> Iterator[None]:
+    """`serve` and `load-users` hand their flags on as FMREC_* variables: undo that."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +93,7 @@ async def test_load_users_then_predict_by_id_equals_inline_history(
     bundle = Bundle(tiny_bundle)
     movies = [{"id": str(i)} for i in bundle.catalog.ids[:30]]
     histories = user_histories(data.train)
-    settings = Settings(bundle=tiny_bundle, redis_url=redis_server.url)
+    settings = service_settings(bundle=tiny_bundle, redis_url=redis_server.url)
     async with serving(settings) as (_, client):
         for uid in ("1", "10", "42"):
             inline = user_payload(uid, data.users[uid], histories[uid])
@@ -103,7 +112,8 @@ def test_demo_trains_loads_users_and_serves(tmp_path: Path, redis_server: RedisS
     """The whole `make run` path in a subprocess: real uvicorn, real HTTP."""
     port = free_port()
     env = {**os.environ, "FMREC_BUNDLE": str(tmp_path / "bundles" / "current"),
-           "FMREC_REDIS_URL": redis_server.url, "FMREC_PORT": str(port)}
+           "FMREC_REDIS_URL": redis_server.url, "FMREC_PORT": str(port),
+           "FMREC_REDIS_TIMEOUT_S": "5"}
     log = (tmp_path / "demo.log").open("wb")
     process = subprocess.Popen([sys.executable, "-m", "app.cli", "demo", "--synthetic", "2000",
                                 "--quiet"], cwd=tmp_path, env=env, stdout=log,

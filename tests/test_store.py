@@ -27,6 +27,7 @@ from model.data import Dataset
 from model.dataset import user_histories, user_payload
 from model.features import FeatureMap, FeatureSpec, SparseRows, movielens_spec
 from model.fm import FactorizationMachine
+from tests.api_client import service_settings
 from tests.redis_server import RedisServer
 
 
@@ -112,7 +113,7 @@ def test_parts_survive_the_redis_encoding() -> None:
 
 @pytest.fixture
 def settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
-    return Settings(bundle=tmp_path, redis_url=redis_server.url, cache_ttl_s=100,
+    return service_settings(bundle=tmp_path, redis_url=redis_server.url, cache_ttl_s=100,
                     redis_retry_s=0.5)
 
 

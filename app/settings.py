@@ -46,6 +46,14 @@ class Settings(BaseSettings):
     workers: Annotated[int, Field(ge=1)] = 1
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("expected redis://host:port/db, rediss://... or unix://path "
+                             "(or empty for the embedded Redis)")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -67,13 +69,46 @@ def sums_key(model_id: str, uid: str) -> str:
     return f"{PREFIX}:{model_id}:sums:{uid}"
 
 
-def rating_histories(users: Iterable[Any], movies: Iterable[Any], ratings: Iterable[Any],
-                     timestamps: Iterable[Any]) -> dict[str, dict[str, Rating]]:
-    """Parallel rating columns -> per user, movie -> Rating (what `load_users` takes)."""
-    out: dict[str, dict[str, Rating]] = {}
-    for user, movie, rating, stamp in zip(users, movies, ratings, timestamps, strict=True):
-        out.setdefault(str(user), {})[str(movie)] = Rating(float(rating), int(stamp))
-    return out
+UserData = tuple[str, Mapping[str, Any], Mapping[str, "Rating"]]
+
+
+def user_records(profiles: Mapping[str, Mapping[str, Any]], users: npt.ArrayLike,
+                 movies: npt.ArrayLike, ratings: npt.ArrayLike, timestamps: npt.ArrayLike
+                 ) -> Iterator[UserData]:
+    """(user id, profile, movie -> Rating) per user, from parallel rating columns.
+
+    Grouped one user at a time, so loading 25M ratings never holds them all as objects.
+    Users with a profile and no ratings come last, with an empty history.
+    """
+    ids = np.asarray(users).astype(str)
+    movie_ids = np.asarray(movies).astype(str)
+    values = np.asarray(ratings, dtype=np.float64)
+    stamps = np.asarray(timestamps, dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    cuts = np.flatnonzero(ids[1:] != ids[:-1]) + 1
+    seen = set()
+    for start, stop in zip([0, *cuts], [*cuts, len(ids)], strict=True):
+        if start == stop:
+            continue
+        uid = str(ids[start])
+        seen.add(uid)
+        rows = order[start:stop]
+        yield uid, profiles.get(uid) or {}, {
+            str(movie_ids[r]): Rating(float(values[r]), int(stamps[r])) for r in rows}
+    for uid in sorted(set(profiles) - seen):
+        yield uid, profiles[uid], {}
+
+
+def _chunks(items: Iterable[UserData], size: int) -> Iterator[list[UserData]]:
+    batch: list[UserData] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _parse_ratings(raw: Mapping[bytes, bytes]) -> dict[str, Rating]:
@@ -202,29 +237,28 @@ class Store:
 
         await self._run(call)
 
-    async def load_users(self, profiles: Mapping[str, Mapping[str, Any]],
-                         ratings: Mapping[str, Mapping[str, Rating]], chunk: int = 500) -> int:
+    async def load_users(self, records: Iterable[UserData], chunk: int = 500) -> int:
         """Replace the profiles and histories of these users; drop every cached sum.
 
         Each chunk of users is one MULTI/EXEC, so no user is left half-written.
         """
-        users = sorted(set(profiles) | set(ratings))
-        for start in range(0, len(users), chunk):
+        count = 0
+        for batch in _chunks(records, chunk):
             pipe = self._client.pipeline(transaction=True)
-            for uid in users[start:start + chunk]:
-                attrs = profiles.get(uid) or {}
+            for uid, attrs, history in batch:
                 profile: dict[FieldT, EncodableT] = {
                     f: str(attrs[f]) for f in PROFILE_FIELDS if attrs.get(f) is not None}
-                history: dict[FieldT, EncodableT] = {m: f"{r.rating!r}:{r.timestamp}"
-                           for m, r in (ratings.get(uid) or {}).items()}
+                rated: dict[FieldT, EncodableT] = {
+                    m: f"{r.rating!r}:{r.timestamp}" for m, r in history.items()}
                 pipe.delete(user_key(uid), ratings_key(uid))
                 if profile:
                     pipe.hset(user_key(uid), mapping=profile)
-                if history:
-                    pipe.hset(ratings_key(uid), mapping=history)
+                if rated:
+                    pipe.hset(ratings_key(uid), mapping=rated)
             await self._run(pipe.execute)
+            count += len(batch)
         await self.drop_cached_sums()
-        return len(users)
+        return count
 
     async def drop_cached_sums(self) -> int:
         """Delete every model's cached sums (they derive from the histories just replaced)."""

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from app.main import create_app
 from app.settings import Settings
-from app.store import Store, rating_histories
+from app.store import Store, user_records
 from model.bundle import Bundle
 from model.data import Dataset
 from model.dataset import user_histories, user_payload
@@ -44,8 +44,8 @@ async def load_users(settings: Settings, data: Dataset) -> int:
     train = data.train
     store = Store.open(settings)
     try:
-        return await store.load_users(data.users, rating_histories(
-            train.user, train.item, train.rating, train.timestamp))
+        return await store.load_users(user_records(
+            data.users, train.user, train.item, train.rating, train.timestamp))
     finally:
         await store.close()
 

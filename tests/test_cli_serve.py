@@ -61,6 +61,9 @@ def test_bad_setting_is_a_one_line_error(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("FMREC_MAX_BATCH_SIZE", "zero")
     _one_line_error(capsys, main(["serve"]), "FMREC_MAX_BATCH_SIZE")
+    monkeypatch.setenv("FMREC_MAX_BATCH_SIZE", "8")
+    monkeypatch.setenv("FMREC_REDIS_URL", "http://localhost:6379")
+    _one_line_error(capsys, main(["serve"]), "FMREC_REDIS_URL", "redis://")
 
 
 def test_load_users_refuses_bad_input(

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from app.settings import Settings
-from app.store import Rating, Store, StoreUnavailable, rating_histories, sums_key
+from app.store import Rating, Store, StoreUnavailable, sums_key, user_records
 from app.user_sums import (
     BaseSums,
     HistorySums,
@@ -122,10 +122,12 @@ async def test_profiles_histories_and_cached_sums(
         settings: Settings, redis_server: RedisServer) -> None:
     store = Store.open(settings)
     try:
-        ratings = rating_histories(["1", "1", "2", "a:sums:b"], ["10", "11", "10", "10"],
-                                   [4.0, 3.5, 1.0, 2.0], [100, 200, 150, 5])
-        assert await store.load_users({"1": {"age": 24, "zip": "55105", "title": "ignored"},
-                                       "3": {"gender": "M"}}, ratings) == 4
+        profiles = {"1": {"age": 24, "zip": "55105", "title": "ignored"}, "3": {"gender": "M"}}
+        records = list(user_records(profiles, ["1", "2", "a:sums:b", "1"],
+                                    ["10", "10", "10", "11"], [4.0, 1.0, 2.0, 3.5],
+                                    [100, 150, 5, 200]))
+        assert [uid for uid, _, _ in records] == ["1", "2", "a:sums:b", "3"]
+        assert await store.load_users(records, chunk=3) == 4
         record = await store.read_user("m1", "1", k=2, with_ratings=True)
         assert record.profile == {"age": "24", "zip": "55105"}
         assert record.ratings == {"10": Rating(4.0, 100), "11": Rating(3.5, 200)}
@@ -145,7 +147,7 @@ async def test_profiles_histories_and_cached_sums(
         assert other_model.base is None and other_model.history is None  # namespaced
 
         await store.write_sums("m1", "a:sums:b", base, None)
-        await store.load_users({}, {"1": ratings["1"]})  # new histories: cached sums go
+        await store.load_users(records[:1])  # new histories: cached sums go
         assert (await store.read_user("m1", "1", k=2, with_ratings=False)).base is None
         weird = await store.read_user("m1", "a:sums:b", k=2, with_ratings=True)
         assert weird.ratings == {"10": Rating(2.0, 5)}  # its history is primary data: kept

@@ -13,6 +13,7 @@ catalog row (tf.math.top_k keeps the lower index first among equals; numpy lexso
 from __future__ import annotations
 
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,12 +169,10 @@ class Scorer:
         result = await self.batcher.submit(job)
         user = job.user
         if user.uid is not None and (user.cache_base or user.cache_history):
-            try:
+            with suppress(StoreUnavailable):  # the answer stands; the store counted it
                 await store.write_sums(self.model_id, user.uid,
                                        result.base if user.cache_base else None,
                                        result.history if user.cache_history else None)
-            except StoreUnavailable:
-                self.metrics.degraded.inc()
         return result
 
     async def _user(self, user: UserIn, store: Store, *, need_ratings: bool) -> UserQuery:
@@ -181,18 +180,7 @@ class Scorer:
         only for parts the request does not override, and a failing store means computing
         from the request alone."""
         attrs = user.attributes()
-        record: UserRecord | None = None
-        if user.id is not None:
-            try:
-                record = await store.read_user(
-                    self.model_id, user.id, k=self.bundle.k,
-                    with_ratings=need_ratings and user.rated is None)
-                if user.rated is None and record.history is None and record.ratings is None:
-                    record = UserRecord(record.profile, await store.read_ratings(user.id),
-                                        record.base, None)
-            except StoreUnavailable:
-                self.metrics.degraded.inc()
-                record = None
+        record = await self._read(user, store, need_ratings) if user.id is not None else None
         base = record.base if record is not None and not attrs else None
         history = None
         if user.rated is not None:
@@ -216,6 +204,21 @@ class Scorer:
         if user.id is not None and record is not None:
             (self.metrics.cache_hits if query.cached else self.metrics.cache_misses).inc()
         return query
+
+    async def _read(self, user: UserIn, store: Store, need_ratings: bool) -> UserRecord | None:
+        """Cached parts and profile in one round trip; the ratings too when the request
+        needs them (exclusion) or the cache lacks the history part. None: store down."""
+        assert user.id is not None
+        try:
+            record = await store.read_user(self.model_id, user.id, k=self.bundle.k,
+                                           with_ratings=need_ratings and user.rated is None)
+            if user.rated is None and record.history is None and record.ratings is None:
+                record = UserRecord(record.profile, await store.read_ratings(user.id),
+                                    record.base, None)
+        except StoreUnavailable:
+            self.metrics.degraded.inc()
+            return None
+        return record
 
     @staticmethod
     def _context(context: ContextIn | None, user: UserQuery) -> dict[str, Any]:

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
-import hmac
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, HTTPException, Request, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
+from app.online import record_ratings
 from app.schemas import (
     PredictRequest,
     PredictResponse,
+    RatingsRequest,
+    RatingsResponse,
     RecommendRequest,
     RecommendResponse,
     ReloadRequest,
     check_limits,
 )
 from app.scorer import Scorer
+from app.security import require_read_key, require_write_key
 from app.service import ReloadBusy, ReloadFailed, Service
 from app.settings import Settings
-from app.store import Store
+from app.store import Store, StoreUnavailable
 
 
 def get_service(request: Request) -> Service:
@@ -49,25 +53,6 @@ def get_store(service: ServiceDep) -> Store:
     return service.store
 
 
-def _check_key(settings: Settings, key: str | None) -> None:
-    keys = settings.keys
-    if keys and not (key and any(hmac.compare_digest(key, k) for k in keys)):
-        raise HTTPException(401, "missing or wrong X-API-Key header")
-
-
-def require_key(settings: Annotated[Settings, Depends(get_settings)],
-                x_api_key: Annotated[str | None, Header()] = None) -> None:
-    """Admin endpoints need a key whenever FMREC_API_KEYS lists any."""
-    _check_key(settings, x_api_key)
-
-
-def require_read_key(settings: Annotated[Settings, Depends(get_settings)],
-                     x_api_key: Annotated[str | None, Header()] = None) -> None:
-    """Read endpoints need one only with FMREC_PROTECT_READS=true."""
-    if settings.protect_reads:
-        _check_key(settings, x_api_key)
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ScorerDep = Annotated[Scorer, Depends(get_scorer)]
 StoreDep = Annotated[Store, Depends(get_store)]
@@ -90,6 +75,24 @@ async def recommend(body: RecommendRequest, scorer: ScorerDep, store: StoreDep,
     """The user's top-n catalog movies (or candidates), best first."""
     check_limits(body, settings)
     return await scorer.recommend(body, store)
+
+
+@router.post("/ratings", response_model=RatingsResponse,
+             dependencies=[Depends(require_write_key)])
+async def ratings(body: RatingsRequest, scorer: ScorerDep, store: StoreDep,
+                  settings: SettingsDep) -> RatingsResponse:
+    """Store rating events, all or none (idempotent by event_id), and keep the users'
+    cached sums current; with the store down, 503 and nothing is written."""
+    try:
+        applied = await record_ratings(body.events, scorer.bundle, store, settings.max_events,
+                                       scorer.metrics)
+    except StoreUnavailable as exc:
+        raise HTTPException(503, f"ratings not stored: the store is unavailable ({exc}); "
+                            "retry later", headers={"Retry-After": str(max(
+                                1, math.ceil(settings.redis_retry_s)))}) from None
+    return RatingsResponse(model_id=scorer.model_id, accepted=applied.accepted,
+                           duplicates=applied.duplicates, stale=applied.stale,
+                           unknown_movies=applied.unknown_movies)
 
 
 @reads.get("/model")
@@ -127,7 +130,7 @@ async def metrics(service: ServiceDep) -> Response:
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.post("/admin/reload", dependencies=[Depends(require_key)])
+@router.post("/admin/reload", dependencies=[Depends(require_write_key)])
 async def reload(service: ServiceDep,
                  body: Annotated[ReloadRequest | None, Body()] = None) -> JSONResponse:
     """Load and warm a bundle beside the current one, then swap; on failure keep serving."""

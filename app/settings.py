@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,7 +20,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FMREC_", extra="ignore")
 
     bundle: Path = Path("bundles/current")
-    redis_url: str = ""
+    redis_url: Annotated[str, Field(repr=False)] = ""  # may hold a password
     embedded_redis_path: Path = Path("data/fmrec-redis.db")
     cache_ttl_s: Annotated[int, Field(ge=1)] = 86400
     redis_timeout_s: Annotated[float, Field(gt=0)] = 0.25
@@ -38,8 +38,11 @@ class Settings(BaseSettings):
     max_events: Annotated[int, Field(ge=1)] = 1000
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1 << 20
 
-    api_keys: str = ""
+    # a secret: SecretStr keeps it out of repr() and str(), so out of logs
+    api_keys: SecretStr = SecretStr("")
     protect_reads: bool = False
+    # with no API keys: False refuses writes (safe default), True opens them (local demo)
+    allow_unauthenticated_writes: bool = False
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
@@ -61,7 +64,9 @@ class Settings(BaseSettings):
 
     @property
     def keys(self) -> frozenset[str]:
-        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+        """The configured API keys (FMREC_API_KEYS, comma-separated, blanks dropped)."""
+        return frozenset(k.strip() for k in self.api_keys.get_secret_value().split(",")
+                         if k.strip())
 
     def store_description(self) -> str:
         """Where the store lives, password hidden: logged at start and shown by /readyz."""

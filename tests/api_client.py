@@ -25,8 +25,10 @@ def service_settings(**values: Any) -> Settings:
     """Settings for a test app. The Redis timeout is generous: on a busy CI machine the
     event loop can stall past the 0.25 s default, and a timed-out read rightly degrades
     the answer, which would make tests about numbers flaky. Tests of the timeout itself
-    set their own."""
-    return Settings(**{"redis_timeout_s": 5.0, **values})
+    set their own. Writes are open without a key (tests/test_security.py tests access
+    control, with the safe default and with keys)."""
+    return Settings(**{"redis_timeout_s": 5.0, "allow_unauthenticated_writes": True,
+                       **values})
 
 
 @asynccontextmanager

@@ -100,21 +100,3 @@ async def test_missing_bundle_refuses_to_start(tmp_path: Path, redis_server: Red
         async with app.router.lifespan_context(app):
             pass
 
-
-async def test_admin_reload_needs_a_key_when_keys_are_set(settings: Settings) -> None:
-    keyed = settings.model_copy(update={"api_keys": "k1, k2"})
-    async with serving(keyed) as (_, client):
-        assert (await client.post("/admin/reload")).status_code == 401
-        wrong = await client.post("/admin/reload", headers={"X-API-Key": "k3"})
-        assert wrong.status_code == 401
-        right = await client.post("/admin/reload", headers={"X-API-Key": "k2"})
-        assert right.status_code == 200, right.text
-        assert (await client.post("/predict", json={"user": {"id": "1"}, "movies": MOVIES})
-                ).status_code == 200  # reads stay open unless FMREC_PROTECT_READS
-    protected = keyed.model_copy(update={"protect_reads": True})
-    async with serving(protected) as (_, client):
-        body = {"user": {"id": "1"}, "movies": MOVIES}
-        assert (await client.post("/predict", json=body)).status_code == 401
-        ok = await client.post("/predict", json=body, headers={"X-API-Key": "k1"})
-        assert ok.status_code == 200
-        assert (await client.get("/healthz")).status_code == 200

@@ -40,6 +40,7 @@ class TrainConfig:
     l2_w0: float = 0.0
     l2_w: float = 0.05
     l2_v: float = 0.1
+    l2_context: float = 2.0  # w and V of context features (time, last movie)
     init_std: float = 0.001
     patience: int = 6
     seed: int = 0
@@ -72,10 +73,15 @@ def _as_batch(args: tuple[Any, ...]) -> Batch:
 
 def batch_totals(fm: FactorizationMachine, batch: Batch) -> SideSums:
     """Side sums of every rating's whole feature vector, from per-block side sums."""
+    user_item, contexts = batch_sides(fm, batch)
+    return user_item + contexts
+
+
+def batch_sides(fm: FactorizationMachine, batch: Batch) -> tuple[SideSums, SideSums]:
+    """Per rating: (user + item side sums without its own movie, context side sums)."""
     users = fm.side_sums(*batch.users).gather(batch.row_user)
     items = fm.side_sums(*batch.items).gather(batch.row_item)
-    contexts = fm.side_sums(*batch.contexts)
-    return users + items + contexts - fm.side_sums(*batch.left_out)
+    return users + items - fm.side_sums(*batch.left_out), fm.side_sums(*batch.contexts)
 
 
 def batch_scores(fm: FactorizationMachine, batch: Batch) -> tf.Tensor:
@@ -109,14 +115,15 @@ class Trainer:
         cfg = self.config
         fm = self.fm
         with tf.GradientTape() as tape:
-            total = batch_totals(fm, batch)
-            err = fm.score(total) - batch.y
+            user_item, contexts = batch_sides(fm, batch)
+            err = fm.score(user_item + contexts) - batch.y
             mse = tf.reduce_mean(tf.square(err))
             w_sq = (tf.gather(_square_w(fm, batch.users), batch.row_user)
                     + tf.gather(_square_w(fm, batch.items), batch.row_item)
-                    + _square_w(fm, batch.contexts) - _square_w(fm, batch.left_out))
+                    - _square_w(fm, batch.left_out))
             reg = cfg.l2_w0 * tf.square(fm.w0) + tf.reduce_mean(
-                cfg.l2_w * w_sq + cfg.l2_v * total.q)
+                cfg.l2_w * w_sq + cfg.l2_v * user_item.q
+                + cfg.l2_context * (_square_w(fm, batch.contexts) + contexts.q))
             loss = mse + reg
         variables = [self.fm.w0, self.fm.w, self.fm.V]
         grads = tape.gradient(loss, variables)

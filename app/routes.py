@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.online import record_ratings
 from app.schemas import (
     PredictRequest,
     PredictResponse,
-    RatingsRequest,
-    RatingsResponse,
     RecommendRequest,
     RecommendResponse,
     ReloadRequest,
@@ -24,7 +20,7 @@ from app.scorer import Scorer
 from app.security import require_read_key, require_write_key
 from app.service import ReloadBusy, ReloadFailed, Service
 from app.settings import Settings
-from app.store import Store, StoreUnavailable
+from app.store import Store
 
 
 def get_service(request: Request) -> Service:
@@ -75,24 +71,6 @@ async def recommend(body: RecommendRequest, scorer: ScorerDep, store: StoreDep,
     """The user's top-n catalog movies (or candidates), best first."""
     check_limits(body, settings)
     return await scorer.recommend(body, store)
-
-
-@router.post("/ratings", response_model=RatingsResponse,
-             dependencies=[Depends(require_write_key)])
-async def ratings(body: RatingsRequest, scorer: ScorerDep, store: StoreDep,
-                  settings: SettingsDep) -> RatingsResponse:
-    """Store rating events, all or none (idempotent by event_id), and keep the users'
-    cached sums current; with the store down, 503 and nothing is written."""
-    try:
-        applied = await record_ratings(body.events, scorer.bundle, store, settings.max_events,
-                                       scorer.metrics)
-    except StoreUnavailable as exc:
-        raise HTTPException(503, f"ratings not stored: the store is unavailable ({exc}); "
-                            "retry later", headers={"Retry-After": str(max(
-                                1, math.ceil(settings.redis_retry_s)))}) from None
-    return RatingsResponse(model_id=scorer.model_id, accepted=applied.accepted,
-                           duplicates=applied.duplicates, stale=applied.stale,
-                           unknown_movies=applied.unknown_movies)
 
 
 @reads.get("/model")

@@ -83,9 +83,12 @@ class ObserveRequests:
 
 
 def _json_safe(value: Any) -> Any:
-    """NaN and infinities as strings: an error echoing `"time": NaN` must not itself fail."""
+    """NaN and infinities as strings, lone surrogates (JSON "\\ud800") escaped: an error
+    echoing the bad input must not itself fail."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -1,0 +1,257 @@
+"""The obvious alternative to side sums: score one full feature row per candidate movie.
+
+What a user of a plain FM would write: for each request, build the whole feature vector
+of every candidate (user features + context features + movie features, concatenated,
+one row per candidate) and call the FM on all those rows through a SavedModel. No side
+sums, no cache: the user's profile and rating history are read from the same store
+fmrec uses (primary data, not cached sums) and encoded on every request.
+
+To be a fair peer it is not a strawman: movie rows are encoded once at start-up (only
+the per-request user and context parts are encoded per request), rows are assembled with
+vectorised NumPy, the model call runs in a worker thread like fmrec's, and the weights
+are the bundle's own, exported as a SavedModel with a `score_rows` signature computing
+`FactorizationMachine.score(side_sums(row))` over full rows (model/fm.py: the very code
+training uses). Its answers equal fmrec's (tests/test_bench_serve.py checks it).
+
+    FMREC_BUNDLE=path uvicorn bench.naive_app:create_app --factory --port 8002
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from app.schemas import (
+    ContextIn,
+    InvalidInput,
+    Prediction,
+    PredictRequest,
+    PredictResponse,
+    Recommendation,
+    RecommendRequest,
+    RecommendResponse,
+    UserIn,
+    check_limits,
+)
+from app.scorer import latest
+from app.settings import Settings
+from app.store import Store, StoreUnavailable
+from model.bundle import Bundle
+from model.features import SparseRows
+from model.fm import FactorizationMachine
+
+NO_SUMS = "naive"  # a model-id namespace under which no sums are ever cached
+
+
+def export_score_rows(bundle: Bundle, out: Path) -> Path:
+    """The bundle's w0, w, V as a SavedModel whose `score_rows` scores full CSR rows."""
+    trained = bundle.model.fm
+    fm = FactorizationMachine(bundle.spec.n_features, bundle.k)
+    for mine, theirs in ((fm.w0, trained.w0), (fm.w, trained.w), (fm.V, trained.V)):
+        mine.assign(theirs)
+    module = tf.Module()
+    module.fm = fm
+
+    @tf.function(input_signature=(tf.TensorSpec([None], tf.int32),
+                                  tf.TensorSpec([None], tf.int32),
+                                  tf.TensorSpec([None], tf.float32),
+                                  tf.TensorSpec([], tf.int32)))
+    def score_rows(row_ids: tf.Tensor, indices: tf.Tensor, values: tf.Tensor,
+                   n_rows: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"score": fm.score(fm.side_sums(row_ids, indices, values, n_rows))}
+
+    module.score_rows = score_rows
+    tf.saved_model.save(module, str(out), signatures={"score_rows": score_rows})
+    return out
+
+
+def full_rows(user: SparseRows, context: SparseRows, items: SparseRows
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row of each non-zero, index, value): row r = the user row + the context row +
+    item row r. Order within a row does not matter to the FM."""
+    n = items.n_rows
+    rows = np.arange(n, dtype=np.int32)
+    return (np.concatenate([np.repeat(rows, user.nnz), np.repeat(rows, context.nnz),
+                            items.row_ids()]),
+            np.concatenate([np.tile(user.indices, n), np.tile(context.indices, n),
+                            items.indices]),
+            np.concatenate([np.tile(user.values, n), np.tile(context.values, n),
+                            items.values]))
+
+
+class NaiveScorer:
+    """A bundle's catalog and feature map, and the exported full-row FM."""
+
+    def __init__(self, bundle: Bundle, saved_model: Path) -> None:
+        self.bundle = bundle
+        self.score_rows = tf.saved_model.load(str(saved_model)).signatures["score_rows"]
+        catalog = bundle.catalog
+        self.items = bundle.fmap.encode("item", [catalog.payload(r) for r in range(len(catalog))])
+        self.genre_bits = catalog.genre_bits()
+
+    def scores(self, user: dict[str, Any], context: dict[str, Any], items: SparseRows
+               ) -> np.ndarray:
+        """Unclipped FM scores of the full rows (user, context, each item)."""
+        fmap = self.bundle.fmap
+        row_ids, indices, values = full_rows(fmap.encode("user", [user]),
+                                             fmap.encode("context", [context]), items)
+        out = self.score_rows(row_ids=tf.constant(row_ids), indices=tf.constant(indices),
+                              values=tf.constant(values),
+                              n_rows=tf.constant(items.n_rows, tf.int32))
+        return np.asarray(out["score"].numpy())
+
+    def listed(self, movies: list[dict[str, Any]]) -> SparseRows:
+        """Item rows of /predict's movies: the precomputed row of a catalog id sent alone,
+        the movie encoded from its payload otherwise."""
+        catalog = self.bundle.catalog
+        rows = [catalog.row(m["id"]) if set(m) == {"id"} else None for m in movies]
+        if all(r is not None for r in rows):
+            return self.items.take(np.array(rows, dtype=np.int64))
+        return self.bundle.fmap.encode("item", [
+            m if r is None else catalog.payload(r) for m, r in zip(movies, rows, strict=True)])
+
+    def rank(self, scores: np.ndarray, rows: np.ndarray, exclude: set[int], genre_mask: int,
+             n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Best n rows by score (ties: lower catalog row), as fmrec ranks."""
+        allowed = ~np.isin(rows, np.fromiter(exclude, np.int64, len(exclude)))
+        if genre_mask:
+            allowed &= (self.genre_bits[rows] & genre_mask) != 0
+        rows, scores = rows[allowed], scores[allowed]
+        order = np.lexsort((rows, -scores))[:n]
+        return rows[order], scores[order]
+
+
+class NaiveService:
+    """The request logic: user from the store (or inline), context defaults as fmrec's."""
+
+    def __init__(self, scorer: NaiveScorer, store: Store | None, settings: Settings) -> None:
+        self.scorer = scorer
+        self.store = store
+        self.settings = settings
+
+    async def user(self, user: UserIn) -> tuple[dict[str, Any], list[str], str | None]:
+        """(feature payload, rated movies, latest rated movie); inline fields win."""
+        profile: dict[str, Any] = {}
+        ratings: dict[str, Any] = {}
+        if user.id is not None and self.store is not None:
+            record = await self.store.read_user(NO_SUMS, user.id, k=self.scorer.bundle.k,
+                                                with_ratings=user.rated is None)
+            profile, ratings = record.profile, record.ratings or {}
+        if user.rated is not None:
+            rated = list(user.rated)
+            last = rated[-1] if rated else None
+        else:
+            rated = list(ratings)
+            last = latest(ratings)[0]
+        payload = {**profile, **user.attributes(), "rated": rated}
+        if user.id is not None:
+            payload["id"] = user.id
+        return payload, rated, last
+
+    @staticmethod
+    def context(given: ContextIn | None, last: str | None) -> dict[str, Any]:
+        given = given or ContextIn()
+        out: dict[str, Any] = {"time": given.time if given.time is not None else time.time()}
+        last_movie = given.last_movie if given.last_movie is not None else last
+        if last_movie is not None:
+            out["last_movie"] = last_movie
+        return out
+
+    async def predict(self, request: PredictRequest) -> PredictResponse:
+        check_limits(request, self.settings)
+        movies = [m.payload() for m in request.movies]
+        user, _, last = await self.user(request.user)
+        context = self.context(request.context, last)
+        scores = await asyncio.to_thread(
+            lambda: self.scorer.scores(user, context, self.scorer.listed(movies)))
+        ratings = self.scorer.bundle.clip(scores)
+        return PredictResponse(model_id=self.scorer.bundle.model_id, user_cached=False,
+                               predictions=[Prediction(movie_id=m["id"], rating=float(r))
+                                            for m, r in zip(movies, ratings, strict=True)])
+
+    async def recommend(self, request: RecommendRequest) -> RecommendResponse:
+        check_limits(request, self.settings)
+        catalog = self.scorer.bundle.catalog
+        try:
+            mask = catalog.mask(request.genres or [])
+        except KeyError as exc:
+            raise HTTPException(422, f"unknown genre {exc}") from None
+        if request.candidates is None:
+            rows = np.arange(len(catalog), dtype=np.int64)
+        else:
+            found = [catalog.row(c) for c in request.candidates]
+            if None in found:
+                raise HTTPException(422, "a candidate is not in the catalog")
+            rows = np.unique(np.array(found, dtype=np.int64))
+        user, rated, last = await self.user(request.user)
+        context = self.context(request.context, last)
+        exclude = {r for r in map(catalog.row, rated) if r is not None} if (
+            request.exclude_rated) else set()
+
+        def ranked() -> tuple[np.ndarray, np.ndarray]:
+            scores = self.scorer.scores(user, context, self.scorer.items.take(rows))
+            return self.scorer.rank(scores, rows, exclude, mask, request.n)
+
+        best, scores = await asyncio.to_thread(ranked)
+        ratings = self.scorer.bundle.clip(scores)
+        return RecommendResponse(model_id=self.scorer.bundle.model_id, user_cached=False, items=[
+            Recommendation(movie_id=str(catalog.ids[r]), title=str(catalog.titles[r]),
+                           score=float(s), rating=float(c))
+            for r, s, c in zip(best, scores, ratings, strict=True)])
+
+
+def create_app(settings: Settings | None = None, *, with_store: bool = True) -> FastAPI:
+    """The naive app for `settings.bundle`; the store is fmrec's (FMREC_REDIS_URL)."""
+    settings = settings or Settings()
+    state: dict[str, NaiveService] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        bundle = await asyncio.to_thread(Bundle, settings.bundle)
+        folder = Path(tempfile.mkdtemp(prefix="fmrec-naive-"))
+        try:
+            saved = await asyncio.to_thread(export_score_rows, bundle, folder / "score_rows")
+            scorer = await asyncio.to_thread(NaiveScorer, bundle, saved)
+            store = await asyncio.to_thread(Store.open, settings) if with_store else None
+            state["service"] = NaiveService(scorer, store, settings)
+            try:
+                yield
+            finally:
+                if store is not None:
+                    await store.close()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    app = FastAPI(title="naive FM", description=__doc__.splitlines()[0], lifespan=lifespan)
+
+    @app.post("/predict", response_model=PredictResponse)
+    async def predict(body: PredictRequest) -> PredictResponse:
+        return await state["service"].predict(body)
+
+    @app.post("/recommend", response_model=RecommendResponse)
+    async def recommend(body: RecommendRequest) -> RecommendResponse:
+        return await state["service"].recommend(body)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    async def refused(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, InvalidInput):
+            return JSONResponse({"detail": exc.errors()}, status_code=422)
+        return JSONResponse({"detail": f"store unavailable: {exc}"}, status_code=503)
+
+    app.add_exception_handler(InvalidInput, refused)
+    app.add_exception_handler(StoreUnavailable, refused)
+    return app

@@ -7,10 +7,11 @@ batch (libFM's relation blocks, Rendle 2013) instead of once per rating.
 
 No leakage: "rated" history and "last movie" come from the `history` ratings only (the
 training split), and the last movie is the latest one rated strictly before the event.
-A training rating's own movie is in its user's history; a test rating's is not. So that
-the model cannot learn from a signal that never exists at test time, each training
-rating carries a `left_out` occurrence (user.rated=<its movie>) whose side sums are
-subtracted: the FM then sees exactly "history without this movie".
+A training rating's own movie is in its user's history (and its user among the movie's
+raters); a test rating's is not. So that the model cannot learn from a signal that never
+exists at test time, each training rating carries `left_out` occurrences
+(user.rated=<its movie>, item.raters=<its user>) whose side sums are subtracted: the FM
+then sees exactly "history without this rating".
 """
 
 from __future__ import annotations
@@ -91,11 +92,20 @@ class EncodedRatings:
 
 def user_histories(history: Ratings) -> dict[str, list[str]]:
     """Movies each user rated, in time order."""
-    order = np.argsort(history.timestamp, kind="stable")
-    rated: dict[str, list[str]] = defaultdict(list)
-    for u, i in zip(history.user[order], history.item[order], strict=True):
-        rated[u].append(i)
-    return rated
+    return _group(history.user, history.item, history.timestamp)
+
+
+def item_raters(history: Ratings) -> dict[str, list[str]]:
+    """Users who rated each movie, in time order."""
+    return _group(history.item, history.user, history.timestamp)
+
+
+def _group(owners: np.ndarray, members: np.ndarray, times: np.ndarray) -> dict[str, list[str]]:
+    order = np.argsort(times, kind="stable")
+    groups: dict[str, list[str]] = defaultdict(list)
+    for owner, member in zip(owners[order], members[order], strict=True):
+        groups[owner].append(member)
+    return groups
 
 
 def last_movies(events: Ratings, history: Ratings) -> list[str | None]:
@@ -119,26 +129,35 @@ def user_payload(user_id: str, attrs: dict[str, Any], rated: list[str]) -> dict[
     return {"id": user_id, **attrs, "rated": rated}
 
 
-def item_payload(item_id: str, attrs: dict[str, Any]) -> dict[str, Any]:
-    return {"id": item_id, **attrs}
+def item_payload(item_id: str, attrs: dict[str, Any],
+                 raters: list[str] | None = None) -> dict[str, Any]:
+    """The movie payload the feature map reads: id, attributes and, in training, raters."""
+    payload = {"id": item_id, **attrs}
+    if raters is not None:
+        payload["raters"] = raters
+    return payload
 
 
-def own_movie_occurrences(fmap: FeatureMap, events: Ratings,
-                          rated: dict[str, list[str]]) -> SparseRows:
-    """Per event, the "rated" occurrence of its own movie if its user's history holds it."""
-    field = next((f for f in fmap.spec.fields if f.key == "user.rated"), None)
-    n = len(events)
+def own_occurrences(fmap: FeatureMap, key: str, owners: np.ndarray, members: np.ndarray,
+                    groups: dict[str, list[str]]) -> SparseRows:
+    """Per event, the occurrence of `key`=member in the owner's group, if the group holds it.
+
+    user.rated: owner = the user, member = the event's movie; item.raters: owner = the
+    movie, member = the event's user.
+    """
+    field = next((f for f in fmap.spec.fields if f.key == key), None)
+    n = len(owners)
     if field is None:
         return SparseRows(np.zeros(n + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
-    seen = {u: set(movies) for u, movies in rated.items()}
-    present = np.array([i in seen.get(u, ()) for u, i in zip(events.user, events.item,
-                                                            strict=True)], dtype=bool)
-    n_rated = np.array([len(seen.get(u, ())) for u in events.user[present]], dtype=np.float32)
-    weight = 1.0 / (n_rated if field.weighting == "mean" else np.sqrt(n_rated))
+    seen = {o: set(group) for o, group in groups.items()}
+    present = np.array([m in seen.get(o, ()) for o, m in zip(owners, members, strict=True)],
+                       dtype=bool)
+    size = np.array([len(seen[o]) for o in owners[present]], dtype=np.float32)
+    weight = 1.0 / (size if field.weighting == "mean" else np.sqrt(size))
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(present, out=indptr[1:])
-    indices = np.array([feature_hash(field.token(i), fmap.spec.hash_bits)
-                        for i in events.item[present]], dtype=np.int32)
+    indices = np.array([feature_hash(field.token(m), fmap.spec.hash_bits)
+                        for m in members[present]], dtype=np.int32)
     return SparseRows(indptr, indices, weight.astype(np.float32))
 
 
@@ -148,16 +167,21 @@ def encode_ratings(
     """Encode `events` with user histories and last movies taken from `history`."""
     user_ids, row_user = np.unique(events.user.astype(str), return_inverse=True)
     item_ids, row_item = np.unique(events.item.astype(str), return_inverse=True)
-    rated = user_histories(history)
+    rated, raters = user_histories(history), item_raters(history)
     users = fmap.encode("user", [
         user_payload(u, data.users.get(u, {}), rated.get(u, [])) for u in user_ids
     ])
-    items = fmap.encode("item", [item_payload(i, data.items.get(i, {})) for i in item_ids])
+    items = fmap.encode("item", [
+        item_payload(i, data.items.get(i, {}), raters.get(i, [])) for i in item_ids
+    ])
     contexts = fmap.encode_columns(
         "context",
         {"time": events.timestamp.tolist(), "last_movie": last_movies(events, history)},
         len(events),
     )
-    left_out = own_movie_occurrences(fmap, events, rated)
+    left_out = SparseRows.concat_columns([
+        own_occurrences(fmap, "user.rated", events.user, events.item, rated),
+        own_occurrences(fmap, "item.raters", events.item, events.user, raters),
+    ])
     return EncodedRatings(users, items, contexts, left_out, row_user.astype(np.int64),
                           row_item.astype(np.int64), events.rating.astype(np.float32))

@@ -185,10 +185,12 @@ class FeatureSpec:
 
 
 def movielens_spec(hash_bits: int = 18, features: str = "full") -> FeatureSpec:
-    """The source article's feature set (features="full") or user and movie ids ("ids").
+    """Every feature group (features="full"), ids only ("ids"), or "ids,GROUP,...".
 
-    Field names are the HTTP payload keys: user {id, age, gender, occupation, zip, rated},
-    movie {id, genres, year}, context {time, last_movie}.
+    The source article's set is ids,implicit,time,last; fmrec adds user and movie
+    attributes and "raters" (the users who rated a movie: the item-side mirror of the
+    user's rated movies). Field names are the HTTP payload keys: user {id, age, gender,
+    occupation, zip, rated}, movie {id, genres, year, raters}, context {time, last_movie}.
     """
     ids = (Field("id", "user", "categorical"), Field("id", "item", "categorical"))
     groups: dict[str, tuple[Field, ...]] = {
@@ -202,6 +204,7 @@ def movielens_spec(hash_bits: int = 18, features: str = "full") -> FeatureSpec:
             Field("zip", "user", "categorical", prefix=2),
         ),
         "item_attrs": (Field("genres", "item", "multi"), Field("year", "item", "categorical")),
+        "raters": (Field("raters", "item", "multi", weighting="sqrt"),),
     }
     chosen = list(groups) if features == "full" else [g for g in features.split(",") if g != "ids"]
     unknown = [g for g in chosen if g not in groups]
@@ -211,7 +214,7 @@ def movielens_spec(hash_bits: int = 18, features: str = "full") -> FeatureSpec:
     return FeatureSpec(fields, hash_bits)
 
 
-FEATURE_GROUPS = ("implicit", "time", "last", "user_attrs", "item_attrs")
+FEATURE_GROUPS = ("implicit", "time", "last", "user_attrs", "item_attrs", "raters")
 
 
 class FeatureMap:

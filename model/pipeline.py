@@ -12,7 +12,13 @@ import numpy as np
 
 from model.bundle import save_bundle
 from model.data import Dataset
-from model.dataset import encode_ratings, item_payload, user_histories, user_payload
+from model.dataset import (
+    encode_ratings,
+    item_payload,
+    item_raters,
+    user_histories,
+    user_payload,
+)
 from model.evaluate import rmse_mae
 from model.features import FeatureMap, FeatureSpec
 from model.train import TrainConfig, TrainResult, train
@@ -31,7 +37,8 @@ def feature_keys(fmap: FeatureMap, data: Dataset) -> set[str]:
     rated = user_histories(data.train)
     users = [user_payload(u, data.users.get(u, {}), rated.get(u, []))
              for u in set(data.train.user) | set(data.users)]
-    items = [item_payload(i, attrs) for i, attrs in data.items.items()]
+    raters = item_raters(data.train)
+    items = [item_payload(i, attrs, raters.get(i, [])) for i, attrs in data.items.items()]
     contexts = [{"time": 0, "last_movie": i} for i in data.items]
     return (fmap.tokens("user", users) | fmap.tokens("item", items)
             | fmap.tokens("context", contexts))
@@ -109,5 +116,7 @@ def fit_and_save(data: Dataset, spec: FeatureSpec, config: TrainConfig, out: str
     """Train, then write the bundle; returns (model id, metrics)."""
     report = fit(data, spec, config, progress=progress, refit=refit)
     fitted = report.metrics.pop("spec")
-    model_id = save_bundle(out, report.result.trainer.fm, fitted, data.items, report.metrics)
+    raters = item_raters(data.train)  # catalog item sums include who rated each movie
+    items = {i: {**attrs, "raters": raters.get(i, [])} for i, attrs in data.items.items()}
+    model_id = save_bundle(out, report.result.trainer.fm, fitted, items, report.metrics)
     return model_id, report.metrics

@@ -14,7 +14,7 @@ import pytest
 from app.cli import main
 from model.bundle import Bundle, BundleError, content_hash
 from model.data import Dataset
-from model.dataset import encode_ratings, user_histories
+from model.dataset import encode_ratings, item_payload, item_raters, user_histories
 from model.evaluate import evaluate_bundle
 from model.features import FeatureSpec
 from tests.reference import fm_pairwise
@@ -36,13 +36,15 @@ def test_predict_equals_pairwise_reference_of_saved_weights(
     fm = small_bundle.model.fm
     variables = {"w0": fm.w0.numpy(), "w": fm.w.numpy(), "V": fm.V.numpy()}
     user = {"id": "3", **data.users["3"], "rated": user_histories(data.train)["3"][:7]}
+    raters = item_raters(data.train)  # catalog movies carry who rated them in training
     movies = [{"id": m} for m in ("1", "2", "5")] + [{"id": "zz", "genres": ["War"]}]
     context = {"time": int(data.train.timestamp[0]), "last_movie": "2"}
     got = small_bundle.predict(user, movies, context)
     fmap = small_bundle.fmap
     u, c = fmap.encode("user", [user]), fmap.encode("context", [context])
     for n, movie in enumerate(movies):
-        attrs = movie if movie["id"] == "zz" else {"id": movie["id"], **data.items[movie["id"]]}
+        attrs = movie if movie["id"] == "zz" else item_payload(
+            movie["id"], data.items[movie["id"]], raters.get(movie["id"], []))
         i = fmap.encode("item", [attrs])
         idx = np.concatenate([u.indices, i.indices, c.indices])
         val = np.concatenate([u.values, i.values, c.values])

@@ -32,3 +32,15 @@ test: setup redis lint
 # `make run DATA=data/ml-100k` trains the first model on MovieLens instead of synthetic data.
 run: setup
 	$(BIN)/fmrec demo $(if $(DATA),--data $(DATA))
+
+# Training benchmark, one command (< 10 min on 2 cores): prints tables, writes
+# bench/results/train.json and train.png. `make bench-train DATA=path/to/ml-100k`.
+.PHONY: bench-train
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[cpu,bench]'
+	touch $(BENCH_STAMP)
+
+bench-train: $(BENCH_STAMP)
+	$(BIN)/python -m bench.train $(if $(DATA),--data $(DATA))

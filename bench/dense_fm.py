@@ -51,6 +51,21 @@ def rating_rows(data: EncodedRatings) -> SparseRows:
                                       data.items.take(data.row_item), data.contexts, left_out])
 
 
+def context_columns(data: EncodedRatings, columns: np.ndarray) -> np.ndarray:
+    """Which columns hold context features (fmrec regularises those with `l2_context`)."""
+    return np.isin(columns, data.contexts.indices)
+
+
+def cross_side_columns(data: EncodedRatings) -> int:
+    """Hashed indices used by a context feature and a user or movie feature alike.
+
+    Such a column would need two L2 strengths in the dense formulation; it takes the
+    context one (a collision across sides, rare at 2**18 buckets).
+    """
+    user_item = np.concatenate([data.users.indices, data.items.indices])
+    return int(np.isin(sorted_unique(data.contexts.indices), user_item).sum())
+
+
 def repeated_index_rows(rows: SparseRows) -> int:
     """Rows in which one hashed index still occurs twice once left-outs cancel.
 
@@ -109,12 +124,19 @@ def _keras_optimizer(name: OptimizerName, learning_rate: float) -> tf.keras.opti
 
 @dataclass
 class DenseTrainer:
-    """Trains a DenseFM with a stock (dense) Keras optimizer on fmrec's objective."""
+    """Trains a DenseFM with a stock (dense) Keras optimizer on fmrec's objective.
+
+    `context` marks the columns of context features (`context_columns`).
+    """
 
     fm: DenseFM
     config: TrainConfig
+    context: np.ndarray
 
     def __post_init__(self) -> None:
+        cfg = self.config
+        self.l2_w = tf.constant(np.where(self.context, cfg.l2_context, cfg.l2_w), tf.float32)
+        self.l2_v = tf.constant(np.where(self.context, cfg.l2_context, cfg.l2_v), tf.float32)
         self.optimizer = _keras_optimizer(self.config.optimizer, self.config.learning_rate)
         self.variables = [self.fm.w0, self.fm.w, self.fm.V]
         self.optimizer.build(self.variables)
@@ -143,16 +165,18 @@ class DenseTrainer:
     def _step(self, X: tf.Tensor, X2: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         """MSE plus fmrec's L2 (model/train.py `Trainer._step`), per feature occurrence:
 
-            l2_w0 w0^2 + mean over rows of sum_i (l2_w w_i^2 + l2_v |v_i|^2) x_i^2
+            l2_w0 w0^2 + mean over rows of sum_i (l2w_i w_i^2 + l2v_i |v_i|^2) x_i^2
 
-        so both trainers minimise the same objective (tests/test_bench_train.py checks
-        that one step of each moves the parameters identically).
+        with l2w_i, l2v_i = l2_context for context columns, else l2_w, l2_v. So both
+        trainers minimise the same objective (tests/test_bench_train.py checks that one
+        step of each moves the parameters identically).
         """
         cfg, fm = self.config, self.fm
         with tf.GradientTape() as tape:
             mse = tf.reduce_mean(tf.square(fm.scores(X, X2) - y))
-            per_row = (cfg.l2_w * tf.linalg.matvec(X2, tf.square(fm.w))
-                       + cfg.l2_v * tf.linalg.matvec(X2, tf.reduce_sum(tf.square(fm.V), 1)))
+            per_column = (self.l2_w * tf.square(fm.w)
+                          + self.l2_v * tf.reduce_sum(tf.square(fm.V), axis=1))
+            per_row = tf.linalg.matvec(X2, per_column)
             loss = mse + cfg.l2_w0 * tf.square(fm.w0) + tf.reduce_mean(per_row)
         grads = tape.gradient(loss, self.variables)
         self.optimizer.apply_gradients(zip(grads, self.variables, strict=True))

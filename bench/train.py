@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import subprocess
 import sys
@@ -39,6 +40,8 @@ from bench.common import REPO, RESULTS, fmt, ratio, table, write_json
 from bench.dense_fm import (
     DenseFM,
     DenseTrainer,
+    context_columns,
+    cross_side_columns,
     dense_design,
     rating_rows,
     remap,
@@ -49,7 +52,7 @@ from model.data.movielens import read_movielens
 from model.data.synthetic import synthetic
 from model.dataset import EncodedRatings, encode_ratings
 from model.evaluate import rmse_mae
-from model.features import FeatureMap, movielens_spec
+from model.features import FeatureMap, FeatureSpec, movielens_spec
 from model.train import TrainConfig, Trainer
 
 TARGET_RMSE = 0.905  # the issue's accuracy target on ML-100k ua.test
@@ -99,25 +102,39 @@ class Curve:
                 "best_rmse": min(self.test_rmse), "seconds_to_target": self.time_to(TARGET_RMSE)}
 
 
-def race(name: str, epoch: Callable[[], object], predict_test: Callable[[], np.ndarray],
-         y_test: np.ndarray, rating_range: tuple[float, float], budget: float) -> Curve:
-    """Train epoch after epoch while the next one (if as long as the last) fits in `budget`.
+@dataclass
+class Contestant:
+    """A trainer in the race: one epoch of training, and test-set scores."""
 
-    Only `epoch()` is timed; scoring the test set after each epoch is not.
+    curve: Curve
+    epoch: Callable[[], object]
+    predict_test: Callable[[], np.ndarray]
+
+
+def race(contestants: Sequence[Contestant], y_test: np.ndarray,
+         rating_range: tuple[float, float], budget: float) -> list[Curve]:
+    """Each trainer in turn runs one epoch, while its next (if as long as its last) fits.
+
+    Taking turns spreads a shared machine's changing load evenly over the trainers.
+    Only the epochs are timed; scoring the test set after each is not.
     """
-    curve = Curve(name)
-    spent = 0.0
-    while not curve.epoch_seconds or spent + curve.epoch_seconds[-1] <= budget:
-        t0 = time.perf_counter()
-        epoch()
-        took = time.perf_counter() - t0
-        spent += took
-        curve.epoch_seconds.append(took)
-        curve.seconds.append(spent)
-        curve.test_rmse.append(rmse_mae(np.clip(predict_test(), *rating_range), y_test)[0])
-    print(f"  {name}: {len(curve.seconds)} epochs in {spent:.1f} s, "
-          f"test RMSE {curve.test_rmse[-1]:.4f}", flush=True)
-    return curve
+    running = list(contestants)
+    while running:
+        for c in list(running):
+            t0 = time.perf_counter()
+            c.epoch()
+            took = time.perf_counter() - t0
+            curve = c.curve
+            curve.epoch_seconds.append(took)
+            curve.seconds.append((curve.seconds[-1] if curve.seconds else 0.0) + took)
+            pred = np.clip(c.predict_test(), *rating_range)
+            curve.test_rmse.append(rmse_mae(pred, y_test)[0])
+            if curve.seconds[-1] + took > budget:
+                running.remove(c)
+    for c in contestants:
+        print(f"  {c.curve.name}: {len(c.curve.seconds)} epochs in {c.curve.seconds[-1]:.1f} s, "
+              f"test RMSE {c.curve.test_rmse[-1]:.4f}", flush=True)
+    return [c.curve for c in contestants]
 
 
 def fmrec_epoch(trainer: Trainer, data: EncodedRatings, rng: np.random.Generator,
@@ -146,25 +163,28 @@ def compare(train: EncodedRatings, test: EncodedRatings, n_features: int,
     fmrec = Trainer(n_features, config, bias=float(np.mean(train.y)))
     w0, w, V = fmrec.snapshot()  # every trainer starts from these parameters
 
+    context = context_columns(train, columns)
+
     def dense(learning_rate: float) -> DenseTrainer:
         fm = DenseFM(float(w0), w[columns], V[columns])
-        return DenseTrainer(fm, replace(config, learning_rate=learning_rate))
+        return DenseTrainer(fm, replace(config, learning_rate=learning_rate), context)
 
     full, mini = dense(dense_lr), dense(config.learning_rate)
-    rng = np.random.default_rng(config.seed)
-    args = (test.y, rating_range, budget)
-    curves = [
-        race("fmrec", lambda: fmrec_epoch(fmrec, train, rng, config.batch_size),
-             lambda: fmrec.predict_all(test), *args),
-        race("dense full-batch", lambda: full.epoch(X, X2, y, rng),
-             lambda: full.predict(X_test, X2_test).numpy(), *args),
-        race("dense mini-batch", lambda: mini.epoch(X, X2, y, rng, config.batch_size),
-             lambda: mini.predict(X_test, X2_test).numpy(), *args),
-    ]
+    rngs = [np.random.default_rng(config.seed) for _ in range(3)]
+    curves = race([
+        Contestant(Curve("fmrec"), lambda: fmrec_epoch(fmrec, train, rngs[0], config.batch_size),
+                   lambda: fmrec.predict_all(test)),
+        Contestant(Curve("dense full-batch"), lambda: full.epoch(X, X2, y, rngs[1]),
+                   lambda: full.predict(X_test, X2_test).numpy()),
+        Contestant(Curve("dense mini-batch"),
+                   lambda: mini.epoch(X, X2, y, rngs[2], config.batch_size),
+                   lambda: mini.predict(X_test, X2_test).numpy()),
+    ], test.y, rating_range, budget)
     return {
         "train_ratings": len(train), "test_ratings": len(test), "p": len(columns),
         "nnz_per_rating": train.nnz_per_rating, "nnz": rows.nnz,
         "rows_with_repeated_index": repeated_index_rows(rows),
+        "cross_side_columns": cross_side_columns(train),
         "dense_x_gb": len(train) * len(columns) * 4 / 1e9,
         "dense_build_seconds": build_seconds, "budget_seconds": budget,
         "dense_full_batch_lr": dense_lr,
@@ -213,60 +233,121 @@ def pipeline(data_dir: Path, epochs: int | None = None) -> dict[str, Any]:
 # ---------------------------------------------------------------- scaling
 
 
-def scaling_point(n_ratings: int, ratings_per_user: int, config: TrainConfig,
-                  full_epoch_batches: int, sample_batches: int) -> dict[str, Any]:
-    """Generate, encode and train one epoch (or a timed sample of it) at one size."""
+class StepTimer:
+    """Times fmrec's training steps on one data set, batch after batch (epochs wrap)."""
+
+    def __init__(self, data: EncodedRatings, n_features: int, config: TrainConfig) -> None:
+        self.data, self.batch_size = data, config.batch_size
+        self.trainer = Trainer(n_features, config, bias=float(np.mean(data.y)))
+        self.order = np.random.default_rng(config.seed).permutation(len(data))
+        self.start = 0
+        self.batches = self.nnz = 0
+        self.batch_seconds = self.step_seconds = 0.0
+        self.trainer.step(*data.batch(self.order[: self.batch_size]))  # trace, not timed
+
+    @property
+    def epoch_batches(self) -> int:
+        return math.ceil(len(self.data) / self.batch_size)
+
+    @property
+    def seconds(self) -> float:
+        return self.batch_seconds + self.step_seconds
+
+    def run(self, count: int) -> None:
+        """Build and train on the next `count` batches, timing NumPy and TF apart."""
+        for _ in range(count):
+            t0 = time.perf_counter()
+            batch = self.data.batch(self.order[self.start : self.start + self.batch_size])
+            t1 = time.perf_counter()
+            float(self.trainer.step(*batch))
+            self.step_seconds += time.perf_counter() - t1
+            self.batch_seconds += t1 - t0
+            self.nnz += sum(len(b.indices) for b in batch[:4])
+            self.batches += 1
+            self.start = (self.start + self.batch_size) % len(self.data)
+
+
+def synthetic_encoded(n_ratings: int, ratings_per_user: int
+                      ) -> tuple[EncodedRatings, FeatureSpec, dict[str, Any]]:
+    """The planted-FM training split at one size, encoded, with what building it took."""
     t0 = time.perf_counter()
     data, spec = synthetic(n_ratings, n_users=max(20, n_ratings // ratings_per_user), seed=0)
-    generate_seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t1 = time.perf_counter()
     enc = encode_ratings(FeatureMap(spec), data, data.train, data.train)
-    encode_seconds = time.perf_counter() - t0
+    info = {"ratings": n_ratings, "train_ratings": len(enc), "users": len(data.users),
+            "items": len(data.items), "generate_seconds": t1 - t0,
+            "encode_seconds": time.perf_counter() - t1}
+    return enc, spec, info
 
-    trainer = Trainer(spec.n_features, config, bias=float(np.mean(enc.y)))
-    rng = np.random.default_rng(config.seed)
-    order = rng.permutation(len(enc))
-    starts = range(0, len(enc), config.batch_size)
-    n_batches = len(starts)
-    timed = n_batches if n_batches <= full_epoch_batches else min(sample_batches, n_batches)
-    trainer.step(*enc.batch(order[: config.batch_size]))  # trace the step outside the clock
-    batch_seconds = step_seconds = 0.0
-    nnz = 0
-    for start in starts[:timed]:
-        t0 = time.perf_counter()
-        batch = enc.batch(order[start : start + config.batch_size])
-        t1 = time.perf_counter()
-        float(trainer.step(*batch))
-        step_seconds += time.perf_counter() - t1
-        batch_seconds += t1 - t0
-        nnz += len(batch.users.indices) + len(batch.items.indices) + len(batch.contexts.indices)
-    scale = n_batches / timed
-    epoch_seconds = (batch_seconds + step_seconds) * scale
+
+def scaling_point(n_ratings: int, ratings_per_user: int, config: TrainConfig,
+                  full_epoch_batches: int, sample_batches: int, reference: StepTimer | None
+                  ) -> tuple[dict[str, Any], StepTimer]:
+    """One epoch (or a timed sample of one) at one size, taking turns with `reference`.
+
+    Every few batches the reference (the smallest size) trains one batch, so the ratio of
+    their seconds per non-zero is measured under the same load.
+    """
+    enc, spec, info = synthetic_encoded(n_ratings, ratings_per_user)
+    timer = StepTimer(enc, spec.n_features, config)
+    peer = reference or timer
+    timed = (timer.epoch_batches if timer.epoch_batches <= full_epoch_batches
+             else min(sample_batches, timer.epoch_batches))
+    peer_seconds, peer_nnz = peer.seconds, peer.nnz
+    for done in range(0, timed, 5):
+        timer.run(min(5, timed - done))
+        if reference is not None:
+            reference.run(1)
+    scale = timer.epoch_batches / timed
+    per_mnnz = timer.seconds / (timer.nnz / 1e6)
+    peer_per_mnnz = (peer.seconds - peer_seconds) / ((peer.nnz - peer_nnz) / 1e6)
     p = len(used_columns(enc))
     return {
-        "ratings": n_ratings, "train_ratings": len(enc), "users": len(data.users),
-        "items": len(data.items), "p": p, "nnz_per_rating": enc.nnz_per_rating,
-        "batches": n_batches, "timed_batches": timed, "extrapolated": timed < n_batches,
-        "nnz_per_epoch": nnz * scale,
+        **info, "p": p, "nnz_per_rating": enc.nnz_per_rating,
+        "batches": timer.epoch_batches, "timed_batches": timed,
+        "extrapolated": timed < timer.epoch_batches,
+        "nnz_per_epoch": timer.nnz * scale,
         "naive_nnz_per_epoch": enc.nnz_per_rating * len(enc),
-        "seconds_per_epoch": epoch_seconds,
-        "batching_share": batch_seconds / (batch_seconds + step_seconds),
-        "seconds_per_million_nnz": epoch_seconds / (nnz * scale / 1e6),
-        "generate_seconds": generate_seconds, "encode_seconds": encode_seconds,
+        "seconds_per_epoch": timer.seconds * scale,
+        "batching_share": timer.batch_seconds / timer.seconds,
+        "seconds_per_million_nnz": per_mnnz,
+        "reference_seconds_per_million_nnz": peer_per_mnnz,
+        "vs_reference": per_mnnz / peer_per_mnnz,
         "dense_x_gb": len(enc) * p * 4 / 1e9,
-    }
+    }, timer
 
 
 def scaling(sizes: Sequence[int], ratings_per_user: int, config: TrainConfig,
-            full_epoch_batches: int, sample_batches: int) -> list[dict[str, Any]]:
-    points = []
-    for n in sizes:
-        points.append(scaling_point(n, ratings_per_user, config, full_epoch_batches,
-                                    sample_batches))
-        last = points[-1]
-        print(f"  {n:,} ratings: generate {last['generate_seconds']:.1f} s, encode "
-              f"{last['encode_seconds']:.1f} s, epoch {last['seconds_per_epoch']:.2f} s"
-              f"{' (extrapolated)' if last['extrapolated'] else ''}", flush=True)
+            full_epoch_batches: int, sample_batches: int, deadline: float
+            ) -> list[dict[str, Any]]:
+    """Sizes in increasing order; a size whose projected cost overruns `deadline` is skipped.
+
+    The projection scales the previous size's generate + encode seconds linearly and
+    its seconds per batch by the batches this size would time.
+    """
+    points: list[dict[str, Any]] = []
+    reference: StepTimer | None = None
+    for n in sorted(sizes):
+        left = deadline - time.perf_counter()
+        measured = [p for p in points if "skipped" not in p]
+        if measured:
+            prev = measured[-1]
+            batches = math.ceil(prev["batches"] * n / prev["ratings"])
+            timed = batches if batches <= full_epoch_batches else sample_batches
+            projected = ((prev["generate_seconds"] + prev["encode_seconds"]) * n / prev["ratings"]
+                         + prev["seconds_per_epoch"] / prev["batches"] * timed * 1.2)
+            if projected > left:
+                points.append({"ratings": n, "skipped": f"projected {projected:.0f} s "
+                                                         f"> {max(left, 0):.0f} s left"})
+                print(f"  {n:,} ratings: skipped ({points[-1]['skipped']})", flush=True)
+                continue
+        point, timer = scaling_point(n, ratings_per_user, config, full_epoch_batches,
+                                     sample_batches, reference)
+        reference = reference or timer
+        points.append(point)
+        print(f"  {n:,} ratings: generate {point['generate_seconds']:.1f} s, encode "
+              f"{point['encode_seconds']:.1f} s, epoch {point['seconds_per_epoch']:.2f} s"
+              f"{' (extrapolated)' if point['extrapolated'] else ''}", flush=True)
         gc.collect()
     return points
 
@@ -324,21 +405,25 @@ def report(results: dict[str, Any]) -> str:
                            [[pipe["command"], pipe["wall_seconds"], pipe["train_seconds"],
                              pipe["seconds_per_epoch"], pipe["best_epoch"], pipe["test_rmse"],
                              pipe["test_mae"]]]))
-    points = results.get("scaling")
+    points = [p for p in results.get("scaling", []) if "skipped" not in p]
     if points:
-        base = points[0]["seconds_per_million_nnz"]
         rows = [[p["ratings"], p["users"], p["nnz_per_rating"], p["nnz_per_epoch"] / 1e6,
-                 p["seconds_per_epoch"], p["seconds_per_million_nnz"],
-                 ratio(p["seconds_per_million_nnz"], base), p["batching_share"],
-                 p["generate_seconds"], p["dense_x_gb"],
+                 p["seconds_per_epoch"], p["seconds_per_million_nnz"], p["vs_reference"],
+                 p["batching_share"],
+                 p["generate_seconds"], p["encode_seconds"], p["dense_x_gb"],
                  f"{p['timed_batches']}/{p['batches']}" + (" extrap." if p["extrapolated"]
                                                            else "")]
                 for p in points]
+        rows += [[p["ratings"], f"skipped: {p['skipped']}", *[""] * 10]
+                 for p in results["scaling"] if "skipped" in p]
         parts.append(table(
             "fmrec trainer scaling on the planted-FM generator "
-            f"({results['scaling_ratings_per_user']} ratings per user)",
+            f"({results['scaling_ratings_per_user']} ratings per user). 'x smallest': s/Mnnz "
+            "over the smallest size's, the two taking turns batch by batch (1 = linear); "
+            "'batching': share of the time spent building batches in NumPy",
             ["ratings", "users", "nnz/rating", "Mnnz/epoch", "s/epoch", "s/Mnnz",
-             "x smallest", "batching", "gen s", "dense X GB", "batches timed"], rows))
+             "x smallest", "batching", "gen s", "encode s", "dense X GB", "batches timed"],
+            rows))
     marks = [[v["target"], v["measured"], "yes" if v["met"] else "NO"]
              for v in results.get("targets", [])]
     if marks:
@@ -352,6 +437,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     ml = results.get("movielens")
@@ -365,7 +451,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         left.set_ylabel("test RMSE (ua.test)")
         left.set_title(f"ML-100k, same features and k, {ml['budget_seconds']:g} s each")
         left.legend(fontsize=8)
-    points = results.get("scaling")
+    points = [p for p in results.get("scaling", []) if "skipped" not in p]
     if points:
         x = [p["nnz_per_epoch"] for p in points]
         y = [p["seconds_per_epoch"] for p in points]
@@ -375,9 +461,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
                        markerfacecolor="white" if p["extrapolated"] else "tab:blue")
             right.annotate(f"{p['ratings']:,}", (xi, yi), textcoords="offset points",
                            xytext=(5, -12), fontsize=8)
-        slope = y[0] / x[0]
+        slope = y[-1] / x[-1]
         right.loglog(x, [slope * xi for xi in x], color="grey", linestyle="--",
-                     label="linear in nnz (through the smallest)")
+                     label="linear in nnz (through the largest)")
+        right.xaxis.set_minor_formatter(NullFormatter())
+        right.yaxis.set_minor_formatter(NullFormatter())
         right.set_xlabel("non-zeros processed per epoch (relation blocks)")
         right.set_ylabel("seconds per epoch")
         right.set_title("fmrec trainer on synthetic data (hollow: extrapolated)")
@@ -402,7 +490,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="synthetic users = ratings / this (MovieLens has ~100-170)")
     parser.add_argument("--full-epoch-batches", type=int, default=1000,
                         help="time whole epochs up to this many batches, else a sample")
-    parser.add_argument("--sample-batches", type=int, default=300)
+    parser.add_argument("--sample-batches", type=int, default=100)
+    parser.add_argument("--deadline", type=float, default=540.0,
+                        help="seconds for the whole run: larger sizes that would overrun "
+                             "it are skipped (and listed as skipped)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default bench/results, --quick: a temp folder)")
     parser.add_argument("--quick", action="store_true",
@@ -429,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["pipeline"] = pipeline(args.data, epochs=2 if args.quick else None)
     print("Scaling on synthetic data", flush=True)
     results["scaling"] = scaling(sizes, args.ratings_per_user, config, args.full_epoch_batches,
-                                 args.sample_batches)
+                                 args.sample_batches, started + args.deadline)
     results["targets"] = verdicts(results["movielens"], results["pipeline"])
     results["wall_seconds"] = time.perf_counter() - started
     print()

@@ -9,8 +9,9 @@ zero 5xx.
 * hypothesis also builds requests that are valid by construction (known and unknown
   users and movies, inline attributes, contexts): every one must succeed (200).
 
-Bounded for CI: FUZZ_EXAMPLES per endpoint and kind (default 100), about 30 s in all. The tally (inputs per endpoint,
-status codes) is printed at the end of the module (`pytest -s` shows it).
+Bounded for CI: FUZZ_EXAMPLES per endpoint and kind (default 100), about 30 s in all.
+The tally (inputs per endpoint, status codes) is printed at the end of the module
+(`pytest -s` shows it).
 """
 
 from __future__ import annotations

@@ -61,6 +61,7 @@ TARGET_SPEEDUP = 20.0  # fmrec per epoch against the dense formulation
 # Full-batch Adam takes one step per epoch, so it wants a larger rate than fmrec's
 # mini-batches: 0.01 was the best of {0.003, 0.01, 0.02, 0.05} on ua.test over 60 steps.
 DENSE_FULL_BATCH_LR = 0.01
+PARTS = ("race", "pipeline", "scaling")
 
 
 def default_data_dir() -> Path:
@@ -322,8 +323,10 @@ def scaling(sizes: Sequence[int], ratings_per_user: int, config: TrainConfig,
             ) -> list[dict[str, Any]]:
     """Sizes in increasing order; a size whose projected cost overruns `deadline` is skipped.
 
-    The projection scales the previous size's generate + encode seconds linearly and
-    its seconds per batch by the batches this size would time.
+    The projection grows the last size's generate + encode seconds along the power law
+    through the last two sizes (at least linearly: building the data is superlinear
+    here), with a 30% margin, and adds its seconds per batch times the batches this size
+    would time.
     """
     points: list[dict[str, Any]] = []
     reference: StepTimer | None = None
@@ -332,10 +335,15 @@ def scaling(sizes: Sequence[int], ratings_per_user: int, config: TrainConfig,
         measured = [p for p in points if "skipped" not in p]
         if measured:
             prev = measured[-1]
+            build = [p["generate_seconds"] + p["encode_seconds"] for p in measured[-2:]]
+            power = 1.0
+            if len(measured) > 1:
+                grown = math.log(prev["ratings"] / measured[-2]["ratings"])
+                power = max(1.0, math.log(build[-1] / build[0]) / grown)
             batches = math.ceil(prev["batches"] * n / prev["ratings"])
             timed = batches if batches <= full_epoch_batches else sample_batches
-            projected = ((prev["generate_seconds"] + prev["encode_seconds"]) * n / prev["ratings"]
-                         + prev["seconds_per_epoch"] / prev["batches"] * timed * 1.2)
+            projected = 1.3 * (build[-1] * (n / prev["ratings"]) ** power
+                               + prev["seconds_per_epoch"] / prev["batches"] * timed)
             if projected > left:
                 points.append({"ratings": n, "skipped": f"projected {projected:.0f} s "
                                                          f"> {max(left, 0):.0f} s left"})
@@ -491,15 +499,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--full-epoch-batches", type=int, default=1000,
                         help="time whole epochs up to this many batches, else a sample")
     parser.add_argument("--sample-batches", type=int, default=100)
-    parser.add_argument("--deadline", type=float, default=540.0,
+    parser.add_argument("--deadline", type=float, default=530.0,
                         help="seconds for the whole run: larger sizes that would overrun "
                              "it are skipped (and listed as skipped)")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"which parts to run, comma-separated: {', '.join(PARTS)}")
+    parser.add_argument("--name", default="train",
+                        help="results file stem: <out>/<name>.json and .png")
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default bench/results, --quick: a temp folder)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 10 s budget, small sizes, 2-epoch pipeline")
     args = parser.parse_args(argv)
-    if not (args.data / "ua.base").is_file():
+    parts = {p for p in args.parts.split(",") if p}
+    if not parts or parts - set(PARTS):
+        parser.error(f"--parts: choose from {', '.join(PARTS)}")
+    if parts & {"race", "pipeline"} and not (args.data / "ua.base").is_file():
         print(f"bench.train: error: no ML-100k at {args.data} (give --data or set "
               "FMREC_DATA_DIR; download from grouplens.org)", file=sys.stderr)
         return 2
@@ -513,21 +528,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     results: dict[str, Any] = {"config": config.to_dict(), "target_rmse": TARGET_RMSE,
                                "scaling_ratings_per_user": args.ratings_per_user}
-    print("ML-100k: fmrec vs the dense formulation, equal training time", flush=True)
-    results["movielens"] = movielens(args.data, config, args.budget, args.dense_lr)
-    gc.collect()
-    print("ML-100k: fmrec train (whole pipeline)", flush=True)
-    results["pipeline"] = pipeline(args.data, epochs=2 if args.quick else None)
-    print("Scaling on synthetic data", flush=True)
-    results["scaling"] = scaling(sizes, args.ratings_per_user, config, args.full_epoch_batches,
-                                 args.sample_batches, started + args.deadline)
-    results["targets"] = verdicts(results["movielens"], results["pipeline"])
+    if "race" in parts:
+        print("ML-100k: fmrec vs the dense formulation, equal training time", flush=True)
+        results["movielens"] = movielens(args.data, config, args.budget, args.dense_lr)
+        gc.collect()
+    if "pipeline" in parts:
+        print("ML-100k: fmrec train (whole pipeline)", flush=True)
+        results["pipeline"] = pipeline(args.data, epochs=2 if args.quick else None)
+    if "scaling" in parts:
+        print("Scaling on synthetic data", flush=True)
+        results["scaling"] = scaling(sizes, args.ratings_per_user, config,
+                                     args.full_epoch_batches, args.sample_batches,
+                                     started + args.deadline)
+    results["targets"] = verdicts(results.get("movielens"), results.get("pipeline"))
     results["wall_seconds"] = time.perf_counter() - started
     print()
     print(report(results))
-    path = write_json("train", results, out)
-    plot(results, out / "train.png")
-    print(f"\nwrote {path} and {out / 'train.png'} in {results['wall_seconds']:.0f} s")
+    path = write_json(args.name, results, out)
+    plot(results, out / f"{args.name}.png")
+    print(f"\nwrote {path} and {out / args.name}.png in {results['wall_seconds']:.0f} s")
     return 0
 
 

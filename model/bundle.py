@@ -3,7 +3,7 @@
     bundle/
       saved_model/   TF SavedModel, signatures side_sums, score_pairs, top_n
       spec.json      feature spec with golden hashes
-      catalog.npz    movie ids, titles, genres, years and precomputed item side sums
+      catalog.npz    movie ids, titles, genres, years, raters, precomputed item side sums
       metrics.json   data set, split, RMSE/MAE, training time, rating range, config
       model_id       content hash of the files above; namespaces every cache key
 
@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,7 @@ class Catalog:
     years: np.ndarray  # int32, 0 = unknown
     sums: Sums
     genre_names: list[str]
+    raters: Sequence[Sequence[str]]  # training users who rated each movie ("raters" feature)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", {i: n for n, i in enumerate(self.ids.tolist())})
@@ -159,7 +161,7 @@ class Catalog:
         year = int(self.years[row])
         return item_payload(str(self.ids[row]), {
             "title": str(self.titles[row]), "genres": self.genres[row],
-            "year": year or None})
+            "year": year or None}, list(self.raters[row]))
 
 
 def build_catalog(fm: FactorizationMachine, fmap: FeatureMap,
@@ -177,6 +179,7 @@ def build_catalog(fm: FactorizationMachine, fmap: FeatureMap,
         [list(items[i].get("genres") or []) for i in ids],
         np.array([items[i].get("year") or 0 for i in ids], dtype=np.int32),
         Sums(sums.L.numpy(), sums.s.numpy(), sums.q.numpy()), genre_names,
+        [list(items[i].get("raters") or []) for i in ids],
     )
 
 
@@ -209,7 +212,9 @@ def save_bundle(path: str | Path, fm: FactorizationMachine, spec: FeatureSpec,
         np.savez(tmp / "catalog.npz", ids=catalog.ids, titles=catalog.titles,
                  genres=np.array(["|".join(g) for g in catalog.genres], dtype=str),
                  years=catalog.years, L=catalog.sums.L, s=catalog.sums.s, q=catalog.sums.q,
-                 genre_names=np.array(catalog.genre_names, dtype=str))
+                 genre_names=np.array(catalog.genre_names, dtype=str),
+                 raters=np.array([u for r in catalog.raters for u in r], dtype=str),
+                 raters_ptr=np.cumsum([0] + [len(r) for r in catalog.raters]))
         meta = {"format_version": FORMAT_VERSION, "k": fm.k, **metrics}
         (tmp / "metrics.json").write_text(json.dumps(meta, indent=2, default=float))
         model_id = content_hash(tmp)
@@ -253,7 +258,8 @@ class Bundle:
             with np.load(root / "catalog.npz") as z:
                 self.catalog = Catalog(
                     z["ids"], z["titles"], [g.split("|") if g else [] for g in z["genres"]],
-                    z["years"], Sums(z["L"], z["s"], z["q"]), z["genre_names"].tolist())
+                    z["years"], Sums(z["L"], z["s"], z["q"]), z["genre_names"].tolist(),
+                    [r.tolist() for r in np.split(z["raters"], z["raters_ptr"][1:-1])])
         except Exception as exc:
             raise BundleError(f"bundle {root}: cannot load ({type(exc).__name__}: {exc})") from exc
         for name in ("side_sums", "score_pairs", "top_n"):

@@ -194,6 +194,23 @@ def cmd_demo(args: argparse.Namespace) -> None:
               "you set some", file=sys.stderr)
     _serve(settings)
 
+
+def cmd_replay(args: argparse.Namespace) -> None:
+    import httpx
+
+    from app.replay import ReplayError, read_ratings, replay
+
+    ratings = read_ratings(args.file)
+    headers = {"X-API-Key": args.api_key} if args.api_key else {}
+    try:
+        with httpx.Client(base_url=args.url, headers=headers, timeout=args.timeout) as client:
+            report = replay(client, ratings, args.file.name[:48], args.batch_size,
+                            args.retry_for)
+    except (ReplayError, httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        raise CliError(str(exc)) from None
+    print(json.dumps({"file": str(args.file), "url": args.url, **report.as_dict()}, indent=2))
+
+
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help=f"MovieLens folder (or ${DEFAULT_DATA_ENV})")
     p.add_argument("--synthetic", type=int, metavar="N", help="planted-FM data with N ratings")
@@ -261,6 +278,22 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("replay", help="send a ratings file (MovieLens u.data format: user, "
+                       "movie, rating, time, tab-separated) to a server's POST /ratings, "
+                       "in time order")
+    p.add_argument("file", type=Path, help="e.g. ml-100k/ua.test")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default: "
+                   "%(default)s)")
+    p.add_argument("--batch-size", type=_positive(int), default=500,
+                   help="events per request (at most the server's FMREC_MAX_EVENTS)")
+    p.add_argument("--api-key", default=os.environ.get("FMREC_REPLAY_API_KEY"),
+                   help="X-API-Key for /ratings (default: $FMREC_REPLAY_API_KEY)")
+    p.add_argument("--retry-for", type=_positive(float), default=60.0, metavar="SECONDS",
+                   help="retry a batch refused with 503 or cut off this long before giving up")
+    p.add_argument("--timeout", type=_positive(float), default=30.0, metavar="SECONDS",
+                   help="HTTP timeout of one request")
+    p.set_defaults(func=cmd_replay)
     return parser
 
 

@@ -47,6 +47,10 @@ class Metrics:
                                registry=r)
         self.reload_failing = Gauge("fmrec_last_reload_failed",
                                     "1 while the latest reload attempt has failed", registry=r)
+        self.rating_events = Counter(
+            "fmrec_rating_events", "POST /ratings events: accepted (new event id), duplicate "
+            "(id seen before), refused (invalid batch, or store down: nothing written)",
+            ["outcome"], registry=r)
 
     def observe_batch(self, size: int, queue_seconds: list[float]) -> None:
         self.batch_size.observe(size)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
+from app.online import record_ratings
 from app.schemas import (
     PredictRequest,
     PredictResponse,
+    RatingsRequest,
+    RatingsResponse,
     RecommendRequest,
     RecommendResponse,
     ReloadRequest,
@@ -20,10 +24,13 @@ from app.scorer import Scorer
 from app.security import require_read_key, require_write_key
 from app.service import ReloadBusy, ReloadFailed, Service
 from app.settings import Settings
-from app.store import Store
+from app.store import Store, StoreUnavailable
 
 
-def get_service(request: Request) -> Service:
+# Dependencies are `async def` although they never wait: FastAPI runs a plain `def`
+# dependency in a worker thread, one thread hop per dependency per request (that was half
+# of /predict's CPU time in bench/serve.py).
+async def get_service(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
 
@@ -31,11 +38,11 @@ def get_service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(get_service)]
 
 
-def get_settings(service: ServiceDep) -> Settings:
+async def get_settings(service: ServiceDep) -> Settings:
     return service.settings
 
 
-def get_scorer(service: ServiceDep) -> Scorer:
+async def get_scorer(service: ServiceDep) -> Scorer:
     """The scorer serving now; the request keeps this one even if a reload swaps it."""
     scorer = service.scorer
     if scorer is None:
@@ -43,7 +50,7 @@ def get_scorer(service: ServiceDep) -> Scorer:
     return scorer
 
 
-def get_store(service: ServiceDep) -> Store:
+async def get_store(service: ServiceDep) -> Store:
     if service.store is None:
         raise HTTPException(503, "store not open yet", headers={"Retry-After": "1"})
     return service.store
@@ -71,6 +78,24 @@ async def recommend(body: RecommendRequest, scorer: ScorerDep, store: StoreDep,
     """The user's top-n catalog movies (or candidates), best first."""
     check_limits(body, settings)
     return await scorer.recommend(body, store)
+
+
+@router.post("/ratings", response_model=RatingsResponse,
+             dependencies=[Depends(require_write_key)])
+async def ratings(body: RatingsRequest, scorer: ScorerDep, store: StoreDep,
+                  settings: SettingsDep) -> RatingsResponse:
+    """Store rating events, all or none (idempotent by event_id), and keep the users'
+    cached sums current; with the store down, 503 and nothing is written."""
+    try:
+        applied = await record_ratings(body.events, scorer.bundle, store, settings.max_events,
+                                       scorer.metrics)
+    except StoreUnavailable as exc:
+        raise HTTPException(503, f"ratings not stored: the store is unavailable ({exc}); "
+                            "retry later", headers={"Retry-After": str(max(
+                                1, math.ceil(settings.redis_retry_s)))}) from None
+    return RatingsResponse(model_id=scorer.model_id, accepted=applied.accepted,
+                           duplicates=applied.duplicates, stale=applied.stale,
+                           unknown_movies=applied.unknown_movies)
 
 
 @reads.get("/model")

@@ -164,3 +164,34 @@ def check_limits(request: PredictRequest | RecommendRequest, settings: Settings)
     if request.candidates is not None and len(request.candidates) > settings.max_movies:
         raise InvalidInput(("candidates",), f"at most {settings.max_movies} candidates",
                       len(request.candidates))
+
+
+# --- POST /ratings (app/online.py) -----------------------------------------------------------
+
+MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z: milliseconds sent as seconds fail
+
+
+class RatingEvent(Strict):
+    """One rating; `event_id` makes it idempotent (a retried event is not counted twice)."""
+
+    event_id: Id
+    user_id: Id
+    movie_id: Annotated[Id, Field(description="a catalog movie, or any other id (stored and "
+                                              "listed as unknown)")]
+    rating: Annotated[float, Field(description="within the model's rating range")]
+    timestamp: Annotated[int, Field(ge=0, le=MAX_TIMESTAMP, description="unix seconds")]
+
+
+class RatingsRequest(Strict):
+    events: Annotated[list[RatingEvent], Field(
+        min_length=1, description="stored all together or not at all (FMREC_MAX_EVENTS)")]
+
+
+class RatingsResponse(BaseModel):
+    model_id: str
+    accepted: Annotated[int, Field(description="events recorded now (event ids new)")]
+    duplicates: Annotated[int, Field(description="event ids seen before: skipped")]
+    stale: Annotated[int, Field(description="accepted events older than the stored rating "
+                                            "of the same user and movie, which stays")]
+    unknown_movies: Annotated[list[str], Field(description="movies of this batch that the "
+                                                          "model's catalog lacks")]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,7 @@ from app.settings import Settings
 from app.store import Rating, Store, StoreUnavailable, UserRecord
 from app.user_sums import BaseSums, HistorySums, combine, history_weighting
 from model.bundle import Bundle, Sums
-from model.features import SparseRows
+from model.features import Side, SparseRows
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class UserQuery:
     last_time: int
     cache_base: bool  # write a computed base back under uid
     cache_history: bool
+    version: int = 0  # the user's history version as read (a stale write-back is refused)
 
     @property
     def cached(self) -> bool:
@@ -172,7 +173,8 @@ class Scorer:
             with suppress(StoreUnavailable):  # the answer stands; the store counted it
                 await store.write_sums(self.model_id, user.uid,
                                        result.base if user.cache_base else None,
-                                       result.history if user.cache_history else None)
+                                       result.history if user.cache_history else None,
+                                       version=user.version)
         return result
 
     async def _user(self, user: UserIn, store: Store, *, need_ratings: bool) -> UserQuery:
@@ -200,7 +202,8 @@ class Scorer:
             payload["id"] = user.id
         query = UserQuery(user.id, base, payload, history, rated, last, last_time,
                           cache_base=known and base is None and not attrs,
-                          cache_history=known and history is None and user.rated is None)
+                          cache_history=known and history is None and user.rated is None,
+                          version=record.version if record is not None else 0)
         if user.id is not None and record is not None:
             (self.metrics.cache_hits if query.cached else self.metrics.cache_misses).inc()
         return query
@@ -213,8 +216,7 @@ class Scorer:
             record = await store.read_user(self.model_id, user.id, k=self.bundle.k,
                                            with_ratings=need_ratings and user.rated is None)
             if user.rated is None and record.history is None and record.ratings is None:
-                record = UserRecord(record.profile, await store.read_ratings(user.id),
-                                    record.base, None)
+                record = replace(record, ratings=await store.read_ratings(user.id))
         except StoreUnavailable:
             self.metrics.degraded.inc()
             return None
@@ -244,18 +246,18 @@ class Scorer:
     def _computed_sums(self, jobs: list[Job]) -> tuple[Sums, Sums, Sums]:
         """Side sums of every row the batch lacks, in ONE side_sums call: user profiles,
         single-movie history rows (w_j, v_j, |v_j|^2) and inline movies, in job order."""
-        fmap = self.bundle.fmap
-        blocks = [
-            fmap.encode("user", [j.user.base_payload for j in jobs if j.user.base is None]),
-            fmap.encode("user", [{"rated": [m]} for j in jobs if j.user.history is None
-                                 for m in j.user.rated or []]),
-            fmap.encode("item", [m for j in jobs for m in j.inline_movies]),
+        payloads: list[tuple[Side, list[dict[str, Any]]]] = [
+            ("user", [j.user.base_payload for j in jobs if j.user.base is None]),
+            ("user", [{"rated": [m]} for j in jobs if j.user.history is None
+                      for m in j.user.rated or []]),
+            ("item", [m for j in jobs for m in j.inline_movies]),
         ]
-        bounds = np.cumsum([0] + [b.n_rows for b in blocks])
-        if bounds[-1] == 0:
+        if not any(rows for _, rows in payloads):  # all cached: skip even encoding nothing
             empty = Sums(np.zeros(0, np.float32), np.zeros((0, self.bundle.k), np.float32),
                          np.zeros(0, np.float32))
             return empty, empty, empty
+        blocks = [self.bundle.fmap.encode(side, rows) for side, rows in payloads]
+        bounds = np.cumsum([0] + [b.n_rows for b in blocks])
         sums = self.bundle.side_sums(stack_rows(blocks))
         a, b, c, d = bounds
         return sums.take(np.arange(a, b)), sums.take(np.arange(b, c)), sums.take(np.arange(c, d))

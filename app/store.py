@@ -2,19 +2,27 @@
 
     fmrec:user:{uid}                 hash  age, gender, occupation, zip
     fmrec:user:{uid}:ratings         hash  movie id -> "rating:timestamp"
-    fmrec:{model_id}:sums:{uid}      hash  base / hist (packed <f8), n, last, last_time; TTL
+    fmrec:user:{uid}:version         int   bumped by every change of the ratings hash
+    fmrec:{model_id}:sums:{uid}      hash  base / hist (packed <f8), n, last, last_time,
+                                           ver (the history version hist reflects); TTL
 
 Sums are namespaced by model id, so a new model never reads an old model's numbers, and
-expire on their own. Every failure of Redis (refused, timed out, broken) becomes
-`StoreUnavailable`, which callers answer by computing without the store; after a failure
-the store is skipped for `retry_s` so a hung Redis costs one timeout, not one per request.
+expire on their own. The history part is valid only while its `ver` equals the user's
+history version: POST /ratings (app/online.py) keeps the serving model's part current
+in the same script that changes the history, and a read that recomputes the part
+writes it back only if no event landed since it read the history (`write_sums`).
+
+Every failure of Redis (refused, timed out, broken) becomes `StoreUnavailable`, which
+callers answer by computing without the store (or, for writes, by refusing them); after a
+failure the store is skipped for `retry_s` so a hung Redis costs one timeout, not one per
+request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +31,8 @@ import numpy.typing as npt
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
 from app.settings import Settings
@@ -50,7 +59,8 @@ class UserRecord:
     profile: dict[str, str]
     ratings: dict[str, Rating] | None
     base: BaseSums | None
-    history: HistorySums | None
+    history: HistorySums | None  # None also when cached before the latest history change
+    version: int = 0  # the user's history version when read
 
     @property
     def known(self) -> bool:
@@ -65,8 +75,26 @@ def ratings_key(uid: str) -> str:
     return f"{PREFIX}:user:{uid}:ratings"
 
 
+def version_key(uid: str) -> str:
+    return f"{PREFIX}:user:{uid}:version"
+
+
 def sums_key(model_id: str, uid: str) -> str:
     return f"{PREFIX}:{model_id}:sums:{uid}"
+
+
+# KEYS[1] sums hash, KEYS[2] the user's history version; ARGV[1] TTL, ARGV[2] the version
+# the history part was computed at ('' = take it as current), ARGV[3..] its field/value
+# pairs. Refused (0) when an event changed the history since: it must not be undone.
+WRITE_HISTORY = """
+local current = redis.call('GET', KEYS[2]) or '0'
+if ARGV[2] ~= '' and ARGV[2] ~= current then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'ver', current, unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
 
 
 UserData = tuple[str, Mapping[str, Any], Mapping[str, "Rating"]]
@@ -133,6 +161,7 @@ class Store:
         self._retry_s = retry_s
         self._on_error = on_error
         self._down_until = 0.0
+        self._scripts: dict[str, AsyncScript] = {}
 
     @classmethod
     def open(cls, settings: Settings, on_error: Callable[[Exception], None] | None = None
@@ -183,7 +212,8 @@ class Store:
         try:
             return await call()
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            self._down_until = time.monotonic() + self._retry_s
+            if not isinstance(exc, ResponseError):  # an error reply (OOM when full) means
+                self._down_until = time.monotonic() + self._retry_s  # it is up: no back-off
             if self._on_error is not None:
                 self._on_error(exc)
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
@@ -197,11 +227,24 @@ class Store:
             return False
         return True
 
+    async def run_script(self, source: str, keys: Sequence[str],
+                         args: Sequence[EncodableT]) -> Any:
+        """EVALSHA a Lua script: atomic in Redis; loaded on first use and after a restart."""
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self._client.register_script(source)
+        return await self._run(lambda: script(keys=list(keys), args=list(args)))
+
     async def read_user(self, model_id: str, uid: str, *, k: int, with_ratings: bool
                         ) -> UserRecord:
-        """Cached sums and profile (and the ratings if asked) in one pipelined round trip."""
+        """Cached sums and profile (and the ratings if asked) in one pipelined round trip.
+
+        The history version is read first: whatever is read after it is at least as new,
+        so a history part computed from it and written back with it is never too new.
+        """
         async def call() -> list[Any]:
             pipe = self._client.pipeline(transaction=False)
+            pipe.get(version_key(uid))
             pipe.hgetall(sums_key(model_id, uid))
             pipe.hgetall(user_key(uid))
             if with_ratings:
@@ -209,33 +252,41 @@ class Store:
             return list(await pipe.execute())
 
         replies = await self._run(call)
-        base, history = parse_fields(replies[0], k)
-        profile = {f.decode(): v.decode() for f, v in replies[1].items()}
-        ratings = _parse_ratings(replies[2]) if with_ratings else None
-        return UserRecord(profile, ratings, base, history)
+        version = int(replies[0] or 0)
+        base, history = parse_fields(replies[1], k)
+        if replies[1].get(b"ver", b"0") != str(version).encode():
+            history = None  # computed before the latest change of the history
+        profile = {f.decode(): v.decode() for f, v in replies[2].items()}
+        ratings = _parse_ratings(replies[3]) if with_ratings else None
+        return UserRecord(profile, ratings, base, history, version)
 
     async def read_ratings(self, uid: str) -> dict[str, Rating]:
         return _parse_ratings(await self._run(lambda: self._client.hgetall(ratings_key(uid))))
 
     async def write_sums(self, model_id: str, uid: str, base: BaseSums | None,
-                         history: HistorySums | None) -> None:
-        """Cache freshly computed parts (either may be None) and restart the TTL."""
-        fields: dict[FieldT, EncodableT] = {}
-        if base is not None:
-            fields.update(base_fields(base))
-        if history is not None:
-            fields.update(history_fields(history))
-        if not fields:
-            return
+                         history: HistorySums | None, version: int | None = None) -> None:
+        """Cache freshly computed parts (either may be None) and restart the TTL.
+
+        The history part is written only if the user's history is still at `version`, the
+        one it was computed from (None: take it as current).
+        """
         key = sums_key(model_id, uid)
+        if base is not None:
+            fields: dict[FieldT, EncodableT] = {}
+            fields.update(base_fields(base))
 
-        async def call() -> None:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.hset(key, mapping=fields)
-            pipe.expire(key, self.ttl_s)
-            await pipe.execute()
+            async def call() -> None:
+                pipe = self._client.pipeline(transaction=False)
+                pipe.hset(key, mapping=fields)
+                pipe.expire(key, self.ttl_s)
+                await pipe.execute()
 
-        await self._run(call)
+            await self._run(call)
+        if history is not None:
+            pairs = [x for field, value in history_fields(history).items()
+                     for x in (field, value)]
+            await self.run_script(WRITE_HISTORY, [key, version_key(uid)], [
+                self.ttl_s, "" if version is None else str(version), *pairs])
 
     async def load_users(self, records: Iterable[UserData], chunk: int = 500) -> int:
         """Replace the profiles and histories of these users; drop every cached sum.
@@ -251,6 +302,7 @@ class Store:
                 rated: dict[FieldT, EncodableT] = {
                     m: f"{r.rating!r}:{r.timestamp}" for m, r in history.items()}
                 pipe.delete(user_key(uid), ratings_key(uid))
+                pipe.incr(version_key(uid))  # sums computed from the old history: stale
                 if profile:
                     pipe.hset(user_key(uid), mapping=profile)
                 if rated:

@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -19,15 +20,17 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """`redis-server --save '' --appendonly no` (fast, nothing on disk) under test control."""
+    """`redis-server --save '' --appendonly no` (fast, nothing on disk) under test control;
+    `options` come last, so they override (`"--appendonly", "yes"`: persistent)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, options: Sequence[str] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server not found: `apt-get install redis-server` "
                         "(`make test` installs it)")
         self.binary = binary
         self.directory = directory
+        self.options = list(options)
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -39,7 +42,7 @@ class RedisServer:
         log = (self.directory / f"redis-{self.port}.log").open("ab")
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory)],
+             "--appendonly", "no", "--dir", str(self.directory), *self.options],
             stdout=log, stderr=subprocess.STDOUT)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10

@@ -1,0 +1,163 @@
+"""POST /ratings: rating events become stored history and current cached user sums.
+
+A batch is checked first (size, rating range), because Redis does not roll back a
+script that fails midway; then ONE side_sums call gives each event's movie the row
+(w_j, |v_j|^2, v_j) of the single feature "user.rated=<movie>", and ONE Lua script
+(`APPLY_EVENTS`) applies the whole batch atomically. For each event, in order:
+
+* claim `fmrec:event:{event_id}` (SET NX, kept `CLAIM_TTL_S`): taken -> a duplicate, skipped;
+* if the user's stored rating of that movie is newer -> "stale": it stays as it is;
+* else store the rating, bump the user's history version, and if this model's sums hash
+  holds the history part of the version before (i.e. it is current), update it in O(k):
+  a movie new to the history adds its row to [C, B, A] and 1 to n; the movie becomes
+  `last` if it is the latest by (timestamp, movie id), as `scorer.latest` orders them.
+
+A history part that is absent or stale is left alone: the next read recomputes it from
+the stored history, and `Store.write_sums` refuses that write-back if an event landed
+in between. So concurrent writers and readers never lose an update, and the history
+(the primary record) is a function of the events alone, whatever order they come in.
+The script touches keys of many users: one Redis, not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.metrics import Metrics
+from app.schemas import InvalidInput, RatingEvent
+from app.store import PREFIX, Store, StoreUnavailable, ratings_key, sums_key, version_key
+from app.user_sums import HISTORY_FIELD
+from model.bundle import Bundle
+
+CLAIM_TTL_S = 30 * 86400  # how long an event id is remembered (retries come much sooner)
+
+# Per event i: KEYS[4i-3] its claim, KEYS[4i-2] the user's ratings hash, KEYS[4i-1] the
+# user's history version, KEYS[4i] the model's sums hash. ARGV[1] sums TTL, ARGV[2] claim
+# TTL, ARGV[4i-1 .. 4i+2]: movie, "rating:timestamp", timestamp, its packed <f8 row.
+# Returns {accepted, duplicates, stale}. Nothing in it can fail on checked input.
+APPLY_EVENTS = """
+local sums_ttl, claim_ttl = ARGV[1], ARGV[2]
+local accepted, duplicates, stale = 0, 0, 0
+
+local function add(a, b)  -- elementwise sum of two packed <f8 vectors
+  local out = {}
+  for pos = 1, #a, 8 do
+    out[#out + 1] = struct.pack('<d', struct.unpack('<d', a, pos) + struct.unpack('<d', b, pos))
+  end
+  return table.concat(out)
+end
+
+local function later(ts, movie, last_ts, last)  -- (ts, movie) after (last_ts, last)?
+  if not last then return true end
+  if ts ~= last_ts then return ts > last_ts end
+  for pos = 1, math.min(#movie, #last) do  -- equal times: the larger id, byte by byte
+    local x, y = movie:byte(pos), last:byte(pos)  -- (not by the server's locale)
+    if x ~= y then return x > y end
+  end
+  return #movie > #last
+end
+
+for i = 1, #KEYS / 4 do
+  local claim, ratings, version, sums = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
+  local movie, value, ts, row = ARGV[4*i-1], ARGV[4*i], tonumber(ARGV[4*i+1]), ARGV[4*i+2]
+  if not redis.call('SET', claim, '1', 'NX', 'EX', claim_ttl) then
+    duplicates = duplicates + 1
+  else
+    accepted = accepted + 1
+    local old = redis.call('HGET', ratings, movie)
+    if old and (tonumber(string.match(old, ':(%d+)$')) or 0) > ts then
+      stale = stale + 1
+    else
+      local before = redis.call('GET', version) or '0'
+      redis.call('HSET', ratings, movie, value)
+      local now = redis.call('INCR', version)
+      local h = redis.call('HMGET', sums, 'hist', 'n', 'last', 'last_time', 'ver')
+      local hist, n, last, last_time = h[1], tonumber(h[2]), h[3], tonumber(h[4]) or 0
+      if hist and n and #hist == #row and (h[5] or '0') == before then
+        if not old then
+          hist, n = add(hist, row), n + 1
+        end
+        if later(ts, movie, last_time, last) then
+          last, last_time = movie, ts
+        end
+        redis.call('HSET', sums, 'hist', hist, 'n', n, 'last', last, 'last_time', last_time,
+                   'ver', now)
+        redis.call('EXPIRE', sums, sums_ttl)
+      end
+    end
+  end
+end
+return {accepted, duplicates, stale}
+"""
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What a batch did (see RatingsResponse)."""
+
+    accepted: int
+    duplicates: int
+    stale: int
+    unknown_movies: list[str]
+
+
+def claim_key(event_id: str) -> str:
+    return f"{PREFIX}:event:{event_id}"
+
+
+def check_events(events: Sequence[RatingEvent], bundle: Bundle, max_events: int) -> None:
+    """Everything that could make a batch fail, before anything is written."""
+    if len(events) > max_events:
+        raise InvalidInput(("events",), f"at most {max_events} events per request",
+                           len(events))
+    low, high = bundle.rating_range
+    for n, event in enumerate(events):
+        if not low <= event.rating <= high:
+            raise InvalidInput(("events", n, "rating"), f"rating must be within the model's "
+                               f"rating range [{low:g}, {high:g}]", event.rating)
+
+
+def history_rows(bundle: Bundle, movies: Sequence[str]) -> list[bytes]:
+    """Per movie, what it adds to a history part [C, B, A...] (one side_sums call):
+    w_j, |v_j|^2, v_j of "user.rated=<movie>" with weight 1, packed like `hist`."""
+    sums = bundle.side_sums(bundle.fmap.encode("user", [{HISTORY_FIELD: [m]} for m in movies]))
+    packed = np.column_stack([sums.L, sums.q, sums.s]).astype("<f8")
+    return [row.tobytes() for row in packed]
+
+
+async def apply_events(events: Sequence[RatingEvent], bundle: Bundle, store: Store) -> Applied:
+    """Store a checked batch and update `bundle`'s cached sums: all of it or nothing.
+
+    Raises StoreUnavailable when Redis cannot run the script (then nothing is written,
+    or, if only the reply was lost, a retry finds every event a duplicate).
+    """
+    rows = await asyncio.to_thread(history_rows, bundle, [e.movie_id for e in events])
+    keys: list[str] = []
+    args: list[str | int | bytes] = [store.ttl_s, CLAIM_TTL_S]
+    for event, row in zip(events, rows, strict=True):
+        uid = event.user_id
+        keys += [claim_key(event.event_id), ratings_key(uid), version_key(uid),
+                 sums_key(bundle.model_id, uid)]
+        args += [event.movie_id, f"{event.rating!r}:{event.timestamp}", event.timestamp, row]
+    accepted, duplicates, stale = await store.run_script(APPLY_EVENTS, keys, args)
+    catalog = bundle.catalog
+    unknown = [m for m in dict.fromkeys(e.movie_id for e in events) if catalog.row(m) is None]
+    return Applied(int(accepted), int(duplicates), int(stale), unknown)
+
+
+async def record_ratings(events: Sequence[RatingEvent], bundle: Bundle, store: Store,
+                         max_events: int, metrics: Metrics) -> Applied:
+    """Check, apply and count one POST /ratings batch."""
+    try:
+        check_events(events, bundle, max_events)
+        applied = await apply_events(events, bundle, store)
+    except (InvalidInput, StoreUnavailable):
+        metrics.rating_events.labels(outcome="refused").inc(len(events))
+        raise
+    metrics.rating_events.labels(outcome="accepted").inc(applied.accepted)
+    metrics.rating_events.labels(outcome="duplicate").inc(applied.duplicates)
+    return applied

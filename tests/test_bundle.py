@@ -154,3 +154,14 @@ def test_encoded_test_split_has_nothing_left_out(small_data: tuple[Dataset, Feat
     """Test ratings' movies are not in their training history, so scoring needs no fix-up."""
     data, _ = small_data
     assert encode_ratings(small_bundle.fmap, data, data.test, data.train).left_out.nnz == 0
+
+
+def test_catalog_payloads_reproduce_the_precomputed_item_sums(small_bundle: Bundle) -> None:
+    cat = small_bundle.catalog
+    rows = np.arange(len(cat))
+    assert any(cat.raters[r] for r in rows)  # the feature is really there
+    encoded = small_bundle.side_sums(small_bundle.fmap.encode(
+        "item", [cat.payload(int(r)) for r in rows]))
+    np.testing.assert_allclose(encoded.s, cat.sums.s, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(encoded.L, cat.sums.L, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(encoded.q, cat.sums.q, rtol=1e-5, atol=1e-6)

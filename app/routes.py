@@ -27,10 +27,7 @@ from app.settings import Settings
 from app.store import Store, StoreUnavailable
 
 
-# Dependencies are `async def` although they never wait: FastAPI runs a plain `def`
-# dependency in a worker thread, one thread hop per dependency per request (that was half
-# of /predict's CPU time in bench/serve.py).
-async def get_service(request: Request) -> Service:
+def get_service(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
 
@@ -38,11 +35,11 @@ async def get_service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(get_service)]
 
 
-async def get_settings(service: ServiceDep) -> Settings:
+def get_settings(service: ServiceDep) -> Settings:
     return service.settings
 
 
-async def get_scorer(service: ServiceDep) -> Scorer:
+def get_scorer(service: ServiceDep) -> Scorer:
     """The scorer serving now; the request keeps this one even if a reload swaps it."""
     scorer = service.scorer
     if scorer is None:
@@ -50,7 +47,7 @@ async def get_scorer(service: ServiceDep) -> Scorer:
     return scorer
 
 
-async def get_store(service: ServiceDep) -> Store:
+def get_store(service: ServiceDep) -> Store:
     if service.store is None:
         raise HTTPException(503, "store not open yet", headers={"Retry-After": "1"})
     return service.store

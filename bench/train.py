@@ -281,24 +281,35 @@ def synthetic_encoded(n_ratings: int, ratings_per_user: int
     return enc, spec, info
 
 
+MIN_TIMED_BATCHES = 3
+
+
 def scaling_point(n_ratings: int, ratings_per_user: int, config: TrainConfig,
-                  full_epoch_batches: int, sample_batches: int, reference: StepTimer | None
-                  ) -> tuple[dict[str, Any], StepTimer]:
+                  full_epoch_batches: int, sample_batches: int, reference: StepTimer | None,
+                  deadline: float) -> tuple[dict[str, Any], StepTimer]:
     """One epoch (or a timed sample of one) at one size, taking turns with `reference`.
 
     Every few batches the reference (the smallest size) trains one batch, so the ratio of
-    their seconds per non-zero is measured under the same load.
+    their seconds per non-zero is measured under the same load. Timing stops early (after
+    at least MIN_TIMED_BATCHES) when the next batch would overrun `deadline`.
     """
     enc, spec, info = synthetic_encoded(n_ratings, ratings_per_user)
     timer = StepTimer(enc, spec.n_features, config)
     peer = reference or timer
-    timed = (timer.epoch_batches if timer.epoch_batches <= full_epoch_batches
-             else min(sample_batches, timer.epoch_batches))
+    planned = (timer.epoch_batches if timer.epoch_batches <= full_epoch_batches
+               else min(sample_batches, timer.epoch_batches))
     peer_seconds, peer_nnz = peer.seconds, peer.nnz
-    for done in range(0, timed, 5):
-        timer.run(min(5, timed - done))
-        if reference is not None:
+    while timer.batches < planned:
+        per_batch = timer.seconds / max(timer.batches, 1)
+        if (timer.batches >= MIN_TIMED_BATCHES
+                and time.perf_counter() + 1.2 * per_batch > deadline):
+            break
+        timer.run(1)
+        if reference is not None and timer.batches % 5 == 0:
             reference.run(1)
+    if reference is not None and reference.nnz == peer_nnz:
+        reference.run(1)
+    timed = timer.batches
     scale = timer.epoch_batches / timed
     per_mnnz = timer.seconds / (timer.nnz / 1e6)
     peer_per_mnnz = (peer.seconds - peer_seconds) / ((peer.nnz - peer_nnz) / 1e6)
@@ -307,6 +318,7 @@ def scaling_point(n_ratings: int, ratings_per_user: int, config: TrainConfig,
         **info, "p": p, "nnz_per_rating": enc.nnz_per_rating,
         "batches": timer.epoch_batches, "timed_batches": timed,
         "extrapolated": timed < timer.epoch_batches,
+        "cut_by_deadline": timed < planned,
         "nnz_per_epoch": timer.nnz * scale,
         "naive_nnz_per_epoch": enc.nnz_per_rating * len(enc),
         "seconds_per_epoch": timer.seconds * scale,
@@ -321,12 +333,14 @@ def scaling_point(n_ratings: int, ratings_per_user: int, config: TrainConfig,
 def scaling(sizes: Sequence[int], ratings_per_user: int, config: TrainConfig,
             full_epoch_batches: int, sample_batches: int, deadline: float
             ) -> list[dict[str, Any]]:
-    """Sizes in increasing order; a size whose projected cost overruns `deadline` is skipped.
+    """Sizes in increasing order; a size that could not be built and timed by `deadline`
+    is skipped (and listed).
 
     The projection grows the last size's generate + encode seconds along the power law
     through the last two sizes (at least linearly: building the data is superlinear
-    here), with a 30% margin, and adds its seconds per batch times the batches this size
-    would time.
+    here) and adds MIN_TIMED_BATCHES batches, each costing the last size's seconds per
+    batch times the growth in ratings (popular movies' rater lists grow with the data),
+    all with a 30% margin.
     """
     points: list[dict[str, Any]] = []
     reference: StepTimer | None = None
@@ -340,17 +354,16 @@ def scaling(sizes: Sequence[int], ratings_per_user: int, config: TrainConfig,
             if len(measured) > 1:
                 grown = math.log(prev["ratings"] / measured[-2]["ratings"])
                 power = max(1.0, math.log(build[-1] / build[0]) / grown)
-            batches = math.ceil(prev["batches"] * n / prev["ratings"])
-            timed = batches if batches <= full_epoch_batches else sample_batches
+            per_batch = prev["seconds_per_epoch"] / prev["batches"] * n / prev["ratings"]
             projected = 1.3 * (build[-1] * (n / prev["ratings"]) ** power
-                               + prev["seconds_per_epoch"] / prev["batches"] * timed)
+                               + MIN_TIMED_BATCHES * per_batch)
             if projected > left:
                 points.append({"ratings": n, "skipped": f"projected {projected:.0f} s "
                                                          f"> {max(left, 0):.0f} s left"})
                 print(f"  {n:,} ratings: skipped ({points[-1]['skipped']})", flush=True)
                 continue
         point, timer = scaling_point(n, ratings_per_user, config, full_epoch_batches,
-                                     sample_batches, reference)
+                                     sample_batches, reference, deadline)
         reference = reference or timer
         points.append(point)
         print(f"  {n:,} ratings: generate {point['generate_seconds']:.1f} s, encode "
@@ -420,7 +433,8 @@ def report(results: dict[str, Any]) -> str:
                  p["batching_share"],
                  p["generate_seconds"], p["encode_seconds"], p["dense_x_gb"],
                  f"{p['timed_batches']}/{p['batches']}" + (" extrap." if p["extrapolated"]
-                                                           else "")]
+                                                           else "")
+                 + (" (deadline)" if p["cut_by_deadline"] else "")]
                 for p in points]
         rows += [[p["ratings"], f"skipped: {p['skipped']}", *[""] * 10]
                  for p in results["scaling"] if "skipped" in p]
@@ -496,9 +510,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="synthetic sizes (ratings), comma-separated")
     parser.add_argument("--ratings-per-user", type=int, default=100,
                         help="synthetic users = ratings / this (MovieLens has ~100-170)")
-    parser.add_argument("--full-epoch-batches", type=int, default=1000,
+    parser.add_argument("--full-epoch-batches", type=int, default=100,
                         help="time whole epochs up to this many batches, else a sample")
-    parser.add_argument("--sample-batches", type=int, default=100)
+    parser.add_argument("--sample-batches", type=int, default=50)
     parser.add_argument("--deadline", type=float, default=530.0,
                         help="seconds for the whole run: larger sizes that would overrun "
                              "it are skipped (and listed as skipped)")

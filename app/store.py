@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
 from app.settings import Settings
@@ -212,7 +212,8 @@ class Store:
         try:
             return await call()
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            self._down_until = time.monotonic() + self._retry_s
+            if not isinstance(exc, ResponseError):  # an error reply (OOM when full) means
+                self._down_until = time.monotonic() + self._retry_s  # it is up: no back-off
             if self._on_error is not None:
                 self._on_error(exc)
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc

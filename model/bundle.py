@@ -265,6 +265,12 @@ class Bundle:
         for name in ("side_sums", "score_pairs", "top_n"):
             if name not in self.model.signatures:
                 raise BundleError(f"bundle {root}: SavedModel has no {name!r} signature")
+        widths = {"metrics.json": self.k, "catalog": self.catalog.sums.s.shape[-1],
+                  "SavedModel": self.model.signatures["side_sums"].structured_outputs[
+                      "s"].shape[-1]}
+        if len(set(widths.values())) != 1:  # scoring would fail, or mix up numbers, later
+            raise BundleError(f"bundle {root}: inconsistent k (" + ", ".join(
+                f"{where} {k}" for where, k in widths.items()) + ")")
 
     # --- the three signatures, numpy in and out --------------------------------------
 

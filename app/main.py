@@ -6,6 +6,7 @@ arguments, so settings come from the environment.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import time
@@ -126,6 +127,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # What the imports made (TensorFlow, FastAPI, NumPy: ~360k objects) lives as long
+        # as the process: keep it out of the collector's full passes, each of which stalled
+        # every request in flight for 0.4-1.3 s (bench/serve.py's p99). Bundles are loaded
+        # after this, so a reloaded-away bundle is still collected.
+        gc.collect()
+        gc.freeze()
         try:
             await service.start()
         except BundleError as exc:

@@ -27,7 +27,10 @@ from app.settings import Settings
 from app.store import Store, StoreUnavailable
 
 
-def get_service(request: Request) -> Service:
+# Dependencies are `async def` although they never wait: FastAPI runs a plain `def`
+# dependency in a worker thread, one thread hop per dependency per request (that was half
+# of /predict's CPU time in bench/serve.py).
+async def get_service(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
 
@@ -35,11 +38,11 @@ def get_service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(get_service)]
 
 
-def get_settings(service: ServiceDep) -> Settings:
+async def get_settings(service: ServiceDep) -> Settings:
     return service.settings
 
 
-def get_scorer(service: ServiceDep) -> Scorer:
+async def get_scorer(service: ServiceDep) -> Scorer:
     """The scorer serving now; the request keeps this one even if a reload swaps it."""
     scorer = service.scorer
     if scorer is None:
@@ -47,7 +50,7 @@ def get_scorer(service: ServiceDep) -> Scorer:
     return scorer
 
 
-def get_store(service: ServiceDep) -> Store:
+async def get_store(service: ServiceDep) -> Store:
     if service.store is None:
         raise HTTPException(503, "store not open yet", headers={"Retry-After": "1"})
     return service.store

@@ -36,7 +36,7 @@ from app.settings import Settings
 from app.store import Rating, Store, StoreUnavailable, UserRecord
 from app.user_sums import BaseSums, HistorySums, combine, history_weighting
 from model.bundle import Bundle, Sums
-from model.features import SparseRows
+from model.features import Side, SparseRows
 
 
 @dataclass(frozen=True)
@@ -246,18 +246,18 @@ class Scorer:
     def _computed_sums(self, jobs: list[Job]) -> tuple[Sums, Sums, Sums]:
         """Side sums of every row the batch lacks, in ONE side_sums call: user profiles,
         single-movie history rows (w_j, v_j, |v_j|^2) and inline movies, in job order."""
-        fmap = self.bundle.fmap
-        blocks = [
-            fmap.encode("user", [j.user.base_payload for j in jobs if j.user.base is None]),
-            fmap.encode("user", [{"rated": [m]} for j in jobs if j.user.history is None
-                                 for m in j.user.rated or []]),
-            fmap.encode("item", [m for j in jobs for m in j.inline_movies]),
+        payloads: list[tuple[Side, list[dict[str, Any]]]] = [
+            ("user", [j.user.base_payload for j in jobs if j.user.base is None]),
+            ("user", [{"rated": [m]} for j in jobs if j.user.history is None
+                      for m in j.user.rated or []]),
+            ("item", [m for j in jobs for m in j.inline_movies]),
         ]
-        bounds = np.cumsum([0] + [b.n_rows for b in blocks])
-        if bounds[-1] == 0:
+        if not any(rows for _, rows in payloads):  # all cached: skip even encoding nothing
             empty = Sums(np.zeros(0, np.float32), np.zeros((0, self.bundle.k), np.float32),
                          np.zeros(0, np.float32))
             return empty, empty, empty
+        blocks = [self.bundle.fmap.encode(side, rows) for side, rows in payloads]
+        bounds = np.cumsum([0] + [b.n_rows for b in blocks])
         sums = self.bundle.side_sums(stack_rows(blocks))
         a, b, c, d = bounds
         return sums.take(np.arange(a, b)), sums.take(np.arange(b, c)), sums.take(np.arange(c, d))

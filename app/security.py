@@ -78,12 +78,12 @@ def _settings(request: Request) -> Settings:
 KeyHeader = Annotated[str | None, Security(api_key_header)]
 
 
-def require_write_key(request: Request, key: KeyHeader) -> None:
+async def require_write_key(request: Request, key: KeyHeader) -> None:
     """Write and admin endpoints: always need a key."""
     authorize(request, _settings(request), key)
 
 
-def require_read_key(request: Request, key: KeyHeader) -> None:
+async def require_read_key(request: Request, key: KeyHeader) -> None:
     """Read endpoints: need a key only with FMREC_PROTECT_READS=true."""
     settings = _settings(request)
     if settings.protect_reads:

@@ -44,25 +44,42 @@ async def _reload(client: httpx.AsyncClient, key: str | bytes | None = None) -> 
     return await client.post("/admin/reload", headers=headers)
 
 
-async def test_no_keys_configured_refuses_writes_by_default(make_settings: Any) -> None:
+def _events(tag: str) -> dict[str, Any]:
+    return {"events": [{"event_id": f"sec-{tag}", "user_id": "sec-user", "movie_id": "1",
+                        "rating": 4.0, "timestamp": 890_000_000}]}
+
+
+async def _rate(client: httpx.AsyncClient, tag: str, key: str | None = None
+                ) -> httpx.Response:
+    headers = {} if key is None else {"X-API-Key": key}
+    return await client.post("/ratings", json=_events(tag), headers=headers)
+
+
+async def test_no_keys_configured_refuses_writes_by_default(
+        make_settings: Any, redis_server: RedisServer) -> None:
     async with serving(make_settings()) as (_, client):
         for key in (None, KEY1):
-            refused = await _reload(client, key)
-            assert refused.status_code == 403, refused.text
-            assert refused.json()["detail"] == NO_KEYS
+            for refused in (await _reload(client, key), await _rate(client, "a", key)):
+                assert refused.status_code == 403, refused.text
+                assert refused.json()["detail"] == NO_KEYS
         assert (await client.post("/predict", json=PREDICT)).status_code == 200  # reads open
+    assert redis_server.client().keys("fmrec:event:*") == []  # nothing written
 
 
 async def test_unauthenticated_writes_only_when_allowed_and_no_keys(make_settings: Any) -> None:
     async with serving(make_settings(allow_unauthenticated_writes=True)) as (_, client):
         assert (await _reload(client)).status_code == 200
+        assert (await _rate(client, "open")).json()["accepted"] == 1
     keyed = make_settings(allow_unauthenticated_writes=True, api_keys=KEY1)
     async with serving(keyed) as (_, client):  # keys set: the flag opens nothing
         assert (await _reload(client)).status_code == 401
+        assert (await _rate(client, "keyed")).status_code == 401
         assert (await _reload(client, KEY1)).status_code == 200
+        assert (await _rate(client, "keyed", KEY1)).json()["accepted"] == 1
 
 
-async def test_write_endpoints_need_a_configured_key(make_settings: Any) -> None:
+async def test_write_endpoints_need_a_configured_key(make_settings: Any,
+                                                     redis_server: RedisServer) -> None:
     settings = make_settings(api_keys=f" {KEY1} , {KEY2} ,")  # blanks around keys are dropped
     async with serving(settings) as (_, client):
         missing = await _reload(client)
@@ -77,6 +94,11 @@ async def test_write_endpoints_need_a_configured_key(make_settings: Any) -> None
             assert response.json()["detail"] == "wrong API key in X-API-Key"
         for key in (KEY1, KEY2):
             assert (await _reload(client, key)).status_code == 200
+        assert (await _rate(client, "none")).status_code == 401
+        assert (await _rate(client, "wrong", WRONG)).status_code == 403
+        assert (await _rate(client, "right", KEY2)).json()["accepted"] == 1
+        stored = redis_server.client().keys("fmrec:event:*")
+        assert stored == [b"fmrec:event:sec-right"]  # refused batches wrote nothing
         for route, body in (("/predict", PREDICT), ("/recommend", RECOMMEND)):
             assert (await client.post(route, json=body)).status_code == 200
         assert (await client.get("/model")).status_code == 200
@@ -133,7 +155,8 @@ async def test_openapi_documents_the_key(make_settings: Any) -> None:
     scheme = schema["components"]["securitySchemes"]["ApiKey"]
     assert scheme["type"] == "apiKey" and scheme["in"] == "header"
     assert scheme["name"] == "X-API-Key"
-    assert {"ApiKey": []} in schema["paths"]["/admin/reload"]["post"]["security"]
+    for route in ("/admin/reload", "/ratings"):
+        assert {"ApiKey": []} in schema["paths"][route]["post"]["security"]
     assert "security" not in schema["paths"]["/healthz"]["get"]
 
 

@@ -4,6 +4,7 @@ configured so the boundaries are cheap to reach; the defaults are the same code.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
 
-MAX_MOVIES, MAX_N, MAX_HISTORY, MAX_BODY = 5, 7, 10, 2048
+MAX_MOVIES, MAX_N, MAX_HISTORY, MAX_EVENTS, MAX_BODY = 5, 7, 10, 4, 2048
 USER = {"id": "1"}
 MOVIES = [{"id": "1"}]
 
@@ -27,7 +28,7 @@ MOVIES = [{"id": "1"}]
 def settings(small_bundle_path: Path, redis_server: RedisServer) -> Settings:
     return service_settings(bundle=small_bundle_path, redis_url=redis_server.url,
                             max_movies=MAX_MOVIES, max_n=MAX_N, max_history=MAX_HISTORY,
-                            max_body_bytes=MAX_BODY)
+                            max_events=MAX_EVENTS, max_body_bytes=MAX_BODY)
 
 
 def ids(n: int) -> list[str]:
@@ -44,6 +45,18 @@ def recommend(**fields: Any) -> dict[str, Any]:
 
 def movie(**fields: Any) -> dict[str, Any]:
     return {"user": USER, "movies": [{"id": "new", **fields}]}
+
+
+EVENT_IDS = itertools.count()
+
+
+def rating(n: int = 0, **fields: Any) -> dict[str, Any]:
+    return {"event_id": f"lim-{next(EVENT_IDS)}", "user_id": "lim-user",
+            "movie_id": str(n + 1), "rating": 3.0, "timestamp": 890_000_000, **fields}
+
+
+def events(n: int, **fields: Any) -> dict[str, Any]:
+    return {"events": [rating(i, **fields) for i in range(n)]}
 
 
 # (route, body at the limit, body one past it, loc of the error, words of the message)
@@ -85,6 +98,22 @@ BOUNDARIES = [
      recommend(genres=["Drama"] * (MAX_GENRES + 1)), ["body", "genres"], f"at most {MAX_GENRES}"),
     ("/admin/reload", {"bundle": "/no/such/" + "b" * 4087}, {"bundle": "/no/such/" + "b" * 4088},
      ["body", "bundle"], "at most 4096"),
+    ("/ratings", events(MAX_EVENTS), events(MAX_EVENTS + 1), ["body", "events"],
+     f"at most {MAX_EVENTS} events"),
+    ("/ratings", events(1), {"events": []}, ["body", "events"], "at least 1"),
+    ("/ratings", events(1, timestamp=0), events(1, timestamp=-1),
+     ["body", "events", 0, "timestamp"], "greater than or equal to 0"),
+    ("/ratings", events(1, timestamp=253_402_300_799), events(1, timestamp=253_402_300_800),
+     ["body", "events", 0, "timestamp"], "less than or equal"),
+    ("/ratings", events(1, event_id="e" * MAX_ID_CHARS),
+     events(1, event_id="e" * (MAX_ID_CHARS + 1)), ["body", "events", 0, "event_id"],
+     f"at most {MAX_ID_CHARS}"),
+    ("/ratings", events(1, user_id="u" * MAX_ID_CHARS),
+     events(1, user_id="u" * (MAX_ID_CHARS + 1)), ["body", "events", 0, "user_id"],
+     f"at most {MAX_ID_CHARS}"),
+    ("/ratings", events(1, movie_id="m" * MAX_ID_CHARS),
+     events(1, movie_id="m" * (MAX_ID_CHARS + 1)), ["body", "events", 0, "movie_id"],
+     f"at most {MAX_ID_CHARS}"),
 ]
 
 
@@ -107,6 +136,26 @@ async def test_limit_boundary(settings: Settings, route: str, at_limit: dict[str
     assert words in errors[0]["msg"], errors[0]
 
 
+async def test_rating_range_boundary(settings: Settings, small_bundle: Any,
+                                    redis_server: RedisServer) -> None:
+    """Ratings outside the model's rating range are refused, naming the event; the range's
+    ends are accepted; a refused batch writes nothing."""
+    low, high = small_bundle.rating_range
+    async with serving(settings) as (_, client):
+        for value in (low, high):
+            accepted = await client.post("/ratings", json=events(1, rating=value))
+            assert accepted.status_code == 200, accepted.text
+        before = redis_server.client().dbsize()
+        for value in (low - 0.01, high + 0.01, -1e308, 1e308):
+            batch = events(3)
+            batch["events"][2]["rating"] = value
+            refused = await client.post("/ratings", json=batch)
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["detail"][0]["loc"] == ["body", "events", 2, "rating"]
+            assert "rating range" in refused.json()["detail"][0]["msg"]
+        assert redis_server.client().dbsize() == before
+
+
 NON_FINITE = [b"NaN", b"Infinity", b"-Infinity", b"1e400"]
 
 
@@ -122,6 +171,10 @@ async def test_non_finite_numbers_are_refused(settings: Settings, number: bytes)
         ("/predict", b'{"user": {"id": "1"}, "movies": [{"id": "x", "year": %s}]}',
          ["body", "movies", 0, "year"]),
         ("/recommend", b'{"user": {"id": "1"}, "n": %s}', ["body", "n"]),
+        ("/ratings", b'{"events": [{"event_id": "e", "user_id": "u", "movie_id": "1", '
+         b'"rating": %s, "timestamp": 1}]}', ["body", "events", 0, "rating"]),
+        ("/ratings", b'{"events": [{"event_id": "e", "user_id": "u", "movie_id": "1", '
+         b'"rating": 3, "timestamp": %s}]}', ["body", "events", 0, "timestamp"]),
     ]
     async with serving(settings) as (_, client):
         for route, template, loc in cases:
@@ -142,6 +195,9 @@ STRING_FIELDS = [
     ("/recommend", recommend(candidates=["\ud800"]), ["body", "candidates", 0]),
     ("/recommend", recommend(genres=["\ud800"]), ["body", "genres", 0]),
     ("/admin/reload", {"bundle": "\ud800"}, ["body", "bundle"]),
+    ("/ratings", events(1, event_id="\ud800"), ["body", "events", 0, "event_id"]),
+    ("/ratings", events(1, user_id="\udfff"), ["body", "events", 0, "user_id"]),
+    ("/ratings", events(1, movie_id="\ud800"), ["body", "events", 0, "movie_id"]),
 ]
 
 

@@ -7,9 +7,10 @@ zero 5xx.
 * hypothesis sends raw JSON of any shape to every POST endpoint, and random bytes.
 
 * hypothesis also builds requests that are valid by construction (known and unknown
-  users and movies, inline attributes, contexts): every one must succeed (200).
+  users and movies, inline attributes, contexts, rating batches): every one must succeed
+  (200), and a rating batch sent twice is all duplicates the second time.
 
-Bounded for CI: FUZZ_EXAMPLES per endpoint and kind (default 100), about 30 s in all.
+Bounded for CI: FUZZ_EXAMPLES per endpoint and kind (default 60), about 30 s in all.
 The tally (inputs per endpoint, status codes) is printed at the end of the module
 (`pytest -s` shows it).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -33,13 +35,14 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from app.main import create_app
 from app.settings import Settings
+from model.bundle import Bundle
 from model.data import Dataset
 from model.features import FeatureSpec
 from tests.api_client import load_users, service_settings
 from tests.live_server import LiveServer
 from tests.redis_server import RedisServer
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
 KEY = "fuzz-key-0123456789abcdef"
 TALLY: collections.Counter[tuple[str, int]] = collections.Counter()
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
@@ -166,3 +169,26 @@ def test_valid_recommendations_always_succeed(client: httpx.Client, user: dict[s
     assert response.status_code == 200, response.text
     scores = [item["score"] for item in response.json()["items"]]
     assert len(scores) <= n and scores == sorted(scores, reverse=True)
+
+
+BATCHES = itertools.count()
+
+
+@FUZZ
+@given(data=st.data())
+def test_valid_rating_batches_always_succeed_once(client: httpx.Client, small_bundle: Bundle,
+                                                  data: st.DataObject) -> None:
+    low, high = small_bundle.rating_range
+    batch = next(BATCHES)
+    events = data.draw(st.lists(st.fixed_dictionaries({
+        "user_id": IDS, "movie_id": IDS, "rating": st.floats(low, high),
+        "timestamp": st.integers(0, 253_402_300_799)}), min_size=1, max_size=20))
+    for n, event in enumerate(events):
+        event["event_id"] = f"fuzz-{batch}-{n}"
+    first = client.post("/ratings", json={"events": events})
+    again = client.post("/ratings", json={"events": events})
+    for response in (first, again):
+        TALLY[("POST /ratings (valid)", response.status_code)] += 1
+        assert response.status_code == 200, response.text
+    assert first.json()["accepted"] == len(events) >= first.json()["stale"]
+    assert again.json()["duplicates"] == len(events) and again.json()["accepted"] == 0

@@ -153,6 +153,10 @@ async def test_full_redis_keeps_reads_and_refuses_writes(
             for uid in USERS:  # the profile and history are read; caching them fails
                 kind, body = await answers.ask(client, uid)
                 assert kind == "full" and body["user_cached"] is False
+        batch = {"events": [{"event_id": f"full-{n}", "user_id": USERS[0], "movie_id": str(n),
+                             "rating": 3.0, "timestamp": 990_000_000} for n in range(5)]}
+        refused = await client.post("/ratings", json=batch)
+        assert refused.status_code == 503 and "not stored" in refused.json()["detail"]
         assert admin.dbsize() == keys_before  # nothing written, nothing half-written
         page = (await client.get("/metrics")).text
         assert metric(page, "fmrec_redis_errors_total") >= 1
@@ -162,6 +166,77 @@ async def test_full_redis_keeps_reads_and_refuses_writes(
         await answers.recovers(client, within_s=5)
         for uid in USERS:
             assert (await answers.ask(client, uid))[1]["user_cached"] is True
+        accepted = await client.post("/ratings", json=batch)
+        assert accepted.status_code == 200 and accepted.json()["accepted"] == 5
+
+
+# --- ratings: refused while Redis cannot take them, never lost, never counted twice --------
+
+async def test_ratings_through_every_fault_are_stored_exactly_once(
+        settings: Settings, redis_server: RedisServer) -> None:
+    """Two writers post batches of new events while Redis is stopped and restarted, paused
+    and filled up. A batch refused (503 + Retry-After) is sent again, as a client must;
+    a batch whose reply was lost comes back as duplicates. In the end every event is
+    stored exactly once, with its own value."""
+    users, per_batch, batches = 5, 4, 40
+    events = [{"event_id": f"flt-{n}", "user_id": f"flt-u{n % users}", "movie_id": str(n),
+               "rating": 1.0 + n % 4, "timestamp": 890_000_000 + n}
+              for n in range(per_batch * batches)]
+    chunks = [events[i:i + per_batch] for i in range(0, len(events), per_batch)]
+    refused: list[int] = []
+    answered: list[dict[str, Any]] = []
+
+    async def writer(client: httpx.AsyncClient, mine: list[list[dict[str, Any]]]) -> None:
+        for chunk in mine:
+            while True:
+                response = await client.post("/ratings", json={"events": chunk})
+                if response.status_code == 200:
+                    answered.append(response.json())
+                    break
+                assert response.status_code == 503, response.text
+                assert int(response.headers["retry-after"]) >= 1
+                refused.append(1)
+                await asyncio.sleep(0.05)  # (a real client waits Retry-After)
+            await asyncio.sleep(0.03)
+
+    admin = redis_server.client()
+
+    async def faults() -> list[str]:
+        done = []
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(admin.shutdown, save=True)
+        assert redis_server.process is not None
+        await asyncio.to_thread(redis_server.process.wait, 10)
+        done.append("stopped")
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(redis_server.start)
+        done.append("restarted")
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(redis_server.client().client_pause, 800)
+        done.append("paused")
+        await asyncio.sleep(1.0)
+        fresh = redis_server.client()
+        await asyncio.to_thread(fresh.config_set, "maxmemory-policy", "noeviction")
+        await asyncio.to_thread(fresh.config_set, "maxmemory", "1")
+        done.append("full")
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(fresh.config_set, "maxmemory", "0")
+        return done
+
+    async with serving(settings) as (_, client):
+        injected, *_ = await asyncio.gather(
+            faults(), writer(client, chunks[0::2]), writer(client, chunks[1::2]))
+    assert injected == ["stopped", "restarted", "paused", "full"]
+    assert refused, "no fault reached a writer: the test proved nothing"
+    client_ = redis_server.client()
+    for uid in {e["user_id"] for e in events}:
+        stored = client_.hgetall(f"fmrec:user:{uid}:ratings")
+        mine = {e["movie_id"]: f"{e['rating']!r}:{e['timestamp']}" for e in events
+                if e["user_id"] == uid}
+        assert {m.decode(): v.decode() for m, v in stored.items()} == mine
+    assert len(client_.keys("fmrec:event:*")) == len(events)
+    assert sum(a["accepted"] + a["duplicates"] for a in answered) == len(events)
+    assert sum(a["accepted"] for a in answered) <= len(events)
 
 
 # --- bundles that must not replace the one serving -------------------------------------------

@@ -44,3 +44,16 @@ $(BENCH_STAMP): $(STAMP)
 
 bench-train: $(BENCH_STAMP)
 	$(BIN)/python -m bench.train $(if $(DATA),--data $(DATA))
+
+# Serving benchmark, one command (< 10 min on 2 cores): wrk against `fmrec serve`, the bare
+# web stack and a naive full-row FM; prints tables, writes bench/results/serve.json and
+# serve.png. `make bench-serve DATA=path/to/ml-100k`.
+.PHONY: bench-serve wrk
+wrk:
+	@command -v wrk >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] || { echo "wrk is missing: install it (apt-get install wrk) or run make as root" >&2; exit 1; }; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
+
+bench-serve: $(BENCH_STAMP) redis wrk
+	$(BIN)/python -m bench.serve $(if $(DATA),--data $(DATA))

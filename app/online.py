@@ -72,12 +72,11 @@ for i = 1, #KEYS / 4 do
     if old and (tonumber(string.match(old, ':(%d+)$')) or 0) > ts then
       stale = stale + 1
     else
-      local before = redis.call('GET', version) or '0'
       redis.call('HSET', ratings, movie, value)
       local now = redis.call('INCR', version)
       local h = redis.call('HMGET', sums, 'hist', 'n', 'last', 'last_time', 'ver')
       local hist, n, last, last_time = h[1], tonumber(h[2]), h[3], tonumber(h[4]) or 0
-      if hist and n and #hist == #row and (h[5] or '0') == before then
+      if hist and n and #hist == #row and tonumber(h[5] or '0') == now - 1 then
         if not old then
           hist, n = add(hist, row), n + 1
         end
@@ -129,6 +128,19 @@ def history_rows(bundle: Bundle, movies: Sequence[str]) -> list[bytes]:
     return [row.tobytes() for row in packed]
 
 
+def script_args(events: Sequence[RatingEvent], rows: Sequence[bytes], model_id: str,
+                sums_ttl_s: int) -> tuple[list[str], list[str | int | bytes]]:
+    """KEYS and ARGV of `APPLY_EVENTS` for these events and their history rows."""
+    keys: list[str] = []
+    args: list[str | int | bytes] = [sums_ttl_s, CLAIM_TTL_S]
+    for event, row in zip(events, rows, strict=True):
+        uid = event.user_id
+        keys += [claim_key(event.event_id), ratings_key(uid), version_key(uid),
+                 sums_key(model_id, uid)]
+        args += [event.movie_id, f"{event.rating!r}:{event.timestamp}", event.timestamp, row]
+    return keys, args
+
+
 async def apply_events(events: Sequence[RatingEvent], bundle: Bundle, store: Store) -> Applied:
     """Store a checked batch and update `bundle`'s cached sums: all of it or nothing.
 
@@ -136,13 +148,7 @@ async def apply_events(events: Sequence[RatingEvent], bundle: Bundle, store: Sto
     or, if only the reply was lost, a retry finds every event a duplicate).
     """
     rows = await asyncio.to_thread(history_rows, bundle, [e.movie_id for e in events])
-    keys: list[str] = []
-    args: list[str | int | bytes] = [store.ttl_s, CLAIM_TTL_S]
-    for event, row in zip(events, rows, strict=True):
-        uid = event.user_id
-        keys += [claim_key(event.event_id), ratings_key(uid), version_key(uid),
-                 sums_key(bundle.model_id, uid)]
-        args += [event.movie_id, f"{event.rating!r}:{event.timestamp}", event.timestamp, row]
+    keys, args = script_args(events, rows, bundle.model_id, store.ttl_s)
     accepted, duplicates, stale = await store.run_script(APPLY_EVENTS, keys, args)
     catalog = bundle.catalog
     unknown = [m for m in dict.fromkeys(e.movie_id for e in events) if catalog.row(m) is None]

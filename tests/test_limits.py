@@ -60,7 +60,7 @@ def events(n: int, **fields: Any) -> dict[str, Any]:
 
 
 # (route, body at the limit, body one past it, loc of the error, words of the message)
-BOUNDARIES = [
+BOUNDARIES: list[tuple[str, dict[str, Any], dict[str, Any], list[Any], str]] = [
     ("/predict", {"user": USER, "movies": [{"id": i} for i in ids(MAX_MOVIES)]},
      {"user": USER, "movies": [{"id": i} for i in ids(MAX_MOVIES + 1)]},
      ["body", "movies"], f"at most {MAX_MOVIES} movies"),

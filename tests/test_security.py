@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from app import security
 from app.security import NO_KEYS, demo_opens_writes, key_matches
@@ -40,7 +41,7 @@ def make_settings(small_bundle_path: Path, redis_server: RedisServer) -> Any:
 
 
 async def _reload(client: httpx.AsyncClient, key: str | bytes | None = None) -> httpx.Response:
-    headers = {} if key is None else {"X-API-Key": key}
+    headers: dict[str, Any] = {} if key is None else {"X-API-Key": key}
     return await client.post("/admin/reload", headers=headers)
 
 
@@ -141,7 +142,8 @@ def test_every_configured_key_is_compared(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_settings_never_show_secrets() -> None:
-    settings = Settings(api_keys=f"{KEY1},{KEY2}", redis_url="redis://:hunter2pw@db:6379/0")
+    settings = Settings(api_keys=SecretStr(f"{KEY1},{KEY2}"),
+                        redis_url="redis://:hunter2pw@db:6379/0")
     assert settings.keys == {KEY1, KEY2}
     for text in (repr(settings), str(settings), settings.store_description()):
         assert KEY1 not in text and KEY2 not in text and "hunter2pw" not in text, text

@@ -142,6 +142,8 @@ def test_demo_trains_loads_users_and_serves(tmp_path: Path, redis_server: RedisS
         ranked = httpx.post(f"{base}/recommend", json={"user": {"id": "3"}, "n": 5}, timeout=10)
         assert len(ranked.json()["items"]) == 5
         assert "fmrec_request_seconds_bucket" in httpx.get(f"{base}/metrics", timeout=10).text
+        # no keys, loopback: the demo opens writes for local use (app/security.py)
+        assert httpx.post(f"{base}/admin/reload", timeout=60).status_code == 200
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -151,3 +153,4 @@ def test_demo_trains_loads_users_and_serves(tmp_path: Path, redis_server: RedisS
             process.wait()
     text = (tmp_path / "demo.log").read_text()
     assert "training one on synthetic data" in text and "loaded" in text
+    assert "accept writes without a key from this host only" in text

@@ -39,7 +39,7 @@ class TrainConfig:
     learning_rate: float = 0.002
     l2_w0: float = 0.0
     l2_w: float = 0.05
-    l2_v: float = 0.1
+    l2_v: float = 0.3
     l2_context: float = 2.0  # w and V of context features (time, last movie)
     init_std: float = 0.001
     patience: int = 6

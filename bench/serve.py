@@ -515,16 +515,19 @@ def report(out: dict[str, Any]) -> str:
             peer) else ""
 
     rows = [[r["label"], r["connections"], r["requests_per_s"], r["p50_ms"], r["p99_ms"],
-             share(r), r["server_cpu_ms_per_request"],
+             share(r), r["server_cpu_ms_per_request"], r["server_cores"],
              f"{r['cache_hit_ratio']:.0%}" if "cache_hit_ratio" in r else "",
              r.get("mean_batch_size"), r["errors"]] for r in results.values()]
     setup = out["setup"]
     parts = ["\n".join(f"* {note}" for note in NOTES), table(
-        f"Serving on {setup['cores']} cores shared by server, wrk and Redis "
+        f"Serving on {setup['cores']} cores shared by server, wrk and Redis (load average "
+        f"{setup['load_average'][0]:.1f} at the start, {setup['load_average'][1]:.1f} at the "
+        "end) "
         f"(wrk -t{setup['threads']}, {setup['duration']:g} s per run after "
         f"{setup['warmup']:g} s warm-up; '% bare' = req/s over the bare endpoint's on the "
-        "same bodies; CPU = server CPU ms per request)",
-        ["configuration", "conns", "req/s", "p50 ms", "p99 ms", "% bare", "CPU ms",
+        "same bodies; CPU ms = server CPU per request; cores = server CPU seconds per "
+        "second: about 1 is one busy core, less means it waited or was short of CPU)",
+        ["configuration", "conns", "req/s", "p50 ms", "p99 ms", "% bare", "CPU ms", "cores",
          "cache hits", "batch", "errors"], rows)]
     if out["speedups"]:
         parts.append(table(
@@ -643,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.duration, args.warmup = 2.0, 1.0
     out_dir = args.out or (Path(tempfile.gettempdir()) / "fmrec-bench" if args.quick
                            else RESULTS)
-    started = time.perf_counter()
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fmrec-serve-")))
         print("Bundles (ML-100k ua.base; synthetic catalog)", flush=True)
@@ -693,7 +696,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "setup": {"cores": os.cpu_count(), "duration": args.duration, "warmup": args.warmup,
                   "connections": args.connections, "threads": args.threads,
                   "redis": redis.kind, "train_epochs": TRAIN_EPOCHS,
-                  "big_items": args.big_items, "ml_users": len(user_histories(ml.train))},
+                  "big_items": args.big_items, "ml_users": len(user_histories(ml.train)),
+                  # other work on the machine: a 1-minute load above the core count means
+                  # the server was short of CPU at times (see each run's server_cores)
+                  "load_average": [load_before, os.getloadavg()[0]]},
         "notes": list(NOTES), "runs": results, "speedups": speedups(results),
         "targets": verdicts(results),
         "wall_seconds": time.perf_counter() - started,

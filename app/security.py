@@ -19,7 +19,7 @@ import ipaddress
 import logging
 from typing import Annotated, NoReturn
 
-from fastapi import Depends, HTTPException, Request, Security
+from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
 from app.settings import Settings
@@ -88,10 +88,6 @@ async def require_read_key(request: Request, key: KeyHeader) -> None:
     settings = _settings(request)
     if settings.protect_reads:
         authorize(request, settings, key)
-
-
-WriteKey = Annotated[None, Depends(require_write_key)]
-ReadKey = Annotated[None, Depends(require_read_key)]
 
 
 def demo_opens_writes(settings: Settings) -> bool:

@@ -55,11 +55,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     data, spec = _load_data(args)
     config = TrainConfig(
         k=args.k, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
-        learning_rate=args.lr, l2_w=args.l2_w, l2_v=args.l2_v, patience=args.patience,
-        seed=args.seed)
-    model_id, metrics = fit_and_save(data, spec, config, args.out, progress=not args.quiet)
-    keep = ("data", "test_rmse", "test_mae", "best_epoch", "seconds_per_epoch", "train_seconds",
-            "nnz_per_rating", "collisions")
+        learning_rate=args.lr, l2_w=args.l2_w, l2_v=args.l2_v, l2_context=args.l2_context,
+        patience=args.patience, seed=args.seed)
+    model_id, metrics = fit_and_save(data, spec, config, args.out, progress=not args.quiet,
+                                     refit=not args.no_refit)
+    keep = ("data", "test_rmse", "test_mae", "best_epoch", "refit_epochs", "seconds_per_epoch",
+            "train_seconds", "nnz_per_rating", "collisions")
     print(json.dumps({"model_id": model_id, "bundle": str(args.out),
                       **{k: metrics[k] for k in keep}}, indent=2))
 
@@ -250,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--l2-w", type=float, default=d.l2_w)
     p.add_argument("--l2-v", type=float, default=d.l2_v)
     p.add_argument("--patience", type=_positive(int), default=d.patience)
+    p.add_argument("--l2-context", type=float, default=d.l2_context)
+    p.add_argument("--no-refit", action="store_true",
+                   help="keep the early-stopped model instead of retraining on all ratings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

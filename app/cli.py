@@ -108,19 +108,10 @@ def _load_users(settings: Settings, data: Dataset) -> int:
     """Write the data's user profiles and training histories into the configured store."""
     import asyncio
 
-    from app.store import Store, StoreUnavailable, user_records
-
-    async def load() -> int:
-        store = Store.open(settings)
-        try:
-            train = data.train
-            return await store.load_users(user_records(
-                data.users, train.user, train.item, train.rating, train.timestamp))
-        finally:
-            await store.close()
+    from app.store import StoreUnavailable, load_dataset_users
 
     try:
-        return asyncio.run(load())
+        return asyncio.run(load_dataset_users(settings, data))
     except StoreUnavailable as exc:
         raise CliError(f"cannot write to the store {settings.store_description()}: "
                        f"{exc}") from None

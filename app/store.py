@@ -37,6 +37,7 @@ from redis.typing import EncodableT, FieldT
 
 from app.settings import Settings
 from app.user_sums import BaseSums, HistorySums, base_fields, history_fields, parse_fields
+from model.data import Dataset
 
 PREFIX = "fmrec"
 PROFILE_FIELDS = ("age", "gender", "occupation", "zip")
@@ -324,3 +325,15 @@ class Store:
             return len(keys)
 
         return int(await self._run(call))
+
+
+async def load_dataset_users(settings: Settings, data: Dataset) -> int:
+    """Write a data set's user profiles and training histories into the configured store
+    (what `fmrec load-users` does); returns the number of users written."""
+    store = Store.open(settings)
+    try:
+        train = data.train
+        return await store.load_users(user_records(
+            data.users, train.user, train.item, train.rating, train.timestamp))
+    finally:
+        await store.close()

@@ -167,18 +167,9 @@ class Redis:
 def load_users(url: str, data: Dataset) -> int:
     """What `fmrec load-users` does: profiles and training histories into the store."""
     from app.settings import Settings
-    from app.store import Store, user_records
+    from app.store import load_dataset_users
 
-    async def load() -> int:
-        store = Store.open(Settings(redis_url=url))
-        try:
-            train = data.train
-            return await store.load_users(user_records(
-                data.users, train.user, train.item, train.rating, train.timestamp))
-        finally:
-            await store.close()
-
-    return asyncio.run(load())
+    return asyncio.run(load_dataset_users(Settings(redis_url=url), data))
 
 
 # ---------------------------------------------------------------- request bodies

@@ -20,24 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from model.dataset import EncodedRatings
+from model.dataset import EncodedRatings, sorted_unique
 from model.features import SparseRows
 from model.optim import OptimizerName
 from model.train import TrainConfig
-
-
-def sorted_unique(values: np.ndarray) -> np.ndarray:
-    """np.unique(values) by sorting: NumPy >= 2.3's hash path is ~100x slower here."""
-    ordered = np.sort(values)
-    first = np.ones(len(ordered), dtype=bool)
-    first[1:] = ordered[1:] != ordered[:-1]
-    return ordered[first]
-
-
-def used_columns(*parts: EncodedRatings) -> np.ndarray:
-    """Sorted hashed indices that occur anywhere in `parts`: the dense matrix's columns."""
-    blocks = [b.indices for p in parts for b in (p.users, p.items, p.contexts)]
-    return sorted_unique(np.concatenate(blocks))
 
 
 def rating_rows(data: EncodedRatings) -> SparseRows:
@@ -77,14 +63,6 @@ def repeated_index_rows(rows: SparseRows) -> int:
     uniq, where = np.unique(key, return_inverse=True)
     net = np.bincount(where, weights=np.sign(rows.values), minlength=len(uniq))
     return len(sorted_unique(uniq[net > 1.5] >> 32))
-
-
-def remap(rows: SparseRows, columns: np.ndarray) -> SparseRows:
-    """`rows` with each hashed index replaced by its position in `columns` (sorted)."""
-    position = np.minimum(np.searchsorted(columns, rows.indices), len(columns) - 1)
-    if not np.array_equal(columns[position], rows.indices):
-        raise ValueError("data uses a hashed index missing from `columns`")
-    return SparseRows(rows.indptr, position.astype(np.int32), rows.values)
 
 
 def dense_design(rows: SparseRows, n_columns: int) -> tf.Tensor:

@@ -43,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = movielens_spec(18, groups).fit_numeric(
             "context", {"time": data.train.timestamp.tolist()})
         encoded = encode_ratings(FeatureMap(spec), data, data.train, data.train)
-        trainer = Trainer(spec.n_features, config, float(encoded.y.mean()))
+        trainer = Trainer.for_data(encoded, spec.n_features, config)
+        encoded = trainer.compact(encoded)
         rng = np.random.default_rng(0)
         seconds = []
         for _ in range(args.epochs + 1):  # the first epoch traces the step: not counted

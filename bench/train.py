@@ -44,13 +44,11 @@ from bench.dense_fm import (
     cross_side_columns,
     dense_design,
     rating_rows,
-    remap,
     repeated_index_rows,
-    used_columns,
 )
 from model.data.movielens import read_movielens
 from model.data.synthetic import synthetic
-from model.dataset import EncodedRatings, encode_ratings
+from model.dataset import EncodedRatings, encode_ratings, used_columns
 from model.evaluate import rmse_mae
 from model.features import FeatureMap, FeatureSpec, movielens_spec
 from model.train import TrainConfig, Trainer
@@ -140,7 +138,10 @@ def race(contestants: Sequence[Contestant], y_test: np.ndarray,
 
 def fmrec_epoch(trainer: Trainer, data: EncodedRatings, rng: np.random.Generator,
                 batch_size: int) -> float:
-    """One shuffled pass of fmrec's trainer, exactly as `model.train.train` runs an epoch."""
+    """One shuffled pass of fmrec's trainer, exactly as `model.train.train` runs an epoch.
+
+    `data` is in the trainer's compact columns (`Trainer.compact`).
+    """
     order = rng.permutation(len(data))
     losses = [float(trainer.step(*data.batch(order[i : i + batch_size])))
               for i in range(0, len(data), batch_size)]
@@ -154,15 +155,17 @@ def compare(train: EncodedRatings, test: EncodedRatings, n_features: int,
     columns = used_columns(train, test)
     rows = rating_rows(train)
     t0 = time.perf_counter()
-    X = dense_design(remap(rows, columns), len(columns))
+    X = dense_design(rows.remap(columns), len(columns))
     X2 = tf.square(X)
-    X_test = dense_design(remap(rating_rows(test), columns), len(columns))
+    X_test = dense_design(rating_rows(test).remap(columns), len(columns))
     X2_test = tf.square(X_test)
     y = tf.constant(train.y)
     build_seconds = time.perf_counter() - t0
 
-    fmrec = Trainer(n_features, config, bias=float(np.mean(train.y)))
-    w0, w, V = fmrec.snapshot()  # every trainer starts from these parameters
+    fmrec = Trainer.for_data(train, n_features, config)
+    fmrec_train = fmrec.compact(train)
+    start = fmrec.export()  # every trainer starts from these parameters
+    w0, w, V = (v.numpy() for v in (start.w0, start.w, start.V))
 
     context = context_columns(train, columns)
 
@@ -173,7 +176,8 @@ def compare(train: EncodedRatings, test: EncodedRatings, n_features: int,
     full, mini = dense(dense_lr), dense(config.learning_rate)
     rngs = [np.random.default_rng(config.seed) for _ in range(3)]
     curves = race([
-        Contestant(Curve("fmrec"), lambda: fmrec_epoch(fmrec, train, rngs[0], config.batch_size),
+        Contestant(Curve("fmrec"),
+                   lambda: fmrec_epoch(fmrec, fmrec_train, rngs[0], config.batch_size),
                    lambda: fmrec.predict_all(test)),
         Contestant(Curve("dense full-batch"), lambda: full.epoch(X, X2, y, rngs[1]),
                    lambda: full.predict(X_test, X2_test).numpy()),
@@ -238,13 +242,13 @@ class StepTimer:
     """Times fmrec's training steps on one data set, batch after batch (epochs wrap)."""
 
     def __init__(self, data: EncodedRatings, n_features: int, config: TrainConfig) -> None:
-        self.data, self.batch_size = data, config.batch_size
-        self.trainer = Trainer(n_features, config, bias=float(np.mean(data.y)))
+        self.trainer = Trainer.for_data(data, n_features, config)
+        self.data, self.batch_size = self.trainer.compact(data), config.batch_size
         self.order = np.random.default_rng(config.seed).permutation(len(data))
         self.start = 0
         self.batches = self.nnz = 0
         self.batch_seconds = self.step_seconds = 0.0
-        self.trainer.step(*data.batch(self.order[: self.batch_size]))  # trace, not timed
+        self.trainer.step(*self.data.batch(self.order[: self.batch_size]))  # trace, not timed
 
     @property
     def epoch_batches(self) -> int:

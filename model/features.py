@@ -100,6 +100,21 @@ class SparseRows:
         gather = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])
         return SparseRows(indptr, self.indices[gather], self.values[gather])
 
+    def remap(self, columns: np.ndarray) -> SparseRows:
+        """Indices replaced by their position in the sorted `columns`; others dropped.
+
+        The trainer works on the few thousand columns its data uses instead of all
+        2**hash_bits buckets. A dropped index is one the model never trained, which the
+        exported model holds at zero, so dropping it changes no score.
+        """
+        position = np.minimum(np.searchsorted(columns, self.indices), max(len(columns) - 1, 0))
+        known = (columns[position] == self.indices) if len(columns) else np.zeros(self.nnz, bool)
+        if known.all():
+            return SparseRows(self.indptr, position.astype(np.int32), self.values)
+        indptr = np.zeros_like(self.indptr)
+        np.cumsum(np.bincount(self.row_ids()[known], minlength=self.n_rows), out=indptr[1:])
+        return SparseRows(indptr, position[known].astype(np.int32), self.values[known])
+
     def to_dense(self, n_features: int) -> np.ndarray:
         """Dense matrix with repeated indices added up (for tests and the dense baseline)."""
         dense = np.zeros((self.n_rows, n_features), dtype=np.float32)

@@ -1,10 +1,12 @@
-"""Row-sparse optimizers (SGD, Adagrad, lazy Adam) for hashed parameter tables.
+"""SGD, Adagrad and lazy Adam over the trainer's compact parameter tables.
 
-A batch touches a few thousand of the 2**hash_bits rows of w and V. Keras optimizers
-turn such gradients into dense updates of the whole table (and its slots) every step,
-which cost more than the rest of the step here. These update only the touched rows:
-exact for SGD and Adagrad (an untouched row has a zero gradient), and "lazy" for Adam
-(moments of untouched rows are not decayed), as in TF Addons' LazyAdam.
+The trainer keeps only the columns its data uses (a few thousand rows for ML-100k, not
+2**hash_bits), so a whole-table update is cheaper than finding the rows a batch touched
+(`tf.unique` over every occurrence was half of the old step). Updates are still row-lazy
+where it matters: a row whose gradient is exactly zero (not in the batch) keeps its value
+and its Adam moments, as in TF Addons' LazyAdam, so rare features are not dragged by the
+momentum of steps they took no part in. SGD and Adagrad need no mask (a zero gradient
+moves nothing).
 """
 
 from __future__ import annotations
@@ -16,15 +18,17 @@ import tensorflow as tf
 OptimizerName = Literal["adam", "adagrad", "sgd"]
 
 
-def _rows(grad: tf.Tensor | tf.IndexedSlices) -> tuple[tf.Tensor, tf.Tensor]:
-    """(distinct row indices, summed gradient per row) of a possibly sparse gradient."""
-    if isinstance(grad, tf.IndexedSlices):
-        rows, where = tf.unique(grad.indices)
-        return rows, tf.math.unsorted_segment_sum(grad.values, where, tf.shape(rows)[0])
-    return tf.range(tf.shape(grad)[0]), grad
+def _touched(g: tf.Tensor) -> tf.Tensor:
+    """Per element: does its row (axis 0) have a non-zero gradient? Scalars always do."""
+    if g.shape.rank == 0:
+        return tf.constant(True)
+    nonzero = tf.not_equal(g, 0.0)
+    if g.shape.rank == 1:
+        return nonzero
+    return tf.broadcast_to(tf.reduce_any(nonzero, axis=1, keepdims=True), tf.shape(g))
 
 
-class SparseOptimizer(tf.Module):
+class TableOptimizer(tf.Module):
     """One optimizer over a fixed list of variables; `apply` takes their gradients."""
 
     def __init__(
@@ -48,44 +52,21 @@ class SparseOptimizer(tf.Module):
     def apply(self, grads: list[tf.Tensor | tf.IndexedSlices]) -> None:
         self.step.assign_add(1.0)
         for n, (var, grad) in enumerate(zip(self.variables_, grads, strict=True)):
-            if var.shape.rank == 0:
-                self._update_scalar(n, var, tf.convert_to_tensor(grad))
+            g = tf.convert_to_tensor(grad)  # IndexedSlices: repeated rows are summed
+            if self.kind == "sgd":
+                var.assign_sub(self.lr * g)
+            elif self.kind == "adagrad":
+                acc = self.first[n]
+                acc.assign_add(tf.square(g))
+                var.assign_sub(self.lr * g / tf.sqrt(acc + self.epsilon))
             else:
-                rows, g = _rows(grad)
-                self._update_rows(n, var, rows, g)
+                self._adam(n, var, g)
 
-    def _delta(
-        self, first: tf.Tensor | None, second: tf.Tensor | None, g: tf.Tensor
-    ) -> tuple[tf.Tensor, tf.Tensor | None, tf.Tensor | None]:
-        """(step to subtract, new first slot, new second slot) for gradient g."""
-        if first is None:  # sgd
-            return self.lr * g, None, None
-        if second is None:  # adagrad
-            acc = first + tf.square(g)
-            return self.lr * g / tf.sqrt(acc + self.epsilon), acc, None
-        m = self.beta1 * first + (1.0 - self.beta1) * g
-        v = self.beta2 * second + (1.0 - self.beta2) * tf.square(g)
+    def _adam(self, n: int, var: tf.Variable, g: tf.Tensor) -> None:
+        touched = _touched(g)
+        m, v = self.first[n], self.second[n]
+        m.assign(tf.where(touched, self.beta1 * m + (1.0 - self.beta1) * g, m))
+        v.assign(tf.where(touched, self.beta2 * v + (1.0 - self.beta2) * tf.square(g), v))
         t = self.step
         lr = self.lr * tf.sqrt(1.0 - self.beta2**t) / (1.0 - self.beta1**t)
-        return lr * m / (tf.sqrt(v) + self.epsilon), m, v
-
-    def _update_scalar(self, n: int, var: tf.Variable, g: tf.Tensor) -> None:
-        first = self.first[n] if self.first else None
-        second = self.second[n] if self.second else None
-        delta, new_first, new_second = self._delta(first, second, g)
-        if first is not None:
-            first.assign(new_first)
-        if second is not None:
-            second.assign(new_second)
-        var.assign_sub(delta)
-
-    def _update_rows(self, n: int, var: tf.Variable, rows: tf.Tensor, g: tf.Tensor) -> None:
-        first = tf.gather(self.first[n], rows) if self.first else None
-        second = tf.gather(self.second[n], rows) if self.second else None
-        delta, new_first, new_second = self._delta(first, second, g)
-        idx = rows[:, None]
-        if new_first is not None:
-            self.first[n].scatter_nd_update(idx, new_first)
-        if new_second is not None:
-            self.second[n].scatter_nd_update(idx, new_second)
-        var.scatter_nd_sub(idx, delta)
+        var.assign_sub(tf.where(touched, lr * m / (tf.sqrt(v) + self.epsilon), 0.0))

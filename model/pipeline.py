@@ -118,5 +118,5 @@ def fit_and_save(data: Dataset, spec: FeatureSpec, config: TrainConfig, out: str
     fitted = report.metrics.pop("spec")
     raters = item_raters(data.train)  # catalog item sums include who rated each movie
     items = {i: {**attrs, "raters": raters.get(i, [])} for i, attrs in data.items.items()}
-    model_id = save_bundle(out, report.result.trainer.fm, fitted, items, report.metrics)
+    model_id = save_bundle(out, report.result.trainer.export(), fitted, items, report.metrics)
     return model_id, report.metrics

@@ -21,14 +21,11 @@ from bench.dense_fm import (
     cross_side_columns,
     dense_design,
     rating_rows,
-    remap,
     repeated_index_rows,
-    sorted_unique,
-    used_columns,
 )
 from bench.train import Curve, compare, plot, report, scaling
 from model.data.synthetic import synthetic
-from model.dataset import EncodedRatings, encode_ratings
+from model.dataset import EncodedRatings, encode_ratings, sorted_unique, used_columns
 from model.features import FeatureMap, FeatureSpec
 from model.fm import FactorizationMachine
 from model.train import TrainConfig, Trainer, batch_scores
@@ -44,7 +41,7 @@ def tiny() -> tuple[FeatureSpec, EncodedRatings, EncodedRatings, tuple[float, fl
 
 
 def dense_inputs(data: EncodedRatings, columns: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
-    X = dense_design(remap(rating_rows(data), columns), len(columns))
+    X = dense_design(rating_rows(data).remap(columns), len(columns))
     return X, tf.square(X)
 
 
@@ -57,7 +54,7 @@ def test_sorted_unique_is_np_unique() -> None:
 def test_dense_design_is_to_dense_with_own_movie_cancelled(tiny) -> None:
     _, train, _, _ = tiny
     columns = used_columns(train)
-    rows = remap(rating_rows(train), columns)
+    rows = rating_rows(train).remap(columns)
     X = dense_design(rows, len(columns)).numpy()
     np.testing.assert_allclose(X, rows.to_dense(len(columns)), atol=1e-6)
     # every training rating's own movie is in its user's history and must cancel to 0
@@ -93,20 +90,21 @@ def test_one_step_of_each_trainer_gives_the_same_parameters(tiny) -> None:
     assert cross_side_columns(train) == 0  # else one column would need two L2 strengths
     context = context_columns(train, columns)
     assert context.any() and not context.all()
-    fmrec = Trainer(spec.n_features, config, bias=float(train.y.mean()))
-    w0, w, V = fmrec.snapshot()
-    dense = DenseTrainer(DenseFM(float(w0), w[columns], V[columns]), config, context)
+    fmrec = Trainer.for_data(train, spec.n_features, config)
+    np.testing.assert_array_equal(fmrec.columns, columns)
+    w0, w, V = fmrec.snapshot()  # compact: row n is column columns[n]
+    dense = DenseTrainer(DenseFM(float(w0), w, V), config, context)
     X, X2 = dense_inputs(train, columns)
 
-    fmrec_mse = float(fmrec.step(*train.batch(np.arange(len(train)))))
+    fmrec_mse = float(fmrec.step(*fmrec.compact(train).batch(np.arange(len(train)))))
     dense_rmse = dense.epoch(X, X2, tf.constant(train.y), np.random.default_rng(0))
 
     assert dense_rmse == pytest.approx(np.sqrt(fmrec_mse), rel=1e-5)
     w0_after, w_after, V_after = fmrec.snapshot()
     assert float(dense.fm.w0.numpy()) == pytest.approx(float(w0_after), abs=1e-6)
-    np.testing.assert_allclose(dense.fm.w.numpy(), w_after[columns], atol=1e-6)
-    np.testing.assert_allclose(dense.fm.V.numpy(), V_after[columns], atol=1e-6)
-    assert np.abs(V_after[columns] - V[columns]).max() > 1e-4  # the step did move V
+    np.testing.assert_allclose(dense.fm.w.numpy(), w_after, atol=1e-6)
+    np.testing.assert_allclose(dense.fm.V.numpy(), V_after, atol=1e-6)
+    assert np.abs(V_after - V).max() > 1e-4  # the step did move V
 
 
 def test_curve_reads_budget_and_target() -> None:

@@ -151,3 +151,18 @@ def test_collision_report_counts_shared_buckets() -> None:
     report = fmap.collision_report(f"user.id={n}" for n in range(40))
     assert report["features"] == 40 and report["buckets_used"] <= 16
     assert report["colliding_features"] >= 40 - 16
+
+
+def test_remap_gives_positions_and_drops_unknown_columns() -> None:
+    rows = SparseRows(np.array([0, 3, 3, 5]), np.array([40, 7, 40, 9, 7], np.int32),
+                      np.arange(1, 6, dtype=np.float32))
+    columns = np.array([7, 40])
+    kept = rows.remap(columns)
+    np.testing.assert_array_equal(kept.indptr, [0, 3, 3, 4])
+    np.testing.assert_array_equal(kept.indices, [1, 0, 1, 0])
+    np.testing.assert_array_equal(kept.values, [1, 2, 3, 5])
+    # the compact rows are the full rows restricted to `columns`
+    np.testing.assert_array_equal(kept.to_dense(2), rows.to_dense(41)[:, columns])
+    everything = rows.remap(np.array([7, 9, 40]))
+    np.testing.assert_array_equal(everything.indptr, rows.indptr)
+    assert rows.remap(np.zeros(0, np.int64)).nnz == 0

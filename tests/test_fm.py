@@ -88,3 +88,24 @@ def test_gradient_matches_numeric_difference(fm: FactorizationMachine) -> None:
         numeric = (fm_pairwise(0.7, fm.w.numpy(), up, idx, val)
                    - fm_pairwise(0.7, fm.w.numpy(), down, idx, val)) / (2 * eps)
         assert grad_v[7, f] == pytest.approx(numeric, rel=1e-3, abs=1e-3)
+
+
+def test_training_block_sums_equal_side_sums_and_pairwise(fm: FactorizationMachine) -> None:
+    """The trainer's sparse-matmul side sums == the gather ones == the definition."""
+    from model.dataset import Block
+    from model.train import Tables, block_sums
+
+    rows = random_rows(np.random.default_rng(4), 30, 9)
+    row_ids = np.concatenate([np.full(len(i), n, np.int32) for n, (i, _) in enumerate(rows)])
+    indices = np.concatenate([i for i, _ in rows])
+    values = np.concatenate([v for _, v in rows])
+    block = Block(row_ids, indices, values, np.int32(len(rows)))
+    sums, w_sq = block_sums(Tables.of(fm), block)
+    gathered = sums_of(fm, rows)
+    for got, want in zip(sums, gathered, strict=True):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+    slow = [fm_pairwise(0.7, fm.w.numpy(), fm.V.numpy(), i, v) for i, v in rows]
+    np.testing.assert_allclose(fm.score(sums).numpy(), slow, rtol=1e-4, atol=1e-4)
+    w = fm.w.numpy()
+    np.testing.assert_allclose(w_sq.numpy(), [np.sum((w[i] * v) ** 2) for i, v in rows],
+                               rtol=1e-5, atol=1e-5)

@@ -10,7 +10,7 @@ from model.data import Dataset
 from model.dataset import EncodedRatings, encode_ratings
 from model.evaluate import rmse_mae
 from model.features import FeatureMap, FeatureSpec
-from model.optim import SparseOptimizer
+from model.optim import TableOptimizer
 from model.pipeline import per_user_holdout
 from model.train import TrainConfig, train
 
@@ -33,11 +33,11 @@ def _numpy_step(kind: str, theta: np.ndarray, g: np.ndarray, state: dict, t: int
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adagrad", "adam"])
-def test_sparse_optimizer_matches_numpy_reference(kind: str) -> None:
+def test_table_optimizer_matches_numpy_reference(kind: str) -> None:
     rng = np.random.default_rng(0)
     start = rng.normal(size=(10, 3)).astype(np.float32)
     var = tf.Variable(start)
-    opt = SparseOptimizer(kind, 0.1, [var])  # type: ignore[arg-type]
+    opt = TableOptimizer(kind, 0.1, [var])  # type: ignore[arg-type]
     theta = start.astype(np.float64)
     state = {"acc": np.full((10, 3), 0.1), "m": np.zeros((10, 3)), "v": np.zeros((10, 3))}
     for t in range(1, 6):
@@ -105,3 +105,27 @@ def test_per_user_holdout_takes_the_same_count_from_each_eligible_user() -> None
     assert counts.tolist() == [per_user, per_user, 0, per_user]
     assert np.all(np.diff(held) > 0)
     assert len(per_user_holdout(row_user, 0.0, seed=1)) == 0
+
+
+def test_exported_model_scores_like_the_compact_trainer(
+        small_data: tuple[Dataset, FeatureSpec]) -> None:
+    """export() puts each compact row back at its hashed column; unseen columns are zero."""
+    from model.train import Trainer, batch_scores
+
+    data, spec = small_data
+    spec, train_part, test_part = _encoded(data, spec)
+    config = TrainConfig(k=4, epochs=2, batch_size=512, learning_rate=0.02)
+    trainer = train(train_part, config, spec.n_features, data.rating_range,
+                    progress=False).trainer
+    assert len(trainer.columns) < spec.n_features
+    full = trainer.export()
+    got = batch_scores(full, test_part.batch(np.arange(len(test_part)))).numpy()
+    np.testing.assert_allclose(got, trainer.predict_all(test_part), rtol=1e-5, atol=1e-5)
+    unused = np.setdiff1d(np.arange(spec.n_features), trainer.columns)
+    assert not full.V.numpy()[unused].any() and not full.w.numpy()[unused].any()
+    assert np.abs(full.V.numpy()[trainer.columns]).max() > 0
+    # a trainer whose columns are shuffled against its rows scores differently
+    wrong = Trainer(np.roll(trainer.columns, 1), spec.n_features, config, 3.0)
+    wrong.restore(trainer.snapshot())
+    assert np.abs(batch_scores(wrong.export(), test_part.batch(np.arange(len(test_part))))
+                  .numpy() - got).max() > 1e-3

@@ -56,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = TrainConfig(
         k=args.k, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
         learning_rate=args.lr, l2_w=args.l2_w, l2_v=args.l2_v, l2_context=args.l2_context,
-        patience=args.patience, seed=args.seed)
+        patience=args.patience, seed=args.seed, members=args.members)
     model_id, metrics = fit_and_save(data, spec, config, args.out, progress=not args.quiet,
                                      refit=not args.no_refit)
     keep = ("data", "test_rmse", "test_mae", "best_epoch", "refit_epochs", "seconds_per_epoch",
@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--l2-v", type=float, default=d.l2_v)
     p.add_argument("--patience", type=_positive(int), default=d.patience)
     p.add_argument("--l2-context", type=float, default=d.l2_context)
+    p.add_argument("--members", type=_positive(int), default=d.members,
+                   help="models trained from seeds seed.. and averaged into one FM "
+                        "(its k is members x --k)")
     p.add_argument("--no-refit", action="store_true",
                    help="keep the early-stopped model instead of retraining on all ratings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

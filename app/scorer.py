@@ -36,7 +36,7 @@ from app.settings import Settings
 from app.store import Rating, Store, StoreUnavailable, UserRecord
 from app.user_sums import BaseSums, HistorySums, combine, history_weighting
 from model.bundle import Bundle, Sums
-from model.features import Side, SparseRows
+from model.features import Side, SparseRows, context_payload
 
 
 @dataclass(frozen=True)
@@ -227,11 +227,9 @@ class Scorer:
         """Time defaults to now (the feature map clips it to the training range), the last
         movie to the user's latest rated one."""
         given = context or ContextIn()
-        out: dict[str, Any] = {"time": given.time if given.time is not None else time.time()}
         last = given.last_movie if given.last_movie is not None else user.last_movie
-        if last is not None:
-            out["last_movie"] = last
-        return out
+        return context_payload(user.uid, given.time if given.time is not None else time.time(),
+                               last)
 
     # --- one micro-batch (runs in a worker thread) ----------------------------------------
 

@@ -48,7 +48,7 @@ from app.scorer import latest
 from app.settings import Settings
 from app.store import Store, StoreUnavailable
 from model.bundle import Bundle
-from model.features import SparseRows
+from model.features import SparseRows, context_payload
 from model.fm import FactorizationMachine
 
 NO_SUMS = "naive"  # a model-id namespace under which no sums are ever cached
@@ -160,19 +160,18 @@ class NaiveService:
         return payload, rated, last
 
     @staticmethod
-    def context(given: ContextIn | None, last: str | None) -> dict[str, Any]:
+    def context(given: ContextIn | None, user_id: str | None, last: str | None
+                ) -> dict[str, Any]:
         given = given or ContextIn()
-        out: dict[str, Any] = {"time": given.time if given.time is not None else time.time()}
         last_movie = given.last_movie if given.last_movie is not None else last
-        if last_movie is not None:
-            out["last_movie"] = last_movie
-        return out
+        return context_payload(user_id, given.time if given.time is not None else time.time(),
+                               last_movie)
 
     async def predict(self, request: PredictRequest) -> PredictResponse:
         check_limits(request, self.settings)
         movies = [m.payload() for m in request.movies]
         user, _, last = await self.user(request.user)
-        context = self.context(request.context, last)
+        context = self.context(request.context, request.user.id, last)
         scores = await asyncio.to_thread(
             lambda: self.scorer.scores(user, context, self.scorer.listed(movies)))
         ratings = self.scorer.bundle.clip(scores)
@@ -195,7 +194,7 @@ class NaiveService:
                 raise HTTPException(422, "a candidate is not in the catalog")
             rows = np.unique(np.array(found, dtype=np.int64))
         user, rated, last = await self.user(request.user)
-        context = self.context(request.context, last)
+        context = self.context(request.context, request.user.id, last)
         exclude = {r for r in map(catalog.row, rated) if r is not None} if (
             request.exclude_rated) else set()
 

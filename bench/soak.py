@@ -100,7 +100,9 @@ class Soak:
         low, high = self.target.rating_range
         return {"event_id": f"soak-{n}", "user_id": f"soak-u{n // len(movies)}",
                 "movie_id": movies[n % len(movies)],
-                "rating": round(rng.uniform(low, high), 3), "timestamp": 900_000_000 + n}
+                # rounded, then kept in range: rounding may step past a range end
+                "rating": min(high, max(low, round(rng.uniform(low, high), 3))),
+                "timestamp": 900_000_000 + n}
 
     async def _post(self, client: httpx.AsyncClient, route: str, body: dict[str, Any]
                     ) -> httpx.Response:

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from model.dataset import item_payload
-from model.features import FeatureMap, FeatureSpec, SparseRows, SpecError
+from model.features import FeatureMap, FeatureSpec, SparseRows, SpecError, with_session
 from model.fm import FactorizationMachine, SideSums, item_bias
 
 FORMAT_VERSION = 1
@@ -332,9 +332,13 @@ class Bundle:
 
     def predict(self, user: dict[str, Any], movies: list[dict[str, Any]],
                 context: dict[str, Any] | None = None) -> np.ndarray:
-        """Clipped ratings of one user (payload with history) for several movies."""
+        """Clipped ratings of one user (payload with history) for several movies.
+
+        The context's session is derived from the user id and time, as the service does.
+        """
+        given = with_session(context or {}, user.get("id"))
         query = self.side_sums(self.fmap.encode("user", [user]))
-        contexts = self.fmap.encode("context", [context or {}])
+        contexts = self.fmap.encode("context", [given])
         pair_row = np.zeros(len(movies), dtype=np.int32)
         return self.clip(self.score_pairs(query, contexts, pair_row, self.item_sums(movies)))
 

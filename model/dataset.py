@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from model.data import Dataset, Ratings
-from model.features import FeatureMap, SparseRows, feature_hash
+from model.features import FeatureMap, SparseRows, feature_hash, session_of
 
 
 class Block(NamedTuple):
@@ -144,6 +144,12 @@ def last_movies(events: Ratings, history: Ratings) -> list[str | None]:
     return [items[p] if ok else None for p, ok in zip(prev, found, strict=True)]
 
 
+def sessions(users: np.ndarray, timestamps: np.ndarray) -> list[str]:
+    """`session_of` each event (the column form of `context_payload`)."""
+    return [session_of(str(u), t)
+            for u, t in zip(users.tolist(), timestamps.tolist(), strict=True)]
+
+
 def user_payload(user_id: str, attrs: dict[str, Any], rated: list[str]) -> dict[str, Any]:
     """The user payload the feature map reads: id, attributes and rated movies."""
     return {"id": user_id, **attrs, "rated": rated}
@@ -196,7 +202,8 @@ def encode_ratings(
     ])
     contexts = fmap.encode_columns(
         "context",
-        {"time": events.timestamp.tolist(), "last_movie": last_movies(events, history)},
+        {"time": events.timestamp.tolist(), "last_movie": last_movies(events, history),
+         "session": sessions(events.user, events.timestamp)},
         len(events),
     )
     left_out = SparseRows.concat_columns([

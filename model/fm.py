@@ -79,3 +79,22 @@ def item_bias(items: SideSums) -> tf.Tensor:
     so ranking a catalog is one matrix-vector product plus this precomputed column.
     """
     return items.L + 0.5 * (tf.reduce_sum(tf.square(items.s), axis=1) - items.q)
+
+
+def average_of(members: list[FactorizationMachine]) -> FactorizationMachine:
+    """One FM whose score is exactly the mean of the members' scores.
+
+    With M members, w0 and w are the members' means and V is their V / sqrt(M) side by
+    side (k' = M k): then |s'|^2 = mean_m |s_m|^2 and q' = mean_m q_m, so every side sum,
+    the score and the catalog's item bias average as they should. Members trained from
+    different seeds make different errors; their mean is a better model that still is one
+    order-2 FM, served by the same code.
+    """
+    if not members:
+        raise ValueError("average_of needs at least one model")
+    scale = 1.0 / len(members)
+    out = FactorizationMachine(members[0].n_features, sum(m.k for m in members), init_std=0.0)
+    out.w0.assign(tf.add_n([m.w0 for m in members]) * scale)
+    out.w.assign(tf.add_n([m.w for m in members]) * scale)
+    out.V.assign(tf.concat([m.V * tf.sqrt(scale) for m in members], axis=1))
+    return out

@@ -13,23 +13,27 @@ import numpy as np
 from model.bundle import save_bundle
 from model.data import Dataset
 from model.dataset import (
+    EncodedRatings,
     encode_ratings,
     item_payload,
     item_raters,
+    sessions,
     user_histories,
     user_payload,
 )
 from model.evaluate import rmse_mae
 from model.features import FeatureMap, FeatureSpec
+from model.fm import FactorizationMachine, average_of
 from model.train import TrainConfig, TrainResult, train
 
 
 @dataclass
 class FitReport:
-    """What a training run measured; becomes the bundle's metrics.json."""
+    """What a training run measured (the bundle's metrics.json) and the model to save."""
 
     metrics: dict[str, Any]
-    result: TrainResult
+    model: FactorizationMachine  # all members averaged into one FM (`average_of`)
+    results: list[TrainResult]  # per member: the model whose predictions were tested
 
 
 def feature_keys(fmap: FeatureMap, data: Dataset) -> set[str]:
@@ -39,7 +43,8 @@ def feature_keys(fmap: FeatureMap, data: Dataset) -> set[str]:
              for u in set(data.train.user) | set(data.users)]
     raters = item_raters(data.train)
     items = [item_payload(i, attrs, raters.get(i, [])) for i, attrs in data.items.items()]
-    contexts = [{"time": 0, "last_movie": i} for i in data.items]
+    contexts = [{"time": 0, "last_movie": i} for i in data.items] + [
+        {"session": s} for s in set(sessions(data.train.user, data.train.timestamp))]
     return (fmap.tokens("user", users) | fmap.tokens("item", items)
             | fmap.tokens("context", contexts))
 
@@ -65,34 +70,56 @@ def per_user_holdout(row_user: np.ndarray, fraction: float, seed: int) -> np.nda
     return np.sort(order[(rank < per_user) & eligible])
 
 
-def fit(data: Dataset, spec: FeatureSpec, config: TrainConfig, validation_fraction: float = 0.05,
-        progress: bool = True, refit: bool = True) -> FitReport:
-    """Train on `data.train`, test on `data.test`.
+def train_member(encoded: EncodedRatings, n_features: int, config: TrainConfig,
+                 rating_range: tuple[float, float], validation_fraction: float,
+                 progress: bool, refit: bool) -> tuple[TrainResult, TrainResult]:
+    """(early-stopped run, final run) of one member.
 
     Early stopping on a per-user holdout picks the number of epochs; with `refit` a fresh
     model is then trained on all training ratings for as many epochs, scaled by the data
     it gained (on ML-100k ua this is worth ~0.003 RMSE for twice the training time).
     """
+    val_rows = per_user_holdout(encoded.row_user, validation_fraction, config.seed)
+    fit_rows = np.setdiff1d(np.arange(len(encoded)), val_rows)
+    fit_part = encoded.subset(fit_rows)
+    val_part = encoded.subset(val_rows) if len(val_rows) else None
+    selection = train(fit_part, config, n_features, rating_range, val_part, progress)
+    if not refit or val_part is None:
+        return selection, selection
+    n_epochs = math.ceil(selection.best_epoch * len(encoded) / len(fit_part))
+    return selection, train(encoded, replace(config, epochs=n_epochs), n_features,
+                            rating_range, None, progress)
+
+
+def fit(data: Dataset, spec: FeatureSpec, config: TrainConfig, validation_fraction: float = 0.05,
+        progress: bool = True, refit: bool = True) -> FitReport:
+    """Train `config.members` models (seeds seed, seed+1, ...) on `data.train`, average
+    them into one FM and test it on `data.test`."""
     spec = spec.fit_numeric("context", {"time": data.train.timestamp.tolist()})
     fmap = FeatureMap(spec)
     t0 = time.perf_counter()
     encoded = encode_ratings(fmap, data, data.train, data.train)
     test = encode_ratings(fmap, data, data.test, data.train)
     encode_seconds = time.perf_counter() - t0
-    val_rows = per_user_holdout(encoded.row_user, validation_fraction, config.seed)
-    fit_rows = np.setdiff1d(np.arange(len(encoded)), val_rows)
-    fit_part = encoded.subset(fit_rows)
-    val_part = encoded.subset(val_rows) if len(val_rows) else None
-    selection = train(fit_part, config, spec.n_features, data.rating_range, val_part, progress)
-    result = selection
-    if refit and val_part is not None:
-        n_epochs = math.ceil(selection.best_epoch * len(encoded) / len(fit_part))
-        result = train(encoded, replace(config, epochs=n_epochs), spec.n_features,
-                       data.rating_range, None, progress)
-    test_pred = np.clip(result.trainer.predict_all(test), *data.rating_range)
+    members, runs = [], []
+    for m in range(max(config.members, 1)):
+        member = replace(config, seed=config.seed + m)
+        selection, final = train_member(encoded, spec.n_features, member, data.rating_range,
+                                        validation_fraction, progress, refit)
+        pred = final.trainer.predict_all(test)  # unclipped, as the average takes them
+        runs.append((selection, final, pred))
+        members.append({
+            "seed": member.seed, "best_epoch": selection.best_epoch,
+            "epochs_run": len(selection.history),
+            "refit_epochs": len(final.history) if final is not selection else 0,
+            "test_rmse": rmse_mae(np.clip(pred, *data.rating_range), test.y)[0],
+            "train_seconds": selection.seconds + (final.seconds if final is not selection
+                                                  else 0.0)})
+    # the mean of the members' scores is exactly the score of `average_of(members)`
+    test_pred = np.clip(np.mean([pred for _, _, pred in runs], axis=0), *data.rating_range)
     test_rmse, test_mae = rmse_mae(test_pred, test.y)
     tokens = feature_keys(fmap, data)
-    epochs = selection.history
+    epochs = runs[0][0].history
     metrics = {
         "data": data.name, "data_info": data.info, "train_ratings": len(data.train),
         "test_ratings": len(data.test), "rating_range": list(data.rating_range),
@@ -100,15 +127,17 @@ def fit(data: Dataset, spec: FeatureSpec, config: TrainConfig, validation_fracti
         "collisions": fmap.collision_report(tokens),
         "nnz_per_rating": round(encoded.nnz_per_rating, 1),
         "test_rmse": test_rmse, "test_mae": test_mae,
-        "best_epoch": selection.best_epoch, "epochs_run": len(epochs),
-        "refit_epochs": len(result.history) if result is not selection else 0,
+        "members": members,
+        "best_epoch": members[0]["best_epoch"], "epochs_run": members[0]["epochs_run"],
+        "refit_epochs": members[0]["refit_epochs"],
         "seconds_per_epoch": float(np.median([e["seconds"] for e in epochs])),
-        "train_seconds": selection.seconds + (result.seconds if result is not selection else 0),
+        "train_seconds": sum(m["train_seconds"] for m in members),
         "encode_seconds": encode_seconds,
         "config": config.to_dict(), "history": epochs, "spec": spec,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return FitReport(metrics, result)
+    model = average_of([final.trainer.export() for _, final, _ in runs])
+    return FitReport(metrics, model, [final for _, final, _ in runs])
 
 
 def fit_and_save(data: Dataset, spec: FeatureSpec, config: TrainConfig, out: str | Path,
@@ -118,5 +147,5 @@ def fit_and_save(data: Dataset, spec: FeatureSpec, config: TrainConfig, out: str
     fitted = report.metrics.pop("spec")
     raters = item_raters(data.train)  # catalog item sums include who rated each movie
     items = {i: {**attrs, "raters": raters.get(i, [])} for i, attrs in data.items.items()}
-    model_id = save_bundle(out, report.result.trainer.export(), fitted, items, report.metrics)
+    model_id = save_bundle(out, report.model, fitted, items, report.metrics)
     return model_id, report.metrics

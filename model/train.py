@@ -51,6 +51,7 @@ class TrainConfig:
     init_std: float = 0.001
     patience: int = 6
     seed: int = 0
+    members: int = 3  # models from seeds seed.., exported as their average (fm.average_of)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,6 +17,7 @@ from app.store import Store, user_records
 from model.bundle import Bundle
 from model.data import Dataset
 from model.dataset import user_histories, user_payload
+from model.features import with_session
 
 CONTEXT = {"time": 890_000_000, "last_movie": "7"}
 
@@ -72,7 +73,7 @@ def brute_force(bundle: Bundle, user: dict[str, Any], context: dict[str, Any], n
     """Score every (candidate) catalog movie through score_pairs, then sort in Python."""
     catalog = bundle.catalog
     query = bundle.side_sums(bundle.fmap.encode("user", [user]))
-    contexts = bundle.fmap.encode("context", [context])
+    contexts = bundle.fmap.encode("context", [with_session(context, user.get("id"))])
     scores = bundle.score_pairs(query, contexts, np.zeros(len(catalog), np.int32), catalog.sums)
     wanted = {g.lower() for g in genres or []}
     allowed = set(candidates) if candidates is not None else None

@@ -42,7 +42,8 @@ def small_bundle_path(tmp_path_factory: pytest.TempPathFactory,
     """A real SavedModel bundle trained on `small_data` (a few seconds, once per session)."""
     data, spec = small_data
     out = tmp_path_factory.mktemp("bundle") / "small"
-    fit_and_save(data, spec, TrainConfig(k=4, epochs=8, batch_size=512, learning_rate=0.02),
+    fit_and_save(data, spec, TrainConfig(k=4, epochs=8, batch_size=512, learning_rate=0.02,
+                                         members=1),
                  out, progress=False)
     return out
 

@@ -33,7 +33,8 @@ from model.train import TrainConfig, Trainer, batch_scores
 
 @pytest.fixture(scope="module")
 def tiny() -> tuple[FeatureSpec, EncodedRatings, EncodedRatings, tuple[float, float]]:
-    data, spec = synthetic(n_ratings=800, n_users=40, n_items=60, k=4, noise=0.1, seed=11)
+    data, spec = synthetic(n_ratings=800, n_users=40, n_items=60, k=4, noise=0.1, seed=11,
+                           hash_bits=20)  # no collision across sides at this size
     fmap = FeatureMap(spec)
     train = encode_ratings(fmap, data, data.train, data.train)
     test = encode_ratings(fmap, data, data.test, data.train)

@@ -16,7 +16,7 @@ from model.bundle import Bundle, BundleError, content_hash
 from model.data import Dataset
 from model.dataset import encode_ratings, item_payload, item_raters, user_histories
 from model.evaluate import evaluate_bundle
-from model.features import FeatureSpec
+from model.features import FeatureSpec, with_session
 from tests.reference import fm_pairwise
 
 
@@ -41,7 +41,8 @@ def test_predict_equals_pairwise_reference_of_saved_weights(
     context = {"time": int(data.train.timestamp[0]), "last_movie": "2"}
     got = small_bundle.predict(user, movies, context)
     fmap = small_bundle.fmap
-    u, c = fmap.encode("user", [user]), fmap.encode("context", [context])
+    u = fmap.encode("user", [user])
+    c = fmap.encode("context", [with_session(context, user["id"])])  # as the service does
     for n, movie in enumerate(movies):
         attrs = movie if movie["id"] == "zz" else item_payload(
             movie["id"], data.items[movie["id"]], raters.get(movie["id"], []))

@@ -290,8 +290,8 @@ def wider_bundle_path(tmp_path_factory: pytest.TempPathFactory,
     """A valid model with another k: a new model, not an incompatible one."""
     data, spec = small_data
     out = tmp_path_factory.mktemp("bundle") / "k8"
-    fit_and_save(data, spec, TrainConfig(k=8, epochs=2, batch_size=512, learning_rate=0.02),
-                 out, progress=False)
+    fit_and_save(data, spec, TrainConfig(k=8, epochs=2, batch_size=512, learning_rate=0.02,
+                                         members=1), out, progress=False)
     return out
 
 

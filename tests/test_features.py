@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,8 +17,11 @@ from model.features import (
     FeatureSpec,
     SparseRows,
     SpecError,
+    context_payload,
     feature_hash,
     movielens_spec,
+    session_of,
+    with_session,
 )
 
 USER = {"id": "196", "age": 49, "gender": "M", "occupation": "writer", "zip": "55105",
@@ -166,3 +170,28 @@ def test_remap_gives_positions_and_drops_unknown_columns() -> None:
     everything = rows.remap(np.array([7, 9, 40]))
     np.testing.assert_array_equal(everything.indptr, rows.indptr)
     assert rows.remap(np.zeros(0, np.int64)).nnz == 0
+
+
+def test_training_contexts_are_the_payloads_the_service_builds(
+        small_data: tuple[Any, FeatureSpec]) -> None:
+    """encode_ratings' context column == context_payload(user, time, last) per event."""
+    from model.dataset import encode_ratings, last_movies
+
+    data, _ = small_data
+    spec = movielens_spec(16, "full").fit_numeric(
+        "context", {"time": data.train.timestamp.tolist()})
+    fmap = FeatureMap(spec)
+    events = data.test
+    contexts = encode_ratings(fmap, data, events, data.train).contexts
+    lasts = last_movies(events, data.train)
+    payloads = [context_payload(str(u), int(t), last)
+                for u, t, last in zip(events.user, events.timestamp, lasts, strict=True)]
+    one_by_one = fmap.encode("context", payloads)
+    np.testing.assert_array_equal(contexts.indptr, one_by_one.indptr)
+    np.testing.assert_array_equal(contexts.indices, one_by_one.indices)
+    assert all(p["session"] == session_of(p["session"].split("@")[0], p["time"])
+               for p in payloads)
+    assert contexts.nnz > 2 * len(events)  # time, session and most last movies
+    assert with_session({"time": 86400 * 3 + 5}, "u1")["session"] == "u1@3"
+    assert "session" not in with_session({"time": 5}, None)
+    assert with_session({}, "u1") == {}

@@ -109,3 +109,27 @@ def test_training_block_sums_equal_side_sums_and_pairwise(fm: FactorizationMachi
     w = fm.w.numpy()
     np.testing.assert_allclose(w_sq.numpy(), [np.sum((w[i] * v) ** 2) for i, v in rows],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_average_of_members_scores_their_mean(fm: FactorizationMachine) -> None:
+    from model.fm import average_of
+
+    rng = np.random.default_rng(6)
+    other = FactorizationMachine(N_FEATURES, 3, seed=4)
+    other.w0.assign(-0.2)
+    other.w.assign(rng.normal(size=N_FEATURES).astype(np.float32))
+    other.V.assign(rng.normal(size=(N_FEATURES, 3)).astype(np.float32))
+    rows = random_rows(rng, 30, 10)
+    mean = (fm.score(sums_of(fm, rows)).numpy() + other.score(sums_of(other, rows)).numpy()) / 2
+    both = average_of([fm, other])
+    assert both.k == K + 3
+    np.testing.assert_allclose(both.score(sums_of(both, rows)).numpy(), mean, rtol=1e-4,
+                               atol=1e-4)
+    slow = [fm_pairwise(float(both.w0.numpy()), both.w.numpy(), both.V.numpy(), i, v)
+            for i, v in rows]
+    np.testing.assert_allclose(slow, mean, rtol=1e-4, atol=1e-4)
+    # concatenating without the 1/sqrt(M) scale would not be the mean
+    assert np.abs(average_of([fm]).score(sums_of(fm, rows)).numpy()
+                  - fm.score(sums_of(fm, rows)).numpy()).max() < 1e-4
+    with pytest.raises(ValueError, match="at least one"):
+        average_of([])

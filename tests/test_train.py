@@ -129,3 +129,22 @@ def test_exported_model_scores_like_the_compact_trainer(
     wrong.restore(trainer.snapshot())
     assert np.abs(batch_scores(wrong.export(), test_part.batch(np.arange(len(test_part))))
                   .numpy() - got).max() > 1e-3
+
+
+def test_members_are_saved_as_one_fm_scoring_their_mean(
+        small_data: tuple[Dataset, FeatureSpec], tmp_path) -> None:
+    """The bundle of an M-member run is one FM (k = M k) that scores the members' mean."""
+    from model.bundle import Bundle
+    from model.evaluate import evaluate_bundle
+    from model.pipeline import fit_and_save
+
+    data, spec = small_data
+    config = TrainConfig(k=3, epochs=3, batch_size=512, learning_rate=0.02, members=2)
+    _, metrics = fit_and_save(data, spec, config, tmp_path / "b", progress=False)
+    bundle = Bundle(tmp_path / "b")
+    assert bundle.k == 6
+    assert [m["seed"] for m in metrics["members"]] == [0, 1]
+    rmses = [m["test_rmse"] for m in metrics["members"]]
+    assert rmses[0] != rmses[1]  # different seeds, different models
+    assert evaluate_bundle(bundle, data)["rmse"] == pytest.approx(metrics["test_rmse"],
+                                                                  abs=1e-5)

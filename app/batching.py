@@ -8,8 +8,10 @@ open to fill it. The queue is bounded: a full queue is refused at once (`QueueFu
 answered 503 + Retry-After) rather than letting latency grow without limit.
 
 The batch function runs in a worker thread, so the event loop keeps accepting requests
-while the model works. The worker task exists only while there is work: a batcher that
-is replaced (hot reload) is simply dropped once its last request is answered.
+while the model works; or, with `inline`, on the event loop itself, for batch functions
+so quick (NumPy on a small catalog) that the thread hand-off would cost more. The worker
+task exists only while there is work: a batcher that is replaced (hot reload) is simply
+dropped once its last request is answered.
 """
 
 from __future__ import annotations
@@ -41,13 +43,14 @@ class MicroBatcher(Generic[T, R]):
 
     def __init__(self, run_batch: Callable[[list[T]], list[R | Exception]], *,
                  max_batch_size: int = 64, max_wait_s: float = 0.0, max_queue: int = 1024,
-                 enabled: bool = True,
+                 enabled: bool = True, inline: bool = False,
                  observe: Callable[[int, list[float]], None] | None = None) -> None:
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.enabled = enabled
+        self.inline = inline
         self._observe = observe  # (batch size, queue seconds of each item)
         self._queue: deque[_Waiting[T, R]] = deque()
         self._arrived = asyncio.Event()
@@ -61,7 +64,7 @@ class MicroBatcher(Generic[T, R]):
         """The result for `item`, computed in some batch; raises QueueFull when full."""
         if not self.enabled:
             self._note(1, [0.0])
-            return self._unwrap((await asyncio.to_thread(self._call, [item]))[0])
+            return self._unwrap((await self._run([item]))[0])
         if len(self._queue) >= self.max_queue:
             raise QueueFull(f"{len(self._queue)} requests queued")
         waiting: _Waiting[T, R] = _Waiting(item, asyncio.get_running_loop().create_future())
@@ -84,6 +87,11 @@ class MicroBatcher(Generic[T, R]):
             return [RuntimeError("batch function returned the wrong number of results")] * len(
                 items)
         return results
+
+    async def _run(self, items: list[T]) -> list[R | Exception]:
+        if self.inline:
+            return self._call(items)
+        return await asyncio.to_thread(self._call, items)
 
     @staticmethod
     def _unwrap(result: R | Exception) -> R:
@@ -116,7 +124,7 @@ class MicroBatcher(Generic[T, R]):
                     continue
                 now = time.perf_counter()
                 self._note(len(batch), [now - w.since for w in batch])
-                results = await asyncio.to_thread(self._call, [w.item for w in batch])
+                results = await self._run([w.item for w in batch])
                 for waiting, result in zip(batch, results, strict=True):
                     if waiting.future.done():
                         continue

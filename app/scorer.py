@@ -113,7 +113,9 @@ class Scorer:
         self.batcher: MicroBatcher[Job, JobResult] = MicroBatcher(
             self.run_batch, max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue,
-            enabled=settings.batching, observe=metrics.observe_batch)
+            enabled=settings.batching, observe=metrics.observe_batch,
+            inline=bundle.engine.name == "numpy"
+            and len(bundle.catalog) <= settings.inline_max_movies)
 
     @property
     def model_id(self) -> str:
@@ -231,7 +233,7 @@ class Scorer:
         return context_payload(user.uid, given.time if given.time is not None else time.time(),
                                last)
 
-    # --- one micro-batch (runs in a worker thread) ----------------------------------------
+    # --- one micro-batch (in a worker thread, or inline: see app.batching) -------------
 
     def run_batch(self, jobs: list[Job]) -> list[JobResult | Exception]:
         bases, histories, inline = self._computed_sums(jobs)

@@ -56,7 +56,7 @@ class Service:
     def load(self, path: Path) -> Loaded:
         """Load, check and warm a bundle (blocking: run it in a thread)."""
         start = time.perf_counter()
-        bundle = Bundle(path)
+        bundle = Bundle(path, self.settings.engine)
         bundle.warm_up()
         scorer = Scorer(bundle, self.settings, self.metrics)
         return Loaded(scorer, path, time.time(), time.perf_counter() - start)
@@ -116,7 +116,7 @@ class Service:
         bundle = self.current.scorer.bundle
         return {
             "model_id": bundle.model_id, "bundle": str(self.current.path),
-            "loaded_at": self.current.loaded_at, "k": bundle.k,
+            "loaded_at": self.current.loaded_at, "k": bundle.k, "engine": bundle.engine.name,
             "rating_range": list(bundle.rating_range), "movies": len(bundle.catalog),
             "genres": bundle.catalog.genre_names,
             "features": [f.key for f in bundle.spec.fields], "hash_bits": bundle.spec.hash_bits,

@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     # after a Redis error, skip Redis this long (one timeout, not one per request)
     redis_retry_s: Annotated[float, Field(ge=0)] = 1.0
 
+    # numpy: score in NumPy on the SavedModel's weights (fastest on CPU); savedmodel: call
+    # its signatures (TensorFlow, a GPU when visible); auto: savedmodel iff a GPU is visible
+    engine: Literal["auto", "savedmodel", "numpy"] = "auto"
+    # run NumPy batches on the event loop (no thread hand-off) up to this many catalog
+    # movies; larger catalogs score in a worker thread so requests keep being parsed
+    inline_max_movies: Annotated[int, Field(ge=0)] = 20_000
     batching: bool = True
     max_batch_size: Annotated[int, Field(ge=1)] = 64
     max_wait_ms: Annotated[float, Field(ge=0)] = 0.0

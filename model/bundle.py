@@ -7,8 +7,9 @@
       metrics.json   data set, split, RMSE/MAE, training time, rating range, config
       model_id       content hash of the files above; namespaces every cache key
 
-Serving speaks to the SavedModel only through the three signatures, so a bundle trained
-on a GPU serves on a CPU and the other way round. The query side of a request (user +
+Serving speaks to the SavedModel only through the three signatures (or their NumPy twins
+on the same variables, `model.engine`), so a bundle trained on a GPU serves on a CPU and
+the other way round. The query side of a request (user +
 context) is a set of side sums; with them, scoring movie j is
 w0 + bias(query) + bias(j) + <s_query, s_j> (see `model.fm.item_bias`).
 """
@@ -29,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from model.dataset import item_payload
+from model.engine import Engine, EngineName, make_engine
 from model.features import FeatureMap, FeatureSpec, SparseRows, SpecError, with_session
 from model.fm import FactorizationMachine, SideSums, item_bias
 
@@ -238,7 +240,7 @@ def save_bundle(path: str | Path, fm: FactorizationMachine, spec: FeatureSpec,
 class Bundle:
     """A loaded, checked bundle: feature map, SavedModel signatures, catalog, metadata."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, engine: EngineName = "auto") -> None:
         root = Path(path)
         self.path = root
         if not root.is_dir():
@@ -279,41 +281,23 @@ class Bundle:
         if len(set(widths.values())) != 1:  # scoring would fail, or mix up numbers, later
             raise BundleError(f"bundle {root}: inconsistent k (" + ", ".join(
                 f"{where} {k}" for where, k in widths.items()) + ")")
+        self.engine: Engine = make_engine(self.model, engine)
 
-    # --- the three signatures, numpy in and out --------------------------------------
+    # --- the three signatures, numpy in and out, through the engine -------------------
 
     def side_sums(self, rows: SparseRows) -> Sums:
-        out = self.model.signatures["side_sums"](
-            row_ids=tf.constant(rows.row_ids()), indices=tf.constant(rows.indices),
-            values=tf.constant(rows.values), n_rows=tf.constant(rows.n_rows, tf.int32))
-        return Sums(out["L"].numpy(), out["s"].numpy(), out["q"].numpy())
-
-    def _query_args(self, query: Sums, contexts: SparseRows) -> dict[str, tf.Tensor]:
-        return {"L": tf.constant(query.L, tf.float32), "s": tf.constant(query.s, tf.float32),
-                "q": tf.constant(query.q, tf.float32),
-                "ctx_rows": tf.constant(contexts.row_ids()),
-                "ctx_indices": tf.constant(contexts.indices),
-                "ctx_values": tf.constant(contexts.values)}
+        return Sums(*self.engine.side_sums(rows))
 
     def score_pairs(self, query: Sums, contexts: SparseRows, pair_row: np.ndarray,
                     items: Sums) -> np.ndarray:
         """Unclipped scores of (query row, item) pairs."""
-        out = self.model.signatures["score_pairs"](
-            **self._query_args(query, contexts), pair_row=tf.constant(pair_row, tf.int32),
-            item_L=tf.constant(items.L, tf.float32), item_s=tf.constant(items.s, tf.float32),
-            item_q=tf.constant(items.q, tf.float32))
-        return np.asarray(out["score"].numpy())
+        return self.engine.score_pairs(query, contexts, pair_row, items)
 
     def top_n(self, query: Sums, contexts: SparseRows, exclude_row: np.ndarray,
               exclude_item: np.ndarray, genre_mask: np.ndarray, n: int
               ) -> tuple[np.ndarray, np.ndarray]:
         """(catalog rows, unclipped scores), each (n_queries, n); excluded rows score -inf."""
-        out = self.model.signatures["top_n"](
-            **self._query_args(query, contexts),
-            exclude_row=tf.constant(exclude_row, tf.int32),
-            exclude_item=tf.constant(exclude_item, tf.int32),
-            genre_mask=tf.constant(genre_mask, tf.int64), n=tf.constant(n, tf.int32))
-        return out["items"].numpy(), out["scores"].numpy()
+        return self.engine.top_n(query, contexts, exclude_row, exclude_item, genre_mask, n)
 
     # --- offline prediction: the reference the service must agree with -------------------
 

@@ -26,9 +26,12 @@ from tests.redis_server import RedisServer
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def settings(small_bundle_path: Path, redis_server: RedisServer) -> Settings:
-    return service_settings(bundle=small_bundle_path, redis_url=redis_server.url)
+@pytest.fixture(params=["numpy", "savedmodel"])
+def settings(small_bundle_path: Path, redis_server: RedisServer,
+             request: pytest.FixtureRequest) -> Settings:
+    """Every test runs with both engines: NumPy inline and the SavedModel in a thread."""
+    return service_settings(bundle=small_bundle_path, redis_url=redis_server.url,
+                            engine=request.param)
 
 
 def _check(body: dict[str, Any], expected: list[tuple[str, float]], bundle: Bundle) -> None:

@@ -151,7 +151,10 @@ async def apply_events(events: Sequence[RatingEvent], bundle: Bundle, store: Sto
     """
     rows = await asyncio.to_thread(history_rows, bundle, [e.movie_id for e in events])
     keys, args = script_args(events, rows, bundle.model_id, store.ttl_s)
-    accepted, duplicates, stale = await store.run_script(APPLY_EVENTS, keys, args)
+    try:
+        accepted, duplicates, stale = await store.run_script(APPLY_EVENTS, keys, args)
+    finally:  # also when only the reply was lost: the script may have run
+        await store.changed(sorted({e.user_id for e in events}))
     catalog = bundle.catalog
     unknown = [m for m in dict.fromkeys(e.movie_id for e in events) if catalog.row(m) is None]
     return Applied(int(accepted), int(duplicates), int(stale), unknown)

@@ -69,6 +69,7 @@ class Service:
                  loaded.scorer.model_id, loaded.path, loaded.load_seconds)
         self.store = await asyncio.to_thread(
             Store.open, self.settings, lambda exc: self.metrics.redis_errors.inc())
+        await self.store.start_listening(wait_s=self.settings.redis_timeout_s)
         kind = "embedded default: set FMREC_REDIS_URL for a real Redis" if (
             self.store.embedded) else "FMREC_REDIS_URL"
         log.info("store: %s (%s)", self.store.description, kind)

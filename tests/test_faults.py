@@ -4,9 +4,10 @@ service keeps answering (degraded where it must be), says so, and recovers by it
 * stopped (clean SHUTDOWN, data saved) and restarted on the same port: reads degrade to
   what the request carries, then come back to the stored profile and history with no
   operator action (no /readyz probe, no reload of users);
-* slow (`CLIENT PAUSE`: every call waits past FMREC_REDIS_TIMEOUT_S): one request pays
-  the timeout, the next ones skip Redis, answers stay right after the pause (no reply
-  of the paused calls is ever taken for another's);
+* slow (`CLIENT PAUSE`: every call waits past FMREC_REDIS_TIMEOUT_S): users a worker
+  holds a copy of are answered from it; for the others one request pays the timeout,
+  the next ones skip Redis, answers stay right after the pause (no reply of the paused
+  calls is ever taken for another's);
 * full (`maxmemory` tiny, `noeviction`: every write fails with OOM): reads still use the
   stored profile and history, writes are refused with 503, nothing half-written;
 * bundles that are corrupt or incompatible are refused on reload, the old one serving.
@@ -89,14 +90,21 @@ async def test_redis_stopped_and_restarted(settings: Settings, answers: Answers,
                                            redis_server: RedisServer,
                                            small_data: tuple[Dataset, FeatureSpec]) -> None:
     await load_users(settings, small_data[0])
-    async with serving(settings) as (_, client):
+    async with serving(settings) as (app, client):
         for uid in USERS:
             assert (await answers.ask(client, uid))[0] == "full"
         assert (await answers.ask(client, USERS[0]))[1]["user_cached"] is True
+        near = app.state.service.store.near
+        assert near.listening and len(near) > 0
 
         redis_server.client().shutdown(save=True)  # a clean stop: the data is on disk
         assert redis_server.process is not None
         redis_server.process.wait(timeout=10)
+        for _ in range(100):  # the changes listener sees its connection close ...
+            if not near.listening:
+                break
+            await asyncio.sleep(0.01)
+        assert not near.listening and len(near) == 0  # ... and drops every copy
         start = time.monotonic()
         for _ in range(3):
             for uid in USERS:
@@ -111,7 +119,27 @@ async def test_redis_stopped_and_restarted(settings: Settings, answers: Answers,
         redis_server.start()  # same port; loads the saved data
         seconds = await answers.recovers(client, within_s=5)
         assert (await answers.ask(client, USERS[0]))[1]["user_cached"] is True
+        for _ in range(300):  # resubscribed: copies are kept again
+            if near.listening:
+                break
+            await asyncio.sleep(0.01)
+        assert near.listening
     assert seconds < 5
+
+
+async def test_paused_redis_leaves_near_copies_answering(
+        settings: Settings, answers: Answers, redis_server: RedisServer,
+        small_data: tuple[Dataset, FeatureSpec]) -> None:
+    """While Redis is paused nobody can change a user, so each worker's copy stays right."""
+    await load_users(settings, small_data[0])
+    async with serving(settings) as (_, client):
+        for uid in USERS:
+            assert (await answers.ask(client, uid))[0] == "full"
+        redis_server.client().client_pause(1000)
+        start = time.monotonic()
+        for uid in USERS:
+            assert (await answers.ask(client, uid))[0] == "full"
+        assert time.monotonic() - start < settings.redis_timeout_s  # Redis not waited on
 
 
 async def test_slow_redis_costs_one_timeout_and_answers_stay_right(
@@ -119,6 +147,7 @@ async def test_slow_redis_costs_one_timeout_and_answers_stay_right(
         small_data: tuple[Dataset, FeatureSpec]) -> None:
     await load_users(settings, small_data[0])
     pause_s = 1.5
+    settings = settings.model_copy(update={"near_cache_size": 0})  # every read goes to Redis
     async with serving(settings) as (_, client):
         for uid in USERS:
             assert (await answers.ask(client, uid))[0] == "full"

@@ -1,0 +1,99 @@
+"""A per-process copy of recently read user records, in front of Redis.
+
+Reading a cached user from Redis costs more server CPU than everything else /predict does
+(redis-py, the event loop's socket work): half of it in bench/serve.py. So each worker
+keeps the records it read, as Redis's own client-side caching does, and Redis stays the
+shared truth:
+
+* every change to a user's data (POST /ratings, `fmrec load-users`) is published on
+  `CHANGES` by whoever made it; each worker's listener drops those users (`invalidate`);
+* the copy is used only while the listener is subscribed: when the subscription breaks
+  (Redis down or restarted) everything is dropped and reads go to Redis again, so no
+  change can be missed unnoticed;
+* a read that started before a change landed is not stored (`epoch`), so a late reply
+  cannot bring back what the change replaced;
+* entries also expire after `ttl_s`, for writes made behind fmrec's back (redis-cli).
+
+A change is seen at once by the worker that made it and within the pub/sub delivery time
+(about a millisecond on one host) by the others.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from app.user_sums import BaseSums, HistorySums
+
+if TYPE_CHECKING:
+    from app.store import UserRecord
+
+ALL = "*"  # published instead of user ids when every user may have changed
+
+
+class NearCache:
+    """LRU of (model id, user) -> UserRecord with a TTL; usable only while `listening`."""
+
+    def __init__(self, size: int, ttl_s: float) -> None:
+        self.size = size
+        self.ttl_s = ttl_s
+        self.listening = False
+        self.epoch = 0  # bumped by every invalidation
+        self._entries: OrderedDict[str, tuple[str, float, UserRecord]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, model_id: str, uid: str, with_ratings: bool) -> UserRecord | None:
+        """The stored record, if fresh, of this model, and holding the ratings if needed."""
+        if not self.listening:
+            return None
+        entry = self._entries.get(uid)
+        if entry is None:
+            return None
+        owner, expires, record = entry
+        if owner != model_id or time.monotonic() > expires or (
+                with_ratings and record.ratings is None):
+            return None
+        self._entries.move_to_end(uid)
+        return record
+
+    def put(self, model_id: str, uid: str, record: UserRecord, epoch: int) -> None:
+        """Store a record read from Redis when the epoch was `epoch` (else: too old)."""
+        if not self.listening or epoch != self.epoch or self.size == 0:
+            return
+        self._entries[uid] = (model_id, time.monotonic() + self.ttl_s, record)
+        self._entries.move_to_end(uid)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def update_sums(self, model_id: str, uid: str, base: BaseSums | None,
+                    history: HistorySums | None, version: int | None) -> None:
+        """Parts just written back to Redis: the stored record gets them too (if it is the
+        same model's and still at the history version they were computed from)."""
+        entry = self._entries.get(uid)
+        if entry is None or entry[0] != model_id:
+            return
+        owner, expires, record = entry
+        if base is not None:
+            record = replace(record, base=base)
+        if history is not None and (version is None or version == record.version):
+            record = replace(record, history=history)
+        self._entries[uid] = (owner, expires, record)
+
+    def invalidate(self, uids: Iterable[str]) -> None:
+        """Drop these users (`ALL`: everyone); reads in flight will not be stored."""
+        self.epoch += 1
+        for uid in uids:
+            if uid == ALL:
+                self._entries.clear()
+                return
+            self._entries.pop(uid, None)
+
+    def stop_listening(self) -> None:
+        """The subscription broke: changes may be missed from now on, so forget all."""
+        self.listening = False
+        self.invalidate([ALL])

@@ -41,6 +41,7 @@ class ObserveRequests:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self._timers: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -48,7 +49,7 @@ class ObserveRequests:
             return
         start = time.perf_counter()
         status = 500
-        length = dict(scope["headers"]).get(b"content-length")
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             response = JSONResponse({"detail": f"request body over {self.max_body_bytes} "
                                      "bytes"}, status_code=413)
@@ -71,16 +72,21 @@ class ObserveRequests:
                 status = message["status"]
             await send(message)
 
+        # with a Content-Length the server delivers no more than that: no need to count
         try:
-            await self.app(scope, limited_receive, send_status)
+            await self.app(scope, receive if length is not None else limited_receive,
+                           send_status)
         finally:
             self._observe(scope, status, start)
 
     def _observe(self, scope: Scope, status: int, start: float) -> None:
         route = scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        self.metrics.latency.labels(route=path, method=scope["method"],
-                                    status=str(status)).observe(time.perf_counter() - start)
+        key = (getattr(route, "path", "unmatched"), scope["method"], status)
+        timer = self._timers.get(key)
+        if timer is None:  # one labelled child per (route, method, status), looked up once
+            timer = self._timers[key] = self.metrics.latency.labels(
+                route=key[0], method=key[1], status=str(status))
+        timer.observe(time.perf_counter() - start)
 
 
 def _json_safe(value: Any) -> Any:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from app.online import record_ratings
 from app.schemas import (
@@ -21,7 +23,7 @@ from app.schemas import (
     check_limits,
 )
 from app.scorer import Scorer
-from app.security import require_read_key, require_write_key
+from app.security import KeyHeader, authorize, require_read_key, require_write_key
 from app.service import ReloadBusy, ReloadFailed, Service
 from app.settings import Settings
 from app.store import Store, StoreUnavailable
@@ -29,7 +31,8 @@ from app.store import Store, StoreUnavailable
 
 # Dependencies are `async def` although they never wait: FastAPI runs a plain `def`
 # dependency in a worker thread, one thread hop per dependency per request (that was half
-# of /predict's CPU time in bench/serve.py).
+# of /predict's CPU time in bench/serve.py). Each dependency still costs ~10 us, so the
+# scoring routes take everything from one (`Scoring`).
 async def get_service(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
@@ -38,57 +41,75 @@ async def get_service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(get_service)]
 
 
-async def get_settings(service: ServiceDep) -> Settings:
-    return service.settings
+@dataclass(frozen=True)
+class Scoring:
+    """What a scoring request needs: the scorer serving now (the request keeps it even if
+    a reload swaps it), the store and the settings."""
+
+    scorer: Scorer
+    store: Store
+    settings: Settings
 
 
-async def get_scorer(service: ServiceDep) -> Scorer:
-    """The scorer serving now; the request keeps this one even if a reload swaps it."""
-    scorer = service.scorer
+def _serving(service: Service) -> tuple[Scorer, Store]:
+    scorer, store = service.scorer, service.store
     if scorer is None:
         raise HTTPException(503, "model not loaded yet", headers={"Retry-After": "1"})
-    return scorer
-
-
-async def get_store(service: ServiceDep) -> Store:
-    if service.store is None:
+    if store is None:
         raise HTTPException(503, "store not open yet", headers={"Retry-After": "1"})
-    return service.store
+    return scorer, store
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-ScorerDep = Annotated[Scorer, Depends(get_scorer)]
-StoreDep = Annotated[Store, Depends(get_store)]
+async def get_scoring(request: Request, key: KeyHeader) -> Scoring:
+    """Read endpoints need a key only with FMREC_PROTECT_READS=true."""
+    service: Service = request.app.state.service
+    settings = service.settings
+    if settings.protect_reads:
+        authorize(request, settings, key)
+    return Scoring(*_serving(service), settings)
+
+
+async def get_writing(service: ServiceDep) -> Scoring:
+    """For /ratings, whose key check is its own dependency (`require_write_key`)."""
+    return Scoring(*_serving(service), service.settings)
+
+
+ScoringDep = Annotated[Scoring, Depends(get_scoring)]
+WritingDep = Annotated[Scoring, Depends(get_writing)]
 
 router = APIRouter()
-reads = APIRouter(dependencies=[Depends(require_read_key)])
+read_key = [Depends(require_read_key)]
 
 
-@reads.post("/predict", response_model=PredictResponse)
-async def predict(body: PredictRequest, scorer: ScorerDep, store: StoreDep,
-                  settings: SettingsDep) -> PredictResponse:
+def _json(model: BaseModel) -> Response:
+    """The answer serialised once, by pydantic-core: returned as a model, it would be
+    validated again and encoded by FastAPI (response_model still documents it)."""
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
+@router.post("/predict", response_model=PredictResponse)
+async def predict(body: PredictRequest, scoring: ScoringDep) -> Response:
     """Predicted ratings of one user for one or many movies, clipped to the rating range."""
-    check_limits(body, settings)
-    return await scorer.predict(body, store)
+    check_limits(body, scoring.settings)
+    return _json(await scoring.scorer.predict(body, scoring.store))
 
 
-@reads.post("/recommend", response_model=RecommendResponse)
-async def recommend(body: RecommendRequest, scorer: ScorerDep, store: StoreDep,
-                    settings: SettingsDep) -> RecommendResponse:
+@router.post("/recommend", response_model=RecommendResponse)
+async def recommend(body: RecommendRequest, scoring: ScoringDep) -> Response:
     """The user's top-n catalog movies (or candidates), best first."""
-    check_limits(body, settings)
-    return await scorer.recommend(body, store)
+    check_limits(body, scoring.settings)
+    return _json(await scoring.scorer.recommend(body, scoring.store))
 
 
 @router.post("/ratings", response_model=RatingsResponse,
              dependencies=[Depends(require_write_key)])
-async def ratings(body: RatingsRequest, scorer: ScorerDep, store: StoreDep,
-                  settings: SettingsDep) -> RatingsResponse:
+async def ratings(body: RatingsRequest, writing: WritingDep) -> RatingsResponse:
     """Store rating events, all or none (idempotent by event_id), and keep the users'
     cached sums current; with the store down, 503 and nothing is written."""
+    scorer, settings = writing.scorer, writing.settings
     try:
-        applied = await record_ratings(body.events, scorer.bundle, store, settings.max_events,
-                                       scorer.metrics)
+        applied = await record_ratings(body.events, scorer.bundle, writing.store,
+                                       settings.max_events, scorer.metrics)
     except StoreUnavailable as exc:
         raise HTTPException(503, f"ratings not stored: the store is unavailable ({exc}); "
                             "retry later", headers={"Retry-After": str(max(
@@ -98,7 +119,7 @@ async def ratings(body: RatingsRequest, scorer: ScorerDep, store: StoreDep,
                            unknown_movies=applied.unknown_movies)
 
 
-@reads.get("/model")
+@router.get("/model", dependencies=read_key)
 async def model(service: ServiceDep) -> dict[str, Any]:
     """Bundle metadata and test metrics of the model being served, and reload state."""
     return service.model_info()
@@ -126,7 +147,7 @@ async def readyz(service: ServiceDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if scorer is not None else 503)
 
 
-@reads.get("/metrics")
+@router.get("/metrics", dependencies=read_key)
 async def metrics(service: ServiceDep) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -147,4 +168,3 @@ async def reload(service: ServiceDep,
                              if service.scorer else None}, status_code=422)
 
 
-router.include_router(reads)

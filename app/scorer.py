@@ -13,6 +13,7 @@ catalog row (tf.math.top_k keeps the lower index first among equals; numpy lexso
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -38,6 +39,8 @@ from app.user_sums import BaseSums, HistorySums, combine, history_weighting
 from model.bundle import Bundle, Sums
 from model.features import Side, SparseRows, context_payload
 
+EXCLUDED_CACHE = 10_000  # users whose rated catalog rows are remembered (`_rated_rows`)
+
 
 @dataclass(frozen=True)
 class UserQuery:
@@ -53,6 +56,7 @@ class UserQuery:
     cache_base: bool  # write a computed base back under uid
     cache_history: bool
     version: int = 0  # the user's history version as read (a stale write-back is refused)
+    history_from_store: bool = False  # `rated` is the store's history at `version`
 
     @property
     def cached(self) -> bool:
@@ -110,6 +114,7 @@ class Scorer:
         self.metrics = metrics
         self.weighting = history_weighting(bundle.spec)
         self.genre_bits = bundle.catalog.genre_bits()
+        self._excluded: OrderedDict[tuple[str | None, int], np.ndarray] = OrderedDict()
         self.batcher: MicroBatcher[Job, JobResult] = MicroBatcher(
             self.run_batch, max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue,
@@ -133,9 +138,10 @@ class Scorer:
                   [p for p, r in zip(movies, rows, strict=True) if r < 0])
         result = await self._run(job, store)
         ratings = self.bundle.clip(result.scores)
-        return PredictResponse(model_id=self.model_id, user_cached=user.cached, predictions=[
-            Prediction(movie_id=p["id"], rating=float(r))
-            for p, r in zip(movies, ratings, strict=True)])
+        return PredictResponse.model_construct(  # checked values: no second validation
+            model_id=self.model_id, user_cached=user.cached, predictions=[
+                Prediction.model_construct(movie_id=p["id"], rating=r)
+                for p, r in zip(movies, ratings.tolist(), strict=True)])
 
     async def recommend(self, request: RecommendRequest, store: Store) -> RecommendResponse:
         catalog = self.bundle.catalog
@@ -157,16 +163,36 @@ class Scorer:
         user = await self._user(request.user, store, need_ratings=request.exclude_rated)
         exclude = np.zeros(0, np.int64)
         if request.exclude_rated and user.rated:
-            exclude = np.array([r for r in map(catalog.row, user.rated) if r is not None],
-                               dtype=np.int64)
+            exclude = self._rated_rows(user)
         job = Job(user, self._context(request.context, user), candidates,
                   ranking=Ranking(request.n, exclude, mask))
         result = await self._run(job, store)
         ratings = self.bundle.clip(result.scores)
-        return RecommendResponse(model_id=self.model_id, user_cached=user.cached, items=[
-            Recommendation(movie_id=str(catalog.ids[row]), title=str(catalog.titles[row]),
-                           score=float(score), rating=float(rating))
-            for row, score, rating in zip(result.rows, result.scores, ratings, strict=True)])
+        # built from checked values: model_construct skips validating them again
+        return RecommendResponse.model_construct(
+            model_id=self.model_id, user_cached=user.cached, items=[
+                Recommendation.model_construct(
+                    movie_id=str(catalog.ids[row]), title=str(catalog.titles[row]),
+                    score=float(score), rating=float(rating))
+                for row, score, rating in zip(result.rows.tolist(), result.scores.tolist(),
+                                              ratings.tolist(), strict=True)])
+
+    def _rated_rows(self, user: UserQuery) -> np.ndarray:
+        """Catalog rows of the user's rated movies; remembered per (user, history version)
+        when the history came from the store (any change bumps the version)."""
+        key = (user.uid, user.version) if user.history_from_store else None
+        rows = self._excluded.get(key) if key is not None else None
+        if rows is None:
+            catalog = self.bundle.catalog
+            rows = np.array([r for r in map(catalog.row, user.rated or []) if r is not None],
+                            dtype=np.int64)
+            if key is not None:
+                self._excluded[key] = rows
+                while len(self._excluded) > EXCLUDED_CACHE:
+                    self._excluded.popitem(last=False)
+        elif key is not None:
+            self._excluded.move_to_end(key)
+        return rows
 
     async def _run(self, job: Job, store: Store) -> JobResult:
         result = await self.batcher.submit(job)
@@ -205,7 +231,8 @@ class Scorer:
         query = UserQuery(user.id, base, payload, history, rated, last, last_time,
                           cache_base=known and base is None and not attrs,
                           cache_history=known and history is None and user.rated is None,
-                          version=record.version if record is not None else 0)
+                          version=record.version if record is not None else 0,
+                          history_from_store=record is not None and user.rated is None)
         if user.id is not None and record is not None:
             (self.metrics.cache_hits if query.cached else self.metrics.cache_misses).inc()
         return query

@@ -93,17 +93,19 @@ def trained_bundle(data: Dataset, spec: FeatureSpec, out: Path, retrain: bool) -
     from model.pipeline import fit_and_save
     from model.train import TrainConfig
 
+    config = TrainConfig(epochs=TRAIN_EPOCHS)  # fmrec train's defaults otherwise
     if not retrain and (out / "model_id").is_file():
         try:
             metrics = Bundle(out).metrics
-            if (metrics.get("data"), metrics.get("train_ratings")) == (
-                    data.name, len(data.train)) and metrics["config"]["epochs"] == TRAIN_EPOCHS:
+            if (metrics.get("data"), metrics.get("train_ratings"), metrics.get("features"),
+                    metrics.get("config")) == (data.name, len(data.train),
+                                               [f.key for f in spec.fields], config.to_dict()):
                 print(f"  reusing {out}", flush=True)
                 return out
         except Exception:  # any doubt: train again
             pass
     t0 = time.perf_counter()
-    fit_and_save(data, spec, TrainConfig(epochs=TRAIN_EPOCHS), out, progress=False)
+    fit_and_save(data, spec, config, out, progress=False)
     print(f"  trained {out} in {time.perf_counter() - t0:.0f} s", flush=True)
     return out
 

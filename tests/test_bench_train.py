@@ -23,7 +23,7 @@ from bench.dense_fm import (
     rating_rows,
     repeated_index_rows,
 )
-from bench.train import Curve, compare, plot, report, scaling
+from bench.train import Curve, compare, plot, report, scaling, verdicts
 from model.data.synthetic import synthetic
 from model.dataset import EncodedRatings, encode_ratings, sorted_unique, used_columns
 from model.features import FeatureMap, FeatureSpec
@@ -123,7 +123,11 @@ def test_benchmark_runs_end_to_end_on_tiny_data(tiny, tmp_path: Path) -> None:
     config = TrainConfig(k=4, batch_size=128, learning_rate=0.01)
     ml = compare(train, test, spec.n_features, rating_range, config, budget=0.5,
                  dense_lr=0.01)
-    assert set(ml["trainers"]) == {"fmrec", "dense full-batch", "dense mini-batch"}
+    assert set(ml["trainers"]) == {"fmrec", "fmrec full-batch", "dense full-batch",
+                                   "dense mini-batch"}
+    assert ml["trainers"]["fmrec full-batch"]["best_rmse_in_budget"] is not None
+    targets = verdicts(ml, None)
+    assert [t["target"].split(" >= ")[0] for t in targets[:2]] == ["fmrec full-batch", "fmrec"]
     for curve in ml["trainers"].values():
         assert curve["epochs"] >= 1 and all(np.isfinite(curve["test_rmse"]))
     points = scaling([2000, 3000, 10**9], 100, config, full_epoch_batches=20, sample_batches=3,

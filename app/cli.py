@@ -128,20 +128,7 @@ def _serve(settings: Settings) -> None:
                 workers=settings.workers, log_level=settings.log_level)
 
 
-# A request's matrix products are small: BLAS's own threads only spin against the event
-# loop and the other workers (bench/serve.py: /recommend 0.55 -> 0.30 ms of CPU per request
-# on one thread). Read by OpenBLAS when NumPy loads, so set before that; the environment
-# may still say otherwise.
-BLAS_THREADS = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def _single_thread_blas() -> None:
-    for name, value in BLAS_THREADS.items():
-        os.environ.setdefault(name, value)
-
-
 def cmd_serve(args: argparse.Namespace) -> None:
-    _single_thread_blas()
     flags = {"FMREC_BUNDLE": args.bundle, "FMREC_HOST": args.host, "FMREC_PORT": args.port,
              "FMREC_WORKERS": args.workers}
     os.environ.update({k: str(v) for k, v in flags.items() if v is not None})
@@ -169,7 +156,6 @@ def cmd_load_users(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    _single_thread_blas()  # before NumPy loads (TensorFlow trains with its own threads)
     from model.pipeline import fit_and_save
     from model.train import TrainConfig
 

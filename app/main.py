@@ -19,6 +19,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from threadpoolctl import threadpool_limits
 
 from app.batching import QueueFull
 from app.metrics import Metrics
@@ -139,6 +140,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # after this, so a reloaded-away bundle is still collected.
         gc.collect()
         gc.freeze()
+        # one BLAS thread (FMREC_BLAS_THREADS): /recommend 0.55 -> 0.30 ms of CPU per
+        # request in bench/serve.py, the spare threads only spun
+        threadpool_limits(settings.blas_threads, user_api="blas")
         try:
             await service.start()
         except BundleError as exc:

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     # run NumPy batches on the event loop (no thread hand-off) up to this many catalog
     # movies; larger catalogs score in a worker thread so requests keep being parsed
     inline_max_movies: Annotated[int, Field(ge=0)] = 20_000
+    # BLAS threads per worker: a request's matrix products are small, extra BLAS threads
+    # only spin against the event loop and the other workers
+    blas_threads: Annotated[int, Field(ge=1)] = 1
     batching: bool = True
     max_batch_size: Annotated[int, Field(ge=1)] = 64
     max_wait_ms: Annotated[float, Field(ge=0)] = 0.0

@@ -98,8 +98,11 @@ def test_replay_survives_a_redis_restart_and_counts_nothing_twice(
             report = json.loads(capsys.readouterr().out)
             assert code == 0 and restarted.is_set()
             assert report["retries"] >= 1  # it met the 503s while Redis was down
-            assert report["events"] == len(rows) and report["accepted"] == len(rows)
-            assert report["duplicates"] == 0 and report["events_per_s"] > 0
+            assert report["events"] == len(rows) and report["events_per_s"] > 0
+            # a batch whose script ran but whose reply died with Redis is retried and found
+            # stored: duplicates then, never twice stored (the histories below say so)
+            assert report["accepted"] + report["duplicates"] == len(rows)
+            assert report["duplicates"] <= 20  # at most the one batch in flight
 
             again = main(["replay", str(ratings_file), "--url", url, "--batch-size", "50"])
             second = json.loads(capsys.readouterr().out)

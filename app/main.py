@@ -8,27 +8,24 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
-from app.batching import QueueFull
+from app.errors import HANDLED, error_response
+from app.hot_routes import ROUTES, HotRoutes
 from app.metrics import Metrics
 from app.routes import router
-from app.schemas import InvalidInput
 from app.service import Service
 from app.settings import Settings
 from model.bundle import BundleError
-from model.features import FeatureError
 
 log = logging.getLogger("fmrec")
 
@@ -90,29 +87,11 @@ class ObserveRequests:
         timer.observe(time.perf_counter() - start)
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities as strings, lone surrogates (JSON "\\ud800") escaped: an error
-    echoing the bad input must not itself fail."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _errors(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, (InvalidInput, RequestValidationError)):
-        detail = _json_safe(jsonable_encoder(exc.errors()))
-        return JSONResponse({"detail": detail}, status_code=422)
-    if isinstance(exc, QueueFull):
-        request.app.state.service.metrics.queue_full.inc()
-        return JSONResponse({"detail": f"overloaded: {exc}; retry shortly"}, status_code=503,
-                            headers={"Retry-After": "1"})
-    return JSONResponse({"detail": str(exc)}, status_code=422)  # FeatureError
+def _errors(request: Request, exc: Exception) -> Response:
+    response = error_response(exc, request.app.state.service.metrics)
+    if response is None:  # registered for HANDLED only
+        raise exc
+    return response
 
 
 def _configure_logging(level: str) -> None:
@@ -159,8 +138,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "Machines over cached user side sums.")
     app.state.service = service
     app.include_router(router)
-    for kind in (RequestValidationError, InvalidInput, QueueFull, FeatureError):
+    for kind in HANDLED:
         app.add_exception_handler(kind, _errors)
+    app.add_middleware(HotRoutes, service=service, routes={
+        route.path: route for route in router.routes
+        if isinstance(route, APIRoute) and route.path in ROUTES})
     app.add_middleware(ObserveRequests, metrics=metrics,
                        max_body_bytes=settings.max_body_bytes)
     return app

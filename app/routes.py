@@ -87,6 +87,8 @@ def _json(model: BaseModel) -> Response:
     return Response(model.model_dump_json(), media_type="application/json")
 
 
+# /predict and /recommend: app.hot_routes answers the plain case before FastAPI; these
+# routes answer the rest (every refusal) and document both
 @router.post("/predict", response_model=PredictResponse)
 async def predict(body: PredictRequest, scoring: ScoringDep) -> Response:
     """Predicted ratings of one user for one or many movies, clipped to the rating range."""

@@ -48,6 +48,13 @@ def key_matches(given: str, keys: frozenset[str]) -> bool:
     return matched
 
 
+def permits(settings: Settings, key: str | None) -> bool:
+    """Whether `key` may call an endpoint that needs one (`authorize` says why not)."""
+    if not settings.keys:
+        return settings.allow_unauthenticated_writes
+    return key is not None and key != "" and key_matches(key, settings.keys)
+
+
 def authorize(request: Request, settings: Settings, key: str | None) -> None:
     """Raise 401/403 unless `key` may call this endpoint (one that needs a key)."""
     keys = settings.keys

@@ -9,6 +9,9 @@ run, so ratios hold on a noisy machine:
 
 * the bare endpoint (bench/bare_app.py): the same FastAPI + pydantic request models
   parsing the same bodies and answering a constant, i.e. the web stack's ceiling;
+* the bare ASGI endpoint (bench/bare_asgi.py): the same models validating the same
+  bodies on plain ASGI, the path fmrec's hot routes take (app/hot_routes.py), so the
+  report also says how far fmrec is from the ceiling of its own web path;
 * the naive full-row FM (bench/naive_app.py): one full feature row per candidate movie,
   scored by a plain FM SavedModel, no side sums and no cache.
 
@@ -425,6 +428,8 @@ def plan(big: bool, naive: bool) -> list[Run]:
             "ml:predict-1", "bare-predict-1"),
         Run("predict-1-nobatch", "fmrec: /predict 1 movie, cached, no batching",
             "fmrec-nobatch", "/predict", "ml:predict-1", "bare-predict-1"),
+        Run("bare-asgi-predict-1", "bare ASGI: /predict 1 movie (by id)", "bare-asgi",
+            "/predict", "ml:predict-1"),
         Run("bare-predict-1-inline", "bare: /predict 1 movie (inline user)", "bare",
             "/predict", "ml:predict-1-inline"),
         Run("predict-1-nocache", "fmrec: /predict 1 movie, no cache (inline user)", "fmrec",
@@ -441,6 +446,8 @@ def plan(big: bool, naive: bool) -> list[Run]:
             "/recommend", "ml:recommend", "bare-recommend"),
         Run("recommend-nobatch", "fmrec: /recommend top-10 of ML-100k, no batching",
             "fmrec-nobatch", "/recommend", "ml:recommend", "bare-recommend"),
+        Run("bare-asgi-recommend", "bare ASGI: /recommend top-10 (by id)", "bare-asgi",
+            "/recommend", "ml:recommend"),
         Run("bare-recommend-inline", "bare: /recommend top-10 (inline user)", "bare",
             "/recommend", "ml:recommend-inline"),
         Run("recommend-nocache", "fmrec: /recommend top-10 of ML-100k, no cache (inline)",
@@ -489,6 +496,15 @@ def verdicts(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def asgi_shares(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """fmrec's req/s over the bare ASGI endpoint's: how much of its own web path's
+    ceiling fmrec reaches (the rest is fmrec's work)."""
+    return {fm: ratio(results[fm]["requests_per_s"], results[bare]["requests_per_s"])
+            for fm, bare in (("predict-1", "bare-asgi-predict-1"),
+                             ("recommend", "bare-asgi-recommend"))
+            if fm in results and bare in results}
+
+
 def speedups(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """fmrec over the naive full-row FM, same bodies, same store."""
     out = {}
@@ -526,6 +542,12 @@ def report(out: dict[str, Any]) -> str:
         "second: about 1 is one busy core, less means it waited or was short of CPU)",
         ["configuration", "conns", "req/s", "p50 ms", "p99 ms", "% bare", "CPU ms", "cores",
          "cache hits", "batch", "errors"], rows)]
+    if out["asgi_shares"]:
+        parts.append(table(
+            "fmrec's req/s over the bare ASGI endpoint's (same bodies): the share of its "
+            "own web path's ceiling (app/hot_routes.py) that fmrec keeps",
+            ["run", "% of bare ASGI"],
+            [[k, f"{v:.0%}"] for k, v in out["asgi_shares"].items()]))
     if out["speedups"]:
         parts.append(table(
             "fmrec over the naive full-row FM (same bodies, same store)",
@@ -561,7 +583,7 @@ def plot(out: dict[str, Any], path: Path) -> None:
 
     runs = list(out["runs"].values())[::-1]
     labels = [f"{r['label']} (c{r['connections']})" for r in runs]
-    colours = ["tab:grey" if r["server"] == "bare" else "tab:red" if r["server"] == "naive"
+    colours = ["tab:grey" if r["server"].startswith("bare") else "tab:red" if r["server"] == "naive"
                else "tab:blue" for r in runs]
     y = np.arange(len(runs))
     fig, (left, right) = plt.subplots(1, 2, figsize=(15, 0.38 * len(runs) + 1.8),
@@ -663,6 +685,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             work, "ml", ml, Bundle(ml_bundle).catalog.ids).items()}
         specs = [
             uvicorn_server("bare", "bench.bare_app:app", {}, work),
+            uvicorn_server("bare-asgi", "bench.bare_asgi:app", {}, work),
             fmrec_server("fmrec", ml_bundle, redis.url(0), work, batching=True),
             fmrec_server("fmrec-nobatch", ml_bundle, redis.url(0), work, batching=False),
         ]
@@ -698,6 +721,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   # the server was short of CPU at times (see each run's server_cores)
                   "load_average": [load_before, os.getloadavg()[0]]},
         "notes": list(NOTES), "runs": results, "speedups": speedups(results),
+        "asgi_shares": asgi_shares(results),
         "targets": verdicts(results),
         "wall_seconds": time.perf_counter() - started,
     }

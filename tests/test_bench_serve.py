@@ -15,7 +15,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.settings import Settings
-from bench import bare_app
+from bench import bare_app, bare_asgi
 from bench.naive_app import create_app as naive_app
 from bench.serve import prometheus_totals
 from model.bundle import Bundle
@@ -68,6 +68,18 @@ async def test_bare_app_parses_with_fmrecs_request_models() -> None:
         assert misspelt.json()["detail"][0]["loc"] == ["body", "user", "occupaton"]
         empty = await client.post("/predict", json={"user": {"id": "7"}, "movies": []})
         assert empty.status_code == 422
+
+
+async def test_bare_asgi_app_parses_with_fmrecs_request_models() -> None:
+    transport = httpx.ASGITransport(app=bare_asgi.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+        ok = await client.post("/predict", json={"user": {"id": 7}, "movies": [{"id": "1"}]})
+        assert ok.status_code == 200 and ok.json() == bare_app.PREDICTED
+        ok = await client.post("/recommend", json={"user": INLINE_USER, "n": 5})
+        assert ok.status_code == 200 and ok.json() == bare_app.RECOMMENDED
+        for path, body in (("/predict", {"user": {"id": "7"}, "movies": []}),
+                           ("/recommend", {"user": {"id": "7", "occupaton": "writer"}})):
+            assert (await client.post(path, json=body)).status_code == 422
 
 
 async def test_naive_predict_equals_the_bundles_predictions(

@@ -9,7 +9,7 @@ import pytest
 
 from model.data import DataError, Ratings
 from model.data.movielens import read_movielens
-from model.data.synthetic import synthetic
+from model.data.synthetic import synthetic, synthetic_encoded
 from model.dataset import encode_ratings, last_movies
 from model.features import FeatureMap, feature_hash, movielens_spec
 
@@ -118,3 +118,16 @@ def test_synthetic_is_seeded_and_sized() -> None:
     np.testing.assert_array_equal(a.train.rating, b.train.rating)
     assert not np.array_equal(a.train.rating, c.train.rating)
     assert spec.hash_bits == 12 and a.rating_range[0] < a.rating_range[1]
+
+
+def test_synthetic_encoded_gives_the_training_encoding_encode_ratings_gives() -> None:
+    data, spec, enc = synthetic_encoded(n_ratings=3000, seed=5, hash_bits=12)
+    again = encode_ratings(FeatureMap(spec), data, data.train, data.train)
+    for name in ("users", "items", "contexts", "left_out"):
+        mine, theirs = getattr(enc, name), getattr(again, name)
+        for part in ("indptr", "indices", "values"):
+            np.testing.assert_array_equal(getattr(mine, part), getattr(theirs, part))
+    np.testing.assert_array_equal(enc.row_user, again.row_user)
+    np.testing.assert_array_equal(enc.row_item, again.row_item)
+    np.testing.assert_array_equal(enc.y, data.train.rating)
+    assert enc.y.std() > 0  # the planted ratings, not the zeros encoded before planting

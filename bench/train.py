@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from bench.common import REPO, RESULTS, fmt, ratio, table, write_json
+from bench.common import REPO, RESULTS, Table, fmt, ratio, update_readme, write_json
 from bench.dense_fm import (
     DenseFM,
     DenseTrainer,
@@ -47,7 +47,7 @@ from bench.dense_fm import (
     repeated_index_rows,
 )
 from model.data.movielens import read_movielens
-from model.data.synthetic import synthetic
+from model.data.synthetic import synthetic_encoded
 from model.dataset import EncodedRatings, encode_ratings, used_columns
 from model.evaluate import rmse_mae
 from model.features import FeatureMap, FeatureSpec, movielens_spec
@@ -284,16 +284,15 @@ class StepTimer:
             self.start = (self.start + self.batch_size) % len(self.data)
 
 
-def synthetic_encoded(n_ratings: int, ratings_per_user: int
-                      ) -> tuple[EncodedRatings, FeatureSpec, dict[str, Any]]:
-    """The planted-FM training split at one size, encoded, with what building it took."""
+def planted_training_set(n_ratings: int, ratings_per_user: int
+                         ) -> tuple[EncodedRatings, FeatureSpec, dict[str, Any]]:
+    """The planted-FM training split at one size, encoded (by the generator, which needs
+    the encoding to plant the ratings), with what building it took."""
     t0 = time.perf_counter()
-    data, spec = synthetic(n_ratings, n_users=max(20, n_ratings // ratings_per_user), seed=0)
-    t1 = time.perf_counter()
-    enc = encode_ratings(FeatureMap(spec), data, data.train, data.train)
+    data, spec, enc = synthetic_encoded(n_ratings, n_users=max(20, n_ratings // ratings_per_user),
+                                        seed=0)
     info = {"ratings": n_ratings, "train_ratings": len(enc), "users": len(data.users),
-            "items": len(data.items), "generate_seconds": t1 - t0,
-            "encode_seconds": time.perf_counter() - t1}
+            "items": len(data.items), "build_seconds": time.perf_counter() - t0}
     return enc, spec, info
 
 
@@ -309,7 +308,7 @@ def scaling_point(n_ratings: int, ratings_per_user: int, config: TrainConfig,
     their seconds per non-zero is measured under the same load. Timing stops early (after
     at least MIN_TIMED_BATCHES) when the next batch would overrun `deadline`.
     """
-    enc, spec, info = synthetic_encoded(n_ratings, ratings_per_user)
+    enc, spec, info = planted_training_set(n_ratings, ratings_per_user)
     timer = StepTimer(enc, spec.n_features, config)
     peer = reference or timer
     planned = (timer.epoch_batches if timer.epoch_batches <= full_epoch_batches
@@ -365,7 +364,7 @@ def scaling(sizes: Sequence[int], ratings_per_user: int, config: TrainConfig,
         measured = [p for p in points if "skipped" not in p]
         if measured:
             prev = measured[-1]
-            build = [p["generate_seconds"] + p["encode_seconds"] for p in measured[-2:]]
+            build = [p["build_seconds"] for p in measured[-2:]]
             power = 1.0
             if len(measured) > 1:
                 grown = math.log(prev["ratings"] / measured[-2]["ratings"])
@@ -382,8 +381,8 @@ def scaling(sizes: Sequence[int], ratings_per_user: int, config: TrainConfig,
                                      sample_batches, reference, deadline)
         reference = reference or timer
         points.append(point)
-        print(f"  {n:,} ratings: generate {point['generate_seconds']:.1f} s, encode "
-              f"{point['encode_seconds']:.1f} s, epoch {point['seconds_per_epoch']:.2f} s"
+        print(f"  {n:,} ratings: generate and encode {point['build_seconds']:.1f} s, epoch "
+              f"{point['seconds_per_epoch']:.2f} s"
               f"{' (extrapolated)' if point['extrapolated'] else ''}", flush=True)
         gc.collect()
     return points
@@ -398,13 +397,13 @@ def verdicts(ml: dict[str, Any] | None, pipe: dict[str, Any] | None) -> list[dic
     if ml:
         t = ml["trainers"]
         fm, budget = t["fmrec"], ml["budget_seconds"]
-        # speed: each formulation in the same regime (same batches, same work per epoch)
-        for ours_name, name in (("fmrec full-batch", "dense full-batch"),
-                                ("fmrec", "dense mini-batch")):
-            speedup = ratio(t[name]["seconds_per_epoch"], t[ours_name]["seconds_per_epoch"])
-            out.append({"target": f"{ours_name} >= {TARGET_SPEEDUP:g}x faster per epoch "
-                                  f"than {name}",
-                        "measured": f"{speedup:.2f}x", "met": speedup >= TARGET_SPEEDUP})
+        # speed: the issue's baseline is the article's full-batch formulation, and an
+        # epoch is comparable work only in the same regime (one full-batch step each)
+        speedup = ratio(t["dense full-batch"]["seconds_per_epoch"],
+                        t["fmrec full-batch"]["seconds_per_epoch"])
+        out.append({"target": f"fmrec >= {TARGET_SPEEDUP:g}x faster per epoch than the dense "
+                              "full-batch formulation (both full-batch)",
+                    "measured": f"{speedup:.2f}x", "met": speedup >= TARGET_SPEEDUP})
         # accuracy: fmrec as trained (mini-batches), the best epoch each reached in time
         for name in ("dense full-batch", "dense mini-batch"):
             ours, theirs = fm["best_rmse_in_budget"], t[name]["best_rmse_in_budget"]
@@ -422,9 +421,9 @@ def verdicts(ml: dict[str, Any] | None, pipe: dict[str, Any] | None) -> list[dic
     return out
 
 
-def report(results: dict[str, Any]) -> str:
-    """All tables of a results dict, as printed at the end of a run."""
-    parts = []
+def tables(results: dict[str, Any]) -> dict[str, Table]:
+    """All tables of a results dict by README section name (bench.common.update_readme)."""
+    parts: dict[str, Table] = {}
     ml = results.get("movielens")
     if ml:
         t = ml["trainers"]
@@ -433,45 +432,50 @@ def report(results: dict[str, Any]) -> str:
                                                      fm["seconds_per_epoch"]),
                  c["epochs"], c["rmse_at_budget"], c["best_rmse"], c["seconds_to_target"]]
                 for name, c in t.items()]
-        parts.append(table(
+        parts["train-race"] = Table(
             f"ML-100k ua.base -> ua.test, full features, k={results['config']['k']}, "
             f"{ml['budget_seconds']:g} s training budget each (p = {ml['p']:,} columns, "
             f"dense X {ml['dense_x_gb']:.1f} GB)",
             ["trainer", "s/epoch", "x fmrec", "epochs", "RMSE@budget", "best RMSE",
-             f"s to {TARGET_RMSE}"], rows))
+             f"s to {TARGET_RMSE}"], rows)
     pipe = results.get("pipeline")
     if pipe:
-        parts.append(table("fmrec train (whole pipeline, own process) on ML-100k",
+        parts["train-pipeline"] = Table("fmrec train (whole pipeline, own process) on ML-100k",
                            ["command", "wall s", "train s", "s/epoch", "best epoch",
                             "test RMSE", "test MAE"],
                            [[pipe["command"], pipe["wall_seconds"], pipe["train_seconds"],
                              pipe["seconds_per_epoch"], pipe["best_epoch"], pipe["test_rmse"],
-                             pipe["test_mae"]]]))
+                             pipe["test_mae"]]])
     points = [p for p in results.get("scaling", []) if "skipped" not in p]
     if points:
         rows = [[p["ratings"], p["users"], p["nnz_per_rating"], p["nnz_per_epoch"] / 1e6,
                  p["seconds_per_epoch"], p["seconds_per_million_nnz"], p["vs_reference"],
                  p["batching_share"],
-                 p["generate_seconds"], p["encode_seconds"], p["dense_x_gb"],
+                 p["build_seconds"], p["dense_x_gb"],
                  f"{p['timed_batches']}/{p['batches']}" + (" extrap." if p["extrapolated"]
                                                            else "")
                  + (" (deadline)" if p["cut_by_deadline"] else "")]
                 for p in points]
-        rows += [[p["ratings"], f"skipped: {p['skipped']}", *[""] * 10]
+        rows += [[p["ratings"], f"skipped: {p['skipped']}", *[""] * 9]
                  for p in results["scaling"] if "skipped" in p]
-        parts.append(table(
+        parts["train-scaling"] = Table(
             "fmrec trainer scaling on the planted-FM generator "
             f"({results['scaling_ratings_per_user']} ratings per user). 'x smallest': s/Mnnz "
             "over the smallest size's, the two taking turns batch by batch (1 = linear); "
             "'batching': share of the time spent building batches in NumPy",
             ["ratings", "users", "nnz/rating", "Mnnz/epoch", "s/epoch", "s/Mnnz",
-             "x smallest", "batching", "gen s", "encode s", "dense X GB", "batches timed"],
-            rows))
+             "x smallest", "batching", "build s", "dense X GB", "batches timed"],
+            rows)
     marks = [[v["target"], v["measured"], "yes" if v["met"] else "NO"]
              for v in results.get("targets", [])]
     if marks:
-        parts.append(table("Targets (issue 6)", ["target", "measured", "met"], marks))
-    return "\n\n".join(parts)
+        parts["train-targets"] = Table("Targets (issue 6)", ["target", "measured", "met"], marks)
+    return parts
+
+
+def report(results: dict[str, Any]) -> str:
+    """All tables, as printed at the end of a run."""
+    return "\n\n".join(t.text() for t in tables(results).values())
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -543,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--full-epoch-batches", type=int, default=100,
                         help="time whole epochs up to this many batches, else a sample")
     parser.add_argument("--sample-batches", type=int, default=50)
-    parser.add_argument("--deadline", type=float, default=530.0,
+    parser.add_argument("--deadline", type=float, default=550.0,
                         help="seconds for the whole run: larger sizes that would overrun "
                              "it are skipped (and listed as skipped)")
     parser.add_argument("--parts", default=",".join(PARTS),
@@ -591,6 +595,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = write_json(args.name, results, out)
     plot(results, out / f"{args.name}.png")
     print(f"\nwrote {path} and {out / args.name}.png in {results['wall_seconds']:.0f} s")
+    if out == RESULTS and args.name == "train":
+        print(f"README.md tables rewritten: {', '.join(update_readme(tables(results))) or 'none'}")
     return 0
 
 

@@ -13,6 +13,7 @@ import platform
 import subprocess
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,19 +62,57 @@ def fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+@dataclass(frozen=True)
+class Table:
+    """One result table: printed fixed-width at the end of a run, and as Markdown into
+    README.md (`update_readme`)."""
+
+    title: str
+    headers: Sequence[str]
+    rows: Sequence[Sequence[Any]]
+
+    def text(self) -> str:
+        """Fixed width, first column left-aligned, the rest right-aligned."""
+        cells = [[fmt(c) for c in row] for row in self.rows]
+        widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(self.headers)]
+
+        def line(row: Sequence[str]) -> str:
+            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+
+        rule = "-" * len(line(self.headers))
+        return "\n".join([self.title, rule, line(self.headers), rule,
+                          *(line(r) for r in cells), rule])
+
+    def markdown(self) -> str:
+        """A GitHub table under its title in italics (`|` in cells escaped)."""
+        def row(cells: Sequence[str]) -> str:
+            return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+        align = ["---"] + ["---:"] * (len(self.headers) - 1)
+        return "\n".join([f"*{self.title}*", "", row(list(self.headers)), row(align),
+                          *(row([fmt(c) for c in r]) for r in self.rows)])
+
+
 def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain fixed-width table (first column left-aligned, the rest right-aligned)."""
-    cells = [[fmt(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    """`Table(...).text()`, for benchmarks that only print."""
+    return Table(title, headers, rows).text()
 
-    def line(row: Sequence[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths,
-                                                                                strict=True))
-        )
 
-    rule = "-" * len(line(headers))
-    return "\n".join([title, rule, line(headers), rule, *(line(r) for r in cells), rule])
+def update_readme(sections: dict[str, Table], readme: Path = REPO / "README.md") -> list[str]:
+    """Replace what lies between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` with
+    each table's Markdown; returns the names replaced (a README without a marker is left
+    as it is for that table: the prose around the tables is written by hand)."""
+    text = readme.read_text()
+    done = []
+    for name, tab in sections.items():
+        start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            text = f"{head}{start}\n{tab.markdown()}\n{end}{rest.split(end, 1)[1]}"
+            done.append(name)
+    readme.write_text(text)
+    return done
 
 
 def write_json(name: str, payload: dict[str, Any], out_dir: Path = RESULTS) -> Path:

@@ -48,7 +48,7 @@ import httpx
 import numpy as np
 
 from bench import spy
-from bench.common import REPO, RESULTS, ratio, table, write_json
+from bench.common import REPO, RESULTS, Table, ratio, update_readme, write_json
 from model.bundle import Bundle
 from model.data import Dataset
 from model.data.movielens import read_movielens
@@ -519,7 +519,8 @@ def speedups(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def report(out: dict[str, Any]) -> str:
+def tables(out: dict[str, Any]) -> dict[str, Table]:
+    """The run's tables by README section name (bench.common.update_readme)."""
     results = out["runs"]
 
     def share(r: dict[str, Any]) -> str:
@@ -532,7 +533,7 @@ def report(out: dict[str, Any]) -> str:
              f"{r['cache_hit_ratio']:.0%}" if "cache_hit_ratio" in r else "",
              r.get("mean_batch_size"), r["errors"]] for r in results.values()]
     setup = out["setup"]
-    parts = ["\n".join(f"* {note}" for note in NOTES), table(
+    found = {"serve-runs": Table(
         f"Serving on {setup['cores']} cores shared by server, wrk and Redis (load average "
         f"{setup['load_average'][0]:.1f} at the start, {setup['load_average'][1]:.1f} at the "
         "end) "
@@ -541,24 +542,24 @@ def report(out: dict[str, Any]) -> str:
         "same bodies; CPU ms = server CPU per request; cores = server CPU seconds per "
         "second: about 1 is one busy core, less means it waited or was short of CPU)",
         ["configuration", "conns", "req/s", "p50 ms", "p99 ms", "% bare", "CPU ms", "cores",
-         "cache hits", "batch", "errors"], rows)]
+         "cache hits", "batch", "errors"], rows)}
     if out["asgi_shares"]:
-        parts.append(table(
+        found["serve-asgi"] = Table(
             "fmrec's req/s over the bare ASGI endpoint's (same bodies): the share of its "
             "own web path's ceiling (app/hot_routes.py) that fmrec keeps",
             ["run", "% of bare ASGI"],
-            [[k, f"{v:.0%}"] for k, v in out["asgi_shares"].items()]))
+            [[k, f"{v:.0%}"] for k, v in out["asgi_shares"].items()])
     if out["speedups"]:
-        parts.append(table(
+        found["serve-speedups"] = Table(
             "fmrec over the naive full-row FM (same bodies, same store)",
             ["endpoint", "req/s x", "p50 x", "p99 x", "CPU/request x"],
             [[k, v["throughput"], v["p50"], v["p99"], v["cpu_per_request"]]
-             for k, v in out["speedups"].items()]))
+             for k, v in out["speedups"].items()])
     profiled = {k: r for k, r in results.items() if r.get("profile")}
     if profiled:
         groups = sorted({g for r in profiled.values() for g in r["profile"]},
                         key=lambda g: -max(r["profile"].get(g, 0.0) for r in profiled.values()))
-        parts.append(table(
+        found["serve-profile"] = Table(
             "Where fmrec's time goes: ms of server CPU per request (py-spy share of busy "
             "samples x CPU ms/request; all threads, so model calls count in full)",
             ["cost", *profiled],
@@ -566,12 +567,17 @@ def report(out: dict[str, Any]) -> str:
                    f"({r['profile'].get(g, 0.0):.0%})" for r in profiled.values())]
              for g in groups]
             + [["total CPU ms/request", *(r["server_cpu_ms_per_request"]
-                                          for r in profiled.values())]]))
+                                          for r in profiled.values())]])
     if out["targets"]:
-        parts.append(table("Targets (issue 6)", ["target", "measured", "met"],
-                           [[t["target"], t["measured"], "yes" if t["met"] else "NO"]
-                            for t in out["targets"]]))
-    return "\n\n".join(parts)
+        found["serve-targets"] = Table(
+            "Targets (issue 6)", ["target", "measured", "met"],
+            [[t["target"], t["measured"], "yes" if t["met"] else "NO"] for t in out["targets"]])
+    return found
+
+
+def report(out: dict[str, Any]) -> str:
+    notes = "\n".join(f"* {note}" for note in NOTES)
+    return "\n\n".join([notes, *(t.text() for t in tables(out).values())])
 
 
 def plot(out: dict[str, Any], path: Path) -> None:
@@ -730,6 +736,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = write_json("serve", out, out_dir)
     plot(out, out_dir / "serve.png")
     print(f"\nwrote {path} and {out_dir / 'serve.png'} in {out['wall_seconds']:.0f} s")
+    if out_dir == RESULTS:
+        print(f"README.md tables rewritten: {', '.join(update_readme(tables(out))) or 'none'}")
     return 0
 
 

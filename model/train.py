@@ -227,13 +227,16 @@ def train(
     best, best_values, waited = np.inf, trainer.snapshot(), 0
     start = time.perf_counter()
     bar = tqdm(range(1, config.epochs + 1), desc="train", unit="epoch", disable=not progress)
+    # full batch: one step per epoch whose rows' order changes nothing, so build it once
+    whole = data.batch(np.arange(len(data))) if config.batch_size >= len(data) else None
     for epoch in bar:
         t0 = time.perf_counter()
-        order = rng.permutation(len(data))
-        losses = [
-            float(trainer.step(*data.batch(order[i : i + config.batch_size])))
-            for i in range(0, len(data), config.batch_size)
-        ]
+        if whole is not None:
+            losses = [float(trainer.step(*whole))]
+        else:
+            order = rng.permutation(len(data))
+            losses = [float(trainer.step(*data.batch(order[i : i + config.batch_size])))
+                      for i in range(0, len(data), config.batch_size)]
         row = {"epoch": epoch, "train_rmse": float(np.sqrt(np.mean(losses))),
                "seconds": time.perf_counter() - t0}
         if validation is not None:

@@ -85,12 +85,16 @@ class Table:
                           *(line(r) for r in cells), rule])
 
     def markdown(self) -> str:
-        """A GitHub table under its title in italics (`|` in cells escaped)."""
+        """A GitHub table under its title in italics (`|`, `<`, `>` in cells escaped)."""
+        def escape(cell: str) -> str:
+            return cell.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
         def row(cells: Sequence[str]) -> str:
-            return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+            return "| " + " | ".join(map(escape, cells)) + " |"
 
         align = ["---"] + ["---:"] * (len(self.headers) - 1)
-        return "\n".join([f"*{self.title}*", "", row(list(self.headers)), row(align),
+        title = self.title.replace("<", "&lt;").replace(">", "&gt;")
+        return "\n".join([f"*{title}*", "", row(list(self.headers)), row(align),
                           *(row([fmt(c) for c in r]) for r in self.rows)])
 
 

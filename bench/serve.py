@@ -543,7 +543,7 @@ def tables(out: dict[str, Any]) -> dict[str, Table]:
         "second: about 1 is one busy core, less means it waited or was short of CPU)",
         ["configuration", "conns", "req/s", "p50 ms", "p99 ms", "% bare", "CPU ms", "cores",
          "cache hits", "batch", "errors"], rows)}
-    if out["asgi_shares"]:
+    if out.get("asgi_shares"):
         found["serve-asgi"] = Table(
             "fmrec's req/s over the bare ASGI endpoint's (same bodies): the share of its "
             "own web path's ceiling (app/hot_routes.py) that fmrec keeps",

@@ -1,0 +1,29 @@
+"""Rewrite README.md's result tables from bench/results/train.json and serve.json.
+
+A full run of bench.train or bench.serve does this itself at its end; this redoes it
+from the stored results (after editing the prose around the tables, say) without
+measuring again.
+
+    .venv/bin/python -m bench.readme
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from bench import serve, train
+from bench.common import RESULTS, update_readme
+
+
+def main() -> int:
+    for name, tables in (("train", train.tables), ("serve", serve.tables)):
+        path = RESULTS / f"{name}.json"
+        if path.is_file():
+            done = update_readme(tables(json.loads(path.read_text())))
+            print(f"{path.name}: rewrote {', '.join(done) or 'nothing'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

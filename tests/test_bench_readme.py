@@ -1,0 +1,39 @@
+"""README tables come from benchmark output: only the marked sections change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.common import Table, update_readme
+
+README = """# Title
+Prose before.
+
+<!-- bench:speed -->
+| old | table |
+<!-- /bench:speed -->
+
+Prose between, with a `<!-- bench:other -->` that has no end marker.
+
+<!-- bench:unused -->
+kept as it is
+<!-- /bench:unused -->
+"""
+
+
+def test_marked_sections_are_rewritten_and_nothing_else(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    speed = Table("Speed <fast|slow>", ["run", "req/s"], [["fmrec <a|b>", 1234.5], ["bare", None]])
+    done = update_readme({"speed": speed, "other": speed, "missing": speed}, readme)
+    assert done == ["speed"]
+    text = readme.read_text()
+    assert "| old | table |" not in text
+    assert ("<!-- bench:speed -->\n*Speed &lt;fast|slow&gt;*\n\n| run | req/s |\n"
+            "| --- | ---: |\n| fmrec &lt;a\\|b&gt; | 1,234 |\n| bare | - |\n"
+            "<!-- /bench:speed -->") in text
+    before, after = README.split("<!-- bench:speed -->")[0], README.split(
+        "<!-- /bench:speed -->")[1]
+    assert text.startswith(before) and text.endswith(after)
+    assert update_readme({"speed": speed}, readme) == ["speed"]
+    assert readme.read_text() == text  # rewriting the same figures changes nothing

@@ -92,7 +92,7 @@ class HotRoutes:
                 content_type = value
             elif name == KEY_HEADER:
                 key = value.decode("latin-1")
-        if content_type != b"application/json" or not body:
+        if content_type is None or not _is_json(content_type) or not body:
             return None
         if service.settings.protect_reads and not permits(service.settings, key):
             return None
@@ -100,6 +100,12 @@ class HotRoutes:
             return model.model_validate_json(body)
         except ValidationError:
             return None
+
+
+def _is_json(content_type: bytes) -> bool:
+    """application/json, parameters allowed (`; charset=utf-8`); other JSON types such as
+    `application/vnd.x+json` are left to FastAPI, which takes them too."""
+    return content_type.split(b";", 1)[0].strip().lower() == b"application/json"
 
 
 async def _read_body(receive: Receive) -> bytes | None:

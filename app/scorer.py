@@ -25,10 +25,8 @@ from app.metrics import Metrics
 from app.schemas import (
     ContextIn,
     InvalidInput,
-    Prediction,
     PredictRequest,
     PredictResponse,
-    Recommendation,
     RecommendRequest,
     RecommendResponse,
     UserIn,
@@ -138,10 +136,11 @@ class Scorer:
                   [p for p, r in zip(movies, rows, strict=True) if r < 0])
         result = await self._run(job, store)
         ratings = self.bundle.clip(result.scores)
-        return PredictResponse.model_construct(  # checked values: no second validation
-            model_id=self.model_id, user_cached=user.cached, predictions=[
-                Prediction.model_construct(movie_id=p["id"], rating=r)
-                for p, r in zip(movies, ratings.tolist(), strict=True)])
+        # validated from dicts: pydantic-core does that 2-4x faster than model_construct
+        return PredictResponse.model_validate({
+            "model_id": self.model_id, "user_cached": user.cached, "predictions": [
+                {"movie_id": p["id"], "rating": r}
+                for p, r in zip(movies, ratings.tolist(), strict=True)]})
 
     async def recommend(self, request: RecommendRequest, store: Store) -> RecommendResponse:
         catalog = self.bundle.catalog
@@ -168,14 +167,12 @@ class Scorer:
                   ranking=Ranking(request.n, exclude, mask))
         result = await self._run(job, store)
         ratings = self.bundle.clip(result.scores)
-        # built from checked values: model_construct skips validating them again
-        return RecommendResponse.model_construct(
-            model_id=self.model_id, user_cached=user.cached, items=[
-                Recommendation.model_construct(
-                    movie_id=str(catalog.ids[row]), title=str(catalog.titles[row]),
-                    score=float(score), rating=float(rating))
+        return RecommendResponse.model_validate({  # from dicts: see predict
+            "model_id": self.model_id, "user_cached": user.cached, "items": [
+                {"movie_id": str(catalog.ids[row]), "title": str(catalog.titles[row]),
+                 "score": score, "rating": rating}
                 for row, score, rating in zip(result.rows.tolist(), result.scores.tolist(),
-                                              ratings.tolist(), strict=True)])
+                                              ratings.tolist(), strict=True)]})
 
     def _rated_rows(self, user: UserQuery) -> np.ndarray:
         """Catalog rows of the user's rated movies; remembered per (user, history version)

@@ -56,7 +56,8 @@ def fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:,.0f}"
+        # under 10**(digits-1) by significant figures; above, whole (999.7 -> "1,000")
+        return f"{value:.{digits}g}" if abs(value) < 10 ** (digits - 1) else f"{value:,.0f}"
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)

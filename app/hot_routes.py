@@ -16,7 +16,7 @@ document the API (OpenAPI, /docs).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
@@ -31,10 +31,16 @@ from app.security import API_KEY_HEADER, permits
 from app.service import Service
 from app.store import Store
 
-Answer = Callable[[Scorer, Any, Store], Awaitable[BaseModel]]
-ROUTES: dict[str, tuple[type[PredictRequest | RecommendRequest], Answer]] = {
-    "/predict": (PredictRequest, lambda scorer, body, store: scorer.predict(body, store)),
-    "/recommend": (RecommendRequest, lambda scorer, body, store: scorer.recommend(body, store)),
+
+class Route(NamedTuple):
+    body: type[PredictRequest | RecommendRequest]
+    answer: Callable[[Scorer, Any, Store], Awaitable[BaseModel]]
+
+
+ROUTES = {
+    "/predict": Route(PredictRequest, lambda scorer, body, store: scorer.predict(body, store)),
+    "/recommend": Route(RecommendRequest,
+                        lambda scorer, body, store: scorer.recommend(body, store)),
 }
 KEY_HEADER = API_KEY_HEADER.lower().encode("latin-1")
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -46,13 +52,14 @@ class HotRoutes:
     def __init__(self, app: ASGIApp, service: Service, routes: dict[str, APIRoute]) -> None:
         self.app = app
         self.service = service
-        self.routes = routes  # path -> FastAPI's route object (the metrics label)
+        self.routes = routes  # path -> FastAPI's route (ObserveRequests labels by it)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = ROUTES.get(scope["path"]) if scope["type"] == "http" else None
-        if handler is None or scope["method"] != "POST":
+        route = ROUTES.get(scope["path"]) if scope["type"] == "http" else None
+        if route is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        scope["route"] = self.routes.get(scope["path"])  # FastAPI sets it again if it answers
         try:
             body = await _read_body(receive)
         except HTTPException as exc:  # over the body limit (main.ObserveRequests)
@@ -61,16 +68,15 @@ class HotRoutes:
             return
         if body is None:  # the client left before sending it all: nobody to answer
             return
-        request = self._plain(scope, body, handler[0])
+        request = self._plain(scope, body, route.body)
         if request is None:
             await self.app(scope, _replay(body, receive), send)
             return
-        scope["route"] = self.routes[scope["path"]]
         scorer, store = self.service.scorer, self.service.store
         assert scorer is not None and store is not None  # _plain checked
         try:
             check_limits(request, self.service.settings)
-            answer = (await handler[1](scorer, request, store)).model_dump_json().encode()
+            answer = (await route.answer(scorer, request, store)).model_dump_json().encode()
         except Exception as exc:  # the app's handler decides, as in FastAPI
             refusal = error_response(exc, self.service.metrics)
             if refusal is None:

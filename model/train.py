@@ -184,7 +184,11 @@ class Trainer:
 
     def predict_all(self, data: EncodedRatings, batch_size: int = 8192) -> np.ndarray:
         """Unclipped scores of every rating in `data` (hashed indices)."""
-        data = self.compact(data)
+        return self.predict_compact(self.compact(data), batch_size)
+
+    def predict_compact(self, data: EncodedRatings, batch_size: int = 8192) -> np.ndarray:
+        """`predict_all` of data already `compact`: what an epoch's validation repeats
+        (remapping 9,000 ML-100k ratings took 60% of scoring them)."""
         out = [
             self.predict(*data.batch(np.arange(i, min(i + batch_size, len(data))))).numpy()
             for i in range(0, len(data), batch_size)
@@ -222,6 +226,7 @@ def train(
     """
     trainer = Trainer.for_data(data, n_features, config)
     data = trainer.compact(data)
+    held_out = trainer.compact(validation) if validation is not None else None
     rng = np.random.default_rng(config.seed)
     result = TrainResult(trainer)
     best, best_values, waited = np.inf, trainer.snapshot(), 0
@@ -239,12 +244,12 @@ def train(
                       for i in range(0, len(data), config.batch_size)]
         row = {"epoch": epoch, "train_rmse": float(np.sqrt(np.mean(losses))),
                "seconds": time.perf_counter() - t0}
-        if validation is not None:
-            pred = np.clip(trainer.predict_all(validation), *rating_range)
-            row["val_rmse"], row["val_mae"] = rmse_mae(pred, validation.y)
+        if held_out is not None:
+            pred = np.clip(trainer.predict_compact(held_out), *rating_range)
+            row["val_rmse"], row["val_mae"] = rmse_mae(pred, held_out.y)
         result.history.append(row)
         bar.set_postfix({k: round(v, 4) for k, v in row.items() if k != "epoch"})
-        if validation is None:
+        if held_out is None:
             continue
         if row["val_rmse"] < best - 1e-5:
             best, best_values, waited = row["val_rmse"], trainer.snapshot(), 0
@@ -253,7 +258,7 @@ def train(
             waited += 1
             if waited >= config.patience:
                 break
-    if validation is not None:
+    if held_out is not None:
         trainer.restore(best_values)
     else:
         result.best_epoch = len(result.history)

@@ -23,7 +23,7 @@ from app.schemas import (
     check_limits,
 )
 from app.scorer import Scorer
-from app.security import KeyHeader, authorize, require_read_key, require_write_key
+from app.security import KeyHeader, require_read_key, require_write_key
 from app.service import ReloadBusy, ReloadFailed, Service
 from app.settings import Settings
 from app.store import Store, StoreUnavailable
@@ -62,11 +62,9 @@ def _serving(service: Service) -> tuple[Scorer, Store]:
 
 async def get_scoring(request: Request, key: KeyHeader) -> Scoring:
     """Read endpoints need a key only with FMREC_PROTECT_READS=true."""
+    await require_read_key(request, key)
     service: Service = request.app.state.service
-    settings = service.settings
-    if settings.protect_reads:
-        authorize(request, settings, key)
-    return Scoring(*_serving(service), settings)
+    return Scoring(*_serving(service), service.settings)
 
 
 async def get_writing(service: ServiceDep) -> Scoring:

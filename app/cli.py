@@ -59,20 +59,22 @@ def cmd_train(args: argparse.Namespace) -> None:
         patience=args.patience, seed=args.seed, members=args.members)
     model_id, metrics = fit_and_save(data, spec, config, args.out, progress=not args.quiet,
                                      refit=not args.no_refit)
-    keep = ("data", "test_rmse", "test_mae", "best_epoch", "refit_epochs", "seconds_per_epoch",
-            "train_seconds", "nnz_per_rating", "collisions")
+    keep = ("data", "test_rmse", "test_mae", "test_ranking", "best_epoch", "refit_epochs",
+            "seconds_per_epoch", "train_seconds", "nnz_per_rating", "collisions")
     print(json.dumps({"model_id": model_id, "bundle": str(args.out),
-                      **{k: metrics[k] for k in keep}}, indent=2))
+                      **{k: metrics[k] for k in keep if k in metrics}}, indent=2))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from model.bundle import Bundle
-    from model.evaluate import evaluate_bundle
+    from model.evaluate import evaluate_bundle, rank_bundle, ranking_summary
 
     data, _ = _load_data(args)
     bundle = Bundle(args.bundle)
+    ranking = {head: ranking_summary(rank_bundle(bundle, data, head), data)
+               for head in bundle.heads}
     print(json.dumps({"model_id": bundle.model_id, "data": data.name,
-                      **evaluate_bundle(bundle, data)}, indent=2))
+                      **evaluate_bundle(bundle, data), "top10": ranking}, indent=2))
 
 
 
@@ -251,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="RMSE/MAE of a bundle on a test split")
+    p = sub.add_parser("evaluate", help="RMSE/MAE and top-10 ranking metrics (P, recall, "
+                       "NDCG, MAP, coverage, popularity) of a bundle on a test split")
     _data_args(p)
     p.add_argument("--bundle", type=Path, default=Path("bundles/current"))
     p.set_defaults(func=cmd_evaluate)

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from app.user_sums import BaseSums, HistorySums
+from app.user_sums import Bases, Histories
 
 if TYPE_CHECKING:
     from app.store import UserRecord
@@ -70,8 +70,8 @@ class NearCache:
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
-    def update_sums(self, model_id: str, uid: str, base: BaseSums | None,
-                    history: HistorySums | None, version: int | None) -> None:
+    def update_sums(self, model_id: str, uid: str, base: Bases | None,
+                    history: Histories | None, version: int | None) -> None:
         """Parts just written back to Redis: the stored record gets them too (if it is the
         same model's and still at the history version they were computed from)."""
         entry = self._entries.get(uid)

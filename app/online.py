@@ -123,10 +123,15 @@ def check_events(events: Sequence[RatingEvent], bundle: Bundle, max_events: int)
 
 
 def history_rows(bundle: Bundle, movies: Sequence[str]) -> list[bytes]:
-    """Per movie, what it adds to a history part [C, B, A...] (one side_sums call):
-    w_j, |v_j|^2, v_j of "user.rated=<movie>" with weight 1, packed like `hist`."""
-    sums = bundle.side_sums(bundle.fmap.encode("user", [{HISTORY_FIELD: [m]} for m in movies]))
-    packed = np.column_stack([sums.L, sums.q, sums.s]).astype("<f8")
+    """Per movie, what it adds to a history part [C, B, A...] of every head (one
+    side_sums call per head): w_j, |v_j|^2, v_j of "user.rated=<movie>" with weight 1,
+    heads side by side, packed like `hist`."""
+    payloads = [{HISTORY_FIELD: [m]} for m in movies]
+    columns = []
+    for head in bundle.heads.values():
+        sums = head.side_sums(head.fmap.encode("user", payloads))
+        columns += [sums.L[:, None], sums.q[:, None], sums.s]
+    packed = np.concatenate(columns, axis=1).astype("<f8")
     return [row.tobytes() for row in packed]
 
 

@@ -9,7 +9,7 @@ same 422 body FastAPI gives for schema errors, so every refusal names its field 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -105,6 +105,10 @@ class RecommendRequest(Strict):
     candidates: Annotated[list[Id] | None, Field(min_length=1)] = None
     exclude_rated: bool = True
     genres: Annotated[list[Text] | None, Field(max_length=MAX_GENRES)] = None
+    rank_by: Annotated[Literal["relevance", "rating"], Field(
+        description="relevance (default): what the user is likely to watch next, from the "
+                    "head trained on implicit feedback; rating: the highest predicted "
+                    "rating, which favours rarely watched movies")] = "relevance"
 
 
 class Prediction(BaseModel):
@@ -121,12 +125,18 @@ class PredictResponse(BaseModel):
 class Recommendation(BaseModel):
     movie_id: str
     title: str
-    score: Annotated[float, Field(description="unclipped model output, the ranking key")]
-    rating: Annotated[float, Field(description="score clipped to the rating range")]
+    score: Annotated[float, Field(description="the ranking key: the relevance, or the "
+                                              "unclipped rating with rank_by=rating")]
+    relevance: Annotated[float, Field(description="the relevance head's score: higher is "
+                                                  "likelier to be watched; comparable "
+                                                  "within one user's list only")]
+    rating: Annotated[float, Field(description="predicted rating, clipped to the rating "
+                                               "range")]
 
 
 class RecommendResponse(BaseModel):
     model_id: str
+    rank_by: Literal["relevance", "rating"]
     items: list[Recommendation]
     user_cached: bool
 

@@ -1,10 +1,16 @@
 """Predict and recommend over side sums, through the bundle's SavedModel signatures.
 
 A request becomes a `Job`: the user's cached parts (or what is needed to compute them),
-a context payload and what to score. Jobs run in micro-batches (`app.batching`); one
-batch makes at most three model calls whatever its size: `side_sums` for every row the
-batch must encode (user profiles and histories missing from the cache, inline movies),
-`score_pairs` for listed movies and candidates, `top_n` for whole-catalog rankings.
+a context payload, what to score and which head ranks it. Jobs run in micro-batches
+(`app.batching`); per head, one batch makes at most three model calls whatever its size:
+`side_sums` for every row the batch must encode (user profiles and histories missing
+from the cache, inline movies), `score_pairs` for listed movies, candidates and the
+other head's view of ranked movies, `top_n` for whole-catalog rankings.
+
+Heads (`model.bundle.HEADS`): /predict scores with "rating"; /recommend ranks with
+"relevance" by default (or "rating", `rank_by`) and reports both heads' scores of what
+it returns. A user's cached parts cover every head, so either route warms the cache of
+the other.
 
 Rankings are exactly those of scoring every candidate and sorting by score, ties by
 catalog row (tf.math.top_k keeps the lower index first among equals; numpy lexsort here).
@@ -16,7 +22,7 @@ import time
 from collections import OrderedDict
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -33,8 +39,8 @@ from app.schemas import (
 )
 from app.settings import Settings
 from app.store import Rating, Store, StoreUnavailable, UserRecord
-from app.user_sums import BaseSums, HistorySums, combine, history_weighting
-from model.bundle import Bundle, Sums
+from app.user_sums import Bases, BaseSums, Histories, HistorySums, combine, history_weighting
+from model.bundle import Bundle, Head, Sums
 from model.features import Side, SparseRows, context_payload
 
 EXCLUDED_CACHE = 10_000  # users whose rated catalog rows are remembered (`_rated_rows`)
@@ -45,9 +51,9 @@ class UserQuery:
     """The user side of a request: cached parts, or the payloads to compute them from."""
 
     uid: str | None
-    base: BaseSums | None  # cached; None = compute from base_payload
+    base: Bases | None  # cached, per head; None = compute from base_payload
     base_payload: dict[str, Any]
-    history: HistorySums | None  # cached; None = compute from rated
+    history: Histories | None  # cached, per head; None = compute from rated
     rated: list[str] | None  # history in use; None only when cached and not read
     last_movie: str | None
     last_time: int
@@ -77,14 +83,15 @@ class Job:
     pair_rows: np.ndarray | None  # catalog row per listed movie (-1: inline); None = all
     inline_movies: list[dict[str, Any]] = field(default_factory=list)
     ranking: Ranking | None = None
+    head: str = "rating"  # the head whose scores rank (and, for /predict, answer)
 
 
 @dataclass(frozen=True)
 class JobResult:
     rows: np.ndarray  # catalog rows (ranked for /recommend; as listed for /predict)
-    scores: np.ndarray  # unclipped, aligned with rows
-    base: BaseSums  # the user's parts as used (cached or just computed)
-    history: HistorySums
+    scores: dict[str, np.ndarray]  # per head: unclipped, aligned with rows
+    base: Bases  # the user's parts as used (cached or just computed), per head
+    history: Histories
 
 
 def stack_rows(blocks: list[SparseRows]) -> SparseRows:
@@ -110,7 +117,8 @@ class Scorer:
     def __init__(self, bundle: Bundle, settings: Settings, metrics: Metrics) -> None:
         self.bundle = bundle
         self.metrics = metrics
-        self.weighting = history_weighting(bundle.spec)
+        self.weighting = {h: history_weighting(head.fmap.spec)
+                          for h, head in bundle.heads.items()}
         self.genre_bits = bundle.catalog.genre_bits()
         self._excluded: OrderedDict[tuple[str | None, int], np.ndarray] = OrderedDict()
         self.batcher: MicroBatcher[Job, JobResult] = MicroBatcher(
@@ -135,7 +143,7 @@ class Scorer:
         job = Job(user, self._context(request.context, user), rows,
                   [p for p, r in zip(movies, rows, strict=True) if r < 0])
         result = await self._run(job, store)
-        ratings = self.bundle.clip(result.scores)
+        ratings = self.bundle.clip(result.scores["rating"])
         # validated from dicts: pydantic-core does that 2-4x faster than model_construct
         return PredictResponse.model_validate({
             "model_id": self.model_id, "user_cached": user.cached, "predictions": [
@@ -164,15 +172,17 @@ class Scorer:
         if request.exclude_rated and user.rated:
             exclude = self._rated_rows(user)
         job = Job(user, self._context(request.context, user), candidates,
-                  ranking=Ranking(request.n, exclude, mask))
+                  ranking=Ranking(request.n, exclude, mask), head=request.rank_by)
         result = await self._run(job, store)
-        ratings = self.bundle.clip(result.scores)
+        ratings = self.bundle.clip(result.scores["rating"])
         return RecommendResponse.model_validate({  # from dicts: see predict
-            "model_id": self.model_id, "user_cached": user.cached, "items": [
+            "model_id": self.model_id, "user_cached": user.cached, "rank_by": job.head,
+            "items": [
                 {"movie_id": str(catalog.ids[row]), "title": str(catalog.titles[row]),
-                 "score": score, "rating": rating}
-                for row, score, rating in zip(result.rows.tolist(), result.scores.tolist(),
-                                              ratings.tolist(), strict=True)]})
+                 "score": score, "relevance": relevance, "rating": rating}
+                for row, score, relevance, rating in zip(
+                    result.rows.tolist(), result.scores[job.head].tolist(),
+                    result.scores["relevance"].tolist(), ratings.tolist(), strict=True)]})
 
     def _rated_rows(self, user: UserQuery) -> np.ndarray:
         """Catalog rows of the user's rated movies; remembered per (user, history version)
@@ -216,7 +226,7 @@ class Scorer:
         elif record is not None and record.history is not None:
             history = record.history
             rated = list(record.ratings) if record.ratings is not None else None
-            last, last_time = history.last_movie, history.last_time
+            last, last_time = history[0].last_movie, history[0].last_time
         else:
             ratings = (record.ratings if record is not None else None) or {}
             rated = list(ratings)
@@ -239,7 +249,7 @@ class Scorer:
         needs them (exclusion) or the cache lacks the history part. None: store down."""
         assert user.id is not None
         try:
-            record = await store.read_user(self.model_id, user.id, k=self.bundle.k,
+            record = await store.read_user(self.model_id, user.id, widths=self.bundle.widths,
                                            with_ratings=need_ratings and user.rated is None)
             if user.rated is None and record.history is None and record.ratings is None:
                 record = replace(record, ratings=await store.read_ratings(user.id))
@@ -260,16 +270,33 @@ class Scorer:
     # --- one micro-batch (in a worker thread, or inline: see app.batching) -------------
 
     def run_batch(self, jobs: list[Job]) -> list[JobResult | Exception]:
-        bases, histories, inline = self._computed_sums(jobs)
-        query, parts = self._query(jobs, bases, histories)
-        contexts = self.bundle.fmap.encode("context", [j.context for j in jobs])
-        ranked = self._score_listed(jobs, query, contexts, inline)
-        ranked.update(self._score_catalog(jobs, query, contexts))
-        return [JobResult(*ranked[n], *parts[n]) for n in range(len(jobs))]
+        heads = self.bundle.heads
+        parts: list[tuple[list[BaseSums], list[HistorySums]]] = [([], []) for _ in jobs]
+        scored: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        views = {}
+        for name, head in heads.items():
+            bases, histories, inline = self._computed_sums(jobs, head)
+            query = self._query(jobs, bases, histories, head, parts)
+            contexts = head.fmap.encode("context", [j.context for j in jobs])
+            views[name] = (query, contexts)
+            mine = [n for n, j in enumerate(jobs) if j.head == name]
+            scored[name] = self._score_listed(jobs, mine, head, query, contexts, inline)
+            scored[name].update(self._score_catalog(jobs, mine, head, query, contexts))
+        ranked = {n: rows_scores for by_head in scored.values()
+                  for n, rows_scores in by_head.items()}
+        out: list[JobResult | Exception] = []
+        for n, job in enumerate(jobs):
+            rows, scores = ranked[n]
+            out.append(JobResult(rows, {job.head: scores}, tuple(parts[n][0]),
+                                 tuple(parts[n][1])))
+        for name, head in heads.items():  # the other heads' scores of ranked movies
+            query, contexts = views[name]
+            self._score_ranked(jobs, out, name, head, query, contexts)
+        return out
 
-    def _computed_sums(self, jobs: list[Job]) -> tuple[Sums, Sums, Sums]:
-        """Side sums of every row the batch lacks, in ONE side_sums call: user profiles,
-        single-movie history rows (w_j, v_j, |v_j|^2) and inline movies, in job order."""
+    def _computed_sums(self, jobs: list[Job], head: Head) -> tuple[Sums, Sums, Sums]:
+        """A head's side sums of every row the batch lacks, in ONE side_sums call: user
+        profiles, single-movie history rows (w_j, v_j, |v_j|^2) and inline movies."""
         payloads: list[tuple[Side, list[dict[str, Any]]]] = [
             ("user", [j.user.base_payload for j in jobs if j.user.base is None]),
             ("user", [{"rated": [m]} for j in jobs if j.user.history is None
@@ -277,71 +304,79 @@ class Scorer:
             ("item", [m for j in jobs for m in j.inline_movies]),
         ]
         if not any(rows for _, rows in payloads):  # all cached: skip even encoding nothing
-            empty = Sums(np.zeros(0, np.float32), np.zeros((0, self.bundle.k), np.float32),
+            empty = Sums(np.zeros(0, np.float32), np.zeros((0, head.k), np.float32),
                          np.zeros(0, np.float32))
             return empty, empty, empty
-        blocks = [self.bundle.fmap.encode(side, rows) for side, rows in payloads]
+        blocks = [head.fmap.encode(side, rows) for side, rows in payloads]
         bounds = np.cumsum([0] + [b.n_rows for b in blocks])
-        sums = self.bundle.side_sums(stack_rows(blocks))
+        sums = head.side_sums(stack_rows(blocks))
         a, b, c, d = bounds
         return sums.take(np.arange(a, b)), sums.take(np.arange(b, c)), sums.take(np.arange(c, d))
 
-    def _query(self, jobs: list[Job], bases: Sums, histories: Sums
-               ) -> tuple[Sums, list[tuple[BaseSums, HistorySums]]]:
-        """Each job's user sums (cached parts or just computed ones, combined)."""
-        k = self.bundle.k
+    def _query(self, jobs: list[Job], bases: Sums, histories: Sums, head: Head,
+               parts: list[tuple[list[BaseSums], list[HistorySums]]]) -> Sums:
+        """Each job's user sums under one head (cached parts or just computed ones,
+        combined); appends the head's parts to `parts`."""
+        k = head.k
+        position = list(self.bundle.heads).index(head.name)
         L, s, q = np.zeros(len(jobs)), np.zeros((len(jobs), k)), np.zeros(len(jobs))
-        parts = []
         base_row = history_row = 0
         for n, job in enumerate(jobs):
             user = job.user
-            base = user.base
-            if base is None:
+            if user.base is not None:
+                base = user.base[position]
+            else:
                 base = BaseSums.of_row(bases, base_row)
                 base_row += 1
-            history = user.history
-            if history is None:
+            if user.history is not None:
+                history = user.history[position]
+            else:
                 size = len(user.rated or [])
                 history = HistorySums.of_rows(histories, history_row, history_row + size,
                                               user.last_movie, user.last_time)
                 history_row += size
-            parts.append((base, history))
-            L[n], s[n], q[n] = combine(base, history, self.weighting)
-        return Sums(L.astype(np.float32), s.astype(np.float32), q.astype(np.float32)), parts
+            parts[n][0].append(base)
+            parts[n][1].append(history)
+            L[n], s[n], q[n] = combine(base, history, self.weighting[head.name])
+        return Sums(L.astype(np.float32), s.astype(np.float32), q.astype(np.float32))
 
-    def _score_listed(self, jobs: list[Job], query: Sums, contexts: SparseRows, inline: Sums
+    def _score_listed(self, jobs: list[Job], mine: list[int], head: Head, query: Sums,
+                      contexts: SparseRows, inline: Sums
                       ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """Listed movies (/predict) and candidates (/recommend): one score_pairs call."""
-        listed = [(n, j.pair_rows) for n, j in enumerate(jobs) if j.pair_rows is not None]
+        """Listed movies (/predict) and candidates (/recommend) of the jobs this head
+        ranks: one score_pairs call. Inline movies are in job order in `inline`."""
+        inline_start = np.cumsum([0] + [len(j.inline_movies) for j in jobs])
+        listed = [(n, jobs[n].pair_rows) for n in mine if jobs[n].pair_rows is not None]
         if not listed:
             return {}
         items, pair_row = [], []
-        inline_row = 0
-        for p, (_, rows) in enumerate(listed):
-            job_items = self.bundle.catalog.sums.take(np.maximum(rows, 0))
+        for p, (n, rows) in enumerate(listed):
+            assert rows is not None
+            job_items = head.items.take(np.maximum(rows, 0))
             slots = np.flatnonzero(rows < 0)
-            own = inline.take(np.arange(inline_row, inline_row + len(slots)))
+            own = inline.take(np.arange(inline_start[n], inline_start[n] + len(slots)))
             job_items.L[slots], job_items.s[slots], job_items.q[slots] = own.L, own.s, own.q
-            inline_row += len(slots)
             items.append(job_items)
             pair_row.append(np.full(len(rows), p, np.int32))
         which = np.array([n for n, _ in listed])
-        flat = self.bundle.score_pairs(query.take(which), contexts.take(which),
-                                       np.concatenate(pair_row), Sums.concat(items))
+        flat = head.score_pairs(query.take(which), contexts.take(which),
+                                np.concatenate(pair_row), Sums.concat(items))
         out = {}
         start = 0
         for n, rows in listed:
+            assert rows is not None
             scores = flat[start:start + len(rows)]
             start += len(rows)
             ranking = jobs[n].ranking
             out[n] = (rows, scores) if ranking is None else self._rank(rows, scores, ranking)
         return out
 
-    def _score_catalog(self, jobs: list[Job], query: Sums, contexts: SparseRows
-                       ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """Whole-catalog rankings: one top_n call with each job's exclusions and genres."""
-        ranked = [(n, j.ranking) for n, j in enumerate(jobs)
-                  if j.pair_rows is None and j.ranking is not None]
+    def _score_catalog(self, jobs: list[Job], mine: list[int], head: Head, query: Sums,
+                       contexts: SparseRows) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Whole-catalog rankings by this head: one top_n call with each job's exclusions
+        and genres."""
+        ranked = [(n, r) for n in mine
+                  if jobs[n].pair_rows is None and (r := jobs[n].ranking) is not None]
         if not ranked:
             return {}
         which = np.array([n for n, _ in ranked])
@@ -350,13 +385,28 @@ class Scorer:
             [np.full(len(r.exclude), p, np.int32) for p, (_, r) in enumerate(ranked)])
         masks = np.array([r.genre_mask for _, r in ranked], np.int64)
         size = min(max(r.n for _, r in ranked), len(self.bundle.catalog))
-        rows, scores = self.bundle.top_n(query.take(which), contexts.take(which),
-                                         exclude_row, exclude_item, masks, size)
+        rows, scores = head.top_n(query.take(which), contexts.take(which),
+                                  exclude_row, exclude_item, masks, size)
         out = {}
         for p, (n, ranking) in enumerate(ranked):
             keep = np.isfinite(scores[p, :ranking.n])  # excluded / filtered score -inf
             out[n] = rows[p, :ranking.n][keep].astype(np.int64), scores[p, :ranking.n][keep]
         return out
+
+    def _score_ranked(self, jobs: list[Job], results: list[JobResult | Exception], name: str,
+                      head: Head, query: Sums, contexts: SparseRows) -> None:
+        """Add this head's scores of the movies /recommend jobs ranked by another head
+        (one score_pairs call), so every item carries each head's view of it."""
+        todo = [n for n, j in enumerate(jobs) if j.ranking is not None and j.head != name]
+        if not todo:
+            return
+        rows = [cast(JobResult, results[n]).rows for n in todo]
+        pair_row = np.repeat(np.arange(len(todo), dtype=np.int32), [len(r) for r in rows])
+        flat = head.score_pairs(query.take(np.array(todo)), contexts.take(np.array(todo)),
+                                pair_row, head.items.take(np.concatenate(rows)))
+        for n, part in zip(todo, np.split(flat, np.cumsum([len(r) for r in rows])[:-1]),
+                           strict=True):
+            cast(JobResult, results[n]).scores[name] = part
 
     def _rank(self, rows: np.ndarray, scores: np.ndarray, ranking: Ranking
               ) -> tuple[np.ndarray, np.ndarray]:

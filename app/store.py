@@ -43,7 +43,7 @@ from redis.typing import EncodableT, FieldT
 
 from app.near_cache import ALL, NearCache
 from app.settings import Settings
-from app.user_sums import BaseSums, HistorySums, base_fields, history_fields, parse_fields
+from app.user_sums import Bases, Histories, base_fields, history_fields, parse_fields
 from model.data import Dataset
 
 PREFIX = "fmrec"
@@ -67,8 +67,8 @@ class UserRecord:
 
     profile: dict[str, str]
     ratings: dict[str, Rating] | None
-    base: BaseSums | None
-    history: HistorySums | None  # None also when cached before the latest history change
+    base: Bases | None  # per head
+    history: Histories | None  # None also when cached before the latest history change
     version: int = 0  # the user's history version when read
 
     @property
@@ -319,12 +319,13 @@ class Store:
             script = self._scripts[source] = self._client.register_script(source)
         return await self._run(lambda: script(keys=list(keys), args=list(args)))
 
-    async def read_user(self, model_id: str, uid: str, *, k: int, with_ratings: bool
-                        ) -> UserRecord:
+    async def read_user(self, model_id: str, uid: str, *, widths: Sequence[int],
+                        with_ratings: bool) -> UserRecord:
         """Cached sums and profile (and the ratings if asked) in one pipelined round trip.
 
         The history version is read first: whatever is read after it is at least as new,
         so a history part computed from it and written back with it is never too new.
+        `widths`: the k of each of the model's heads (the packed parts' layout).
         """
         near = self.near
         if near is not None:
@@ -344,7 +345,7 @@ class Store:
 
         replies = await self._run(call)
         version = int(replies[0] or 0)
-        base, history = parse_fields(replies[1], k)
+        base, history = parse_fields(replies[1], widths)
         if replies[1].get(b"ver", b"0") != str(version).encode():
             history = None  # computed before the latest change of the history
         profile = {f.decode(): v.decode() for f, v in replies[2].items()}
@@ -357,8 +358,8 @@ class Store:
     async def read_ratings(self, uid: str) -> dict[str, Rating]:
         return _parse_ratings(await self._run(lambda: self._client.hgetall(ratings_key(uid))))
 
-    async def write_sums(self, model_id: str, uid: str, base: BaseSums | None,
-                         history: HistorySums | None, version: int | None = None) -> None:
+    async def write_sums(self, model_id: str, uid: str, base: Bases | None,
+                         history: Histories | None, version: int | None = None) -> None:
         """Cache freshly computed parts (either may be None) and restart the TTL.
 
         The history part is written only if the user's history is still at `version`, the

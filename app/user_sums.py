@@ -9,13 +9,18 @@ C = sum w_j, A = sum v_j, B = sum |v_j|^2 (w_j, v_j: parameters of "user.rated=j
 g = 1/n or 1/sqrt(n) by the spec's weighting of "rated". Because g depends on n alone,
 a new rating changes C, A, B and n by one term each: O(k), no re-encoding. That is why
 the cache stores the parts and not L, s, q themselves.
+
+A bundle has several heads (`model.bundle.HEADS`), FMs over the same features: a user's
+parts are one `BaseSums` and one `HistorySums` per head, in the bundle's head order, and
+the cache packs them one after the other. An event then adds one packed row (every
+head's w_j, |v_j|^2, v_j side by side) to the packed history: still one elementwise sum.
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,43 +87,53 @@ def combine(base: BaseSums, history: HistorySums, weighting: str | None
     return base.L0 + g * history.C, base.s0 + g * history.A, base.q0 + g * g * history.B
 
 
-# --- Redis hash encoding: little-endian float64, so a Lua script (struct '<d') can update it
+Bases = tuple[BaseSums, ...]  # one per head, in the bundle's head order
+Histories = tuple[HistorySums, ...]
 
 
-def base_fields(base: BaseSums) -> dict[str, bytes]:
-    return {"base": struct.pack(f"<{2 + len(base.s0)}d", base.L0, base.q0, *base.s0)}
+# --- Redis hash encoding: little-endian float64, so a Lua script (struct '<d') can update it:
+# per head [L0, q0, s0...] ("base") and [C, B, A...] ("hist"), heads one after the other
 
 
-def history_fields(history: HistorySums) -> dict[str, bytes | str | int]:
+def base_fields(bases: Bases) -> dict[str, bytes]:
+    return {"base": b"".join(struct.pack(f"<{2 + len(b.s0)}d", b.L0, b.q0, *b.s0)
+                             for b in bases)}
+
+
+def history_fields(histories: Histories) -> dict[str, bytes | str | int]:
+    first = histories[0]  # count and latest movie are the same for every head
     fields: dict[str, bytes | str | int] = {
-        "hist": struct.pack(f"<{2 + len(history.A)}d", history.C, history.B, *history.A),
-        "n": history.n, "last_time": history.last_time}
-    if history.last_movie is not None:
-        fields["last"] = history.last_movie
+        "hist": b"".join(struct.pack(f"<{2 + len(h.A)}d", h.C, h.B, *h.A) for h in histories),
+        "n": first.n, "last_time": first.last_time}
+    if first.last_movie is not None:
+        fields["last"] = first.last_movie
     return fields
 
 
-def _floats(raw: bytes | None, k: int) -> np.ndarray | None:
-    if raw is None or len(raw) != 8 * (k + 2):
+def _split(raw: bytes | None, widths: Sequence[int]) -> list[np.ndarray] | None:
+    """Per head (k given by `widths`), its packed [x, y, vector...]; None if malformed."""
+    if raw is None or len(raw) != 8 * sum(k + 2 for k in widths):
         return None
-    return np.frombuffer(raw, dtype="<f8").astype(np.float64)
+    floats = np.frombuffer(raw, dtype="<f8").astype(np.float64)
+    return np.split(floats, np.cumsum([k + 2 for k in widths])[:-1])
 
 
-def parse_fields(fields: Mapping[bytes, bytes], k: int
-                 ) -> tuple[BaseSums | None, HistorySums | None]:
+def parse_fields(fields: Mapping[bytes, bytes], widths: Sequence[int]
+                 ) -> tuple[Bases | None, Histories | None]:
     """The cached parts in a sums hash; a part that is absent or malformed is None (a miss)."""
-    base = history = None
-    packed = _floats(fields.get(b"base"), k)
+    bases = histories = None
+    packed = _split(fields.get(b"base"), widths)
     if packed is not None:
-        base = BaseSums(float(packed[0]), packed[2:], float(packed[1]))
-    packed = _floats(fields.get(b"hist"), k)
+        bases = tuple(BaseSums(float(p[0]), p[2:], float(p[1])) for p in packed)
+    packed = _split(fields.get(b"hist"), widths)
     if packed is not None:
         try:
             n = int(fields[b"n"])
             last_time = int(fields.get(b"last_time", b"0"))
         except (KeyError, ValueError):
-            return base, None
-        last = fields.get(b"last")
-        history = HistorySums(float(packed[0]), packed[2:], float(packed[1]), n,
-                              last.decode() if last is not None else None, last_time)
-    return base, history
+            return bases, None
+        raw_last = fields.get(b"last")
+        last = raw_last.decode() if raw_last is not None else None
+        histories = tuple(HistorySums(float(p[0]), p[2:], float(p[1]), n, last, last_time)
+                          for p in packed)
+    return bases, histories

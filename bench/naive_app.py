@@ -54,10 +54,10 @@ from model.fm import FactorizationMachine
 NO_SUMS = "naive"  # a model-id namespace under which no sums are ever cached
 
 
-def export_score_rows(bundle: Bundle, out: Path) -> Path:
-    """The bundle's w0, w, V as a SavedModel whose `score_rows` scores full CSR rows."""
-    trained = bundle.model.fm
-    fm = FactorizationMachine(bundle.spec.n_features, bundle.k)
+def export_score_rows(bundle: Bundle, out: Path, head: str = "rating") -> Path:
+    """A head's w0, w, V as a SavedModel whose `score_rows` scores full CSR rows."""
+    trained = getattr(bundle.model, head).fm
+    fm = FactorizationMachine(bundle.spec.n_features, bundle.heads[head].k)
     for mine, theirs in ((fm.w0, trained.w0), (fm.w, trained.w), (fm.V, trained.V)):
         mine.assign(theirs)
     module = tf.Module()
@@ -91,24 +91,27 @@ def full_rows(user: SparseRows, context: SparseRows, items: SparseRows
 
 
 class NaiveScorer:
-    """A bundle's catalog and feature map, and the exported full-row FM."""
+    """A bundle's catalog and feature map, and one exported full-row FM per head."""
 
-    def __init__(self, bundle: Bundle, saved_model: Path) -> None:
+    def __init__(self, bundle: Bundle, saved_models: dict[str, Path]) -> None:
         self.bundle = bundle
-        self.score_rows = tf.saved_model.load(str(saved_model)).signatures["score_rows"]
+        self.score_rows = {h: tf.saved_model.load(str(p)).signatures["score_rows"]
+                           for h, p in saved_models.items()}
         catalog = bundle.catalog
-        self.items = bundle.fmap.encode("item", [catalog.payload(r) for r in range(len(catalog))])
+        payloads = [catalog.payload(r) for r in range(len(catalog))]
+        self.items = {h: head.fmap.encode("item", payloads) for h, head in bundle.heads.items()}
         self.genre_bits = catalog.genre_bits()
 
-    def scores(self, user: dict[str, Any], context: dict[str, Any], items: SparseRows
-               ) -> np.ndarray:
-        """Unclipped FM scores of the full rows (user, context, each item)."""
-        fmap = self.bundle.fmap
+    def scores(self, user: dict[str, Any], context: dict[str, Any], items: SparseRows,
+               head: str = "rating") -> np.ndarray:
+        """Unclipped FM scores of one head on the full rows (user, context, each item),
+        `items` encoded with the fields that head reads."""
+        fmap = self.bundle.heads[head].fmap
         row_ids, indices, values = full_rows(fmap.encode("user", [user]),
                                              fmap.encode("context", [context]), items)
-        out = self.score_rows(row_ids=tf.constant(row_ids), indices=tf.constant(indices),
-                              values=tf.constant(values),
-                              n_rows=tf.constant(items.n_rows, tf.int32))
+        out = self.score_rows[head](
+            row_ids=tf.constant(row_ids), indices=tf.constant(indices),
+            values=tf.constant(values), n_rows=tf.constant(items.n_rows, tf.int32))
         return np.asarray(out["score"].numpy())
 
     def listed(self, movies: list[dict[str, Any]]) -> SparseRows:
@@ -117,7 +120,7 @@ class NaiveScorer:
         catalog = self.bundle.catalog
         rows = [catalog.row(m["id"]) if set(m) == {"id"} else None for m in movies]
         if all(r is not None for r in rows):
-            return self.items.take(np.array(rows, dtype=np.int64))
+            return self.items["rating"].take(np.array(rows, dtype=np.int64))
         return self.bundle.fmap.encode("item", [
             m if r is None else catalog.payload(r) for m, r in zip(movies, rows, strict=True)])
 
@@ -145,7 +148,7 @@ class NaiveService:
         profile: dict[str, Any] = {}
         ratings: dict[str, Any] = {}
         if user.id is not None and self.store is not None:
-            record = await self.store.read_user(NO_SUMS, user.id, k=self.scorer.bundle.k,
+            record = await self.store.read_user(NO_SUMS, user.id, widths=self.scorer.bundle.widths,
                                                 with_ratings=user.rated is None)
             profile, ratings = record.profile, record.ratings or {}
         if user.rated is not None:
@@ -198,16 +201,24 @@ class NaiveService:
         exclude = {r for r in map(catalog.row, rated) if r is not None} if (
             request.exclude_rated) else set()
 
-        def ranked() -> tuple[np.ndarray, np.ndarray]:
-            scores = self.scorer.scores(user, context, self.scorer.items.take(rows))
-            return self.scorer.rank(scores, rows, exclude, mask, request.n)
+        head = request.rank_by
+        other = "rating" if head == "relevance" else "relevance"
+
+        def ranked() -> tuple[np.ndarray, dict[str, np.ndarray]]:
+            items = self.scorer.items
+            scores = self.scorer.scores(user, context, items[head].take(rows), head)
+            best, top = self.scorer.rank(scores, rows, exclude, mask, request.n)
+            return best, {head: top, other: self.scorer.scores(
+                user, context, items[other].take(best), other)}
 
         best, scores = await asyncio.to_thread(ranked)
-        ratings = self.scorer.bundle.clip(scores)
-        return RecommendResponse(model_id=self.scorer.bundle.model_id, user_cached=False, items=[
-            Recommendation(movie_id=str(catalog.ids[r]), title=str(catalog.titles[r]),
-                           score=float(s), rating=float(c))
-            for r, s, c in zip(best, scores, ratings, strict=True)])
+        ratings = self.scorer.bundle.clip(scores["rating"])
+        return RecommendResponse(
+            model_id=self.scorer.bundle.model_id, user_cached=False, rank_by=head, items=[
+                Recommendation(movie_id=str(catalog.ids[r]), title=str(catalog.titles[r]),
+                               score=float(s), relevance=float(v), rating=float(c))
+                for r, s, v, c in zip(best, scores[head], scores["relevance"], ratings,
+                                      strict=True)])
 
 
 def create_app(settings: Settings | None = None, *, with_store: bool = True) -> FastAPI:
@@ -220,7 +231,8 @@ def create_app(settings: Settings | None = None, *, with_store: bool = True) -> 
         bundle = await asyncio.to_thread(Bundle, settings.bundle)
         folder = Path(tempfile.mkdtemp(prefix="fmrec-naive-"))
         try:
-            saved = await asyncio.to_thread(export_score_rows, bundle, folder / "score_rows")
+            saved = {h: await asyncio.to_thread(export_score_rows, bundle, folder / h, h)
+                     for h in bundle.heads}
             scorer = await asyncio.to_thread(NaiveScorer, bundle, saved)
             store = await asyncio.to_thread(Store.open, settings) if with_store else None
             state["service"] = NaiveService(scorer, store, settings)

@@ -32,7 +32,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,12 +111,19 @@ def best_of(call: Callable[[], Any], reps: int) -> float:
 
 async def recompute(store: Store, bundle: Bundle, uid: str) -> None:
     """What a cache miss does for the history part: read, encode, sum, write back."""
-    record = await store.read_user(bundle.model_id, uid, k=bundle.k, with_ratings=True)
+    record = await store.read_user(bundle.model_id, uid, widths=bundle.widths, with_ratings=True)
     ratings = record.ratings or {}
-    rows = await asyncio.to_thread(bundle.side_sums, bundle.fmap.encode(
-        "user", [{"rated": [m]} for m in ratings]))
-    history = HistorySums.of_rows(rows, 0, len(ratings), *latest(ratings))
+    history = await asyncio.to_thread(history_parts, bundle, ratings)
     await store.write_sums(bundle.model_id, uid, None, history, version=record.version)
+
+
+def history_parts(bundle: Bundle, ratings: Mapping[str, Rating]) -> tuple[HistorySums, ...]:
+    """Every head's history part of a stored history, recomputed from scratch."""
+    out = []
+    for head in bundle.heads.values():
+        rows = head.side_sums(head.fmap.encode("user", [{"rated": [m]} for m in ratings]))
+        out.append(HistorySums.of_rows(rows, 0, len(ratings), *latest(ratings)))
+    return tuple(out)
 
 
 # ------------------------------------------------------------------------- measurements
@@ -199,20 +206,19 @@ def check_cached(url: str, bundle: Bundle, users: Sequence[str]) -> dict[str, An
     client: Any = redis.Redis.from_url(url)
     worst, checked = 0.0, 0
     for uid in users:
-        _, cached = parse_fields(client.hgetall(sums_key(bundle.model_id, uid)), bundle.k)
+        _, cached = parse_fields(client.hgetall(sums_key(bundle.model_id, uid)), bundle.widths)
         ver = client.hget(sums_key(bundle.model_id, uid), "ver") or b"0"
         if cached is None or ver != (client.get(version_key(uid)) or b"0"):
             raise RuntimeError(f"user {uid}: no current cached sums after the events")
         raw = client.hgetall(f"fmrec:user:{uid}:ratings")
         ratings = {m.decode(): Rating(0.0, int(v.decode().partition(":")[2])) for m, v in
                    raw.items()}
-        rows = bundle.side_sums(bundle.fmap.encode("user", [{"rated": [m]} for m in ratings]))
-        fresh = HistorySums.of_rows(rows, 0, len(ratings), *latest(ratings))
-        if (cached.n, cached.last_movie, cached.last_time) != (
-                fresh.n, fresh.last_movie, fresh.last_time):
-            raise RuntimeError(f"user {uid}: cached n/last differ from the stored history")
-        worst = max(worst, abs(cached.C - fresh.C), abs(cached.B - fresh.B),
-                    float(np.max(np.abs(cached.A - fresh.A))))
+        for part, fresh in zip(cached, history_parts(bundle, ratings), strict=True):
+            if (part.n, part.last_movie, part.last_time) != (
+                    fresh.n, fresh.last_movie, fresh.last_time):
+                raise RuntimeError(f"user {uid}: cached n/last differ from the stored history")
+            worst = max(worst, abs(part.C - fresh.C), abs(part.B - fresh.B),
+                        float(np.max(np.abs(part.A - fresh.A))))
         checked += 1
     return {"users": checked, "max_abs_difference": worst}
 

@@ -1,11 +1,18 @@
 """Model bundles: save a trained FM with everything needed to serve it, load and check one.
 
     bundle/
-      saved_model/   TF SavedModel, signatures side_sums, score_pairs, top_n
+      saved_model/   TF SavedModel, per head the signatures side_sums, score_pairs, top_n
+                     (the rating head's unprefixed, the relevance head's "relevance_...")
       spec.json      feature spec with golden hashes
-      catalog.npz    movie ids, titles, genres, years, raters, precomputed item side sums
-      metrics.json   data set, split, RMSE/MAE, training time, rating range, config
+      catalog.npz    movie ids, titles, genres, years, raters, each head's item side sums
+      metrics.json   data set, split, RMSE/MAE, ranking metrics, rating range, config,
+                     per head its k and the fields it reads
       model_id       content hash of the files above; namespaces every cache key
+
+Two heads, two FMs over the same feature map (DESIGN.md section 8): "rating" predicts
+stars (/predict, trained with squared error) and "relevance" ranks what a user will watch
+(/recommend, trained on implicit feedback: `model.relevance`). A head may read a subset
+of the fields; both are served by the same side-sum code.
 
 Serving speaks to the SavedModel only through the three signatures (or their NumPy twins
 on the same variables, `model.engine`), so a bundle trained on a GPU serves on a CPU and
@@ -34,8 +41,15 @@ from model.engine import Engine, EngineName, make_engine
 from model.features import FeatureMap, FeatureSpec, SparseRows, SpecError, with_session
 from model.fm import FactorizationMachine, SideSums, item_bias
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FILES = ("spec.json", "catalog.npz", "metrics.json")
+HEADS = ("rating", "relevance")
+SIGNATURES = ("side_sums", "score_pairs", "top_n")
+
+
+def signature_name(head: str, name: str) -> str:
+    """The SavedModel signature of one head: the rating head's keep their plain names."""
+    return name if head == "rating" else f"{head}_{name}"
 
 
 class BundleError(RuntimeError):
@@ -68,11 +82,33 @@ _I32 = tf.TensorSpec([None], tf.int32)
 _F32 = tf.TensorSpec([None], tf.float32)
 
 
-class ServingModule(tf.Module):
-    """What the SavedModel holds: the FM, the catalog's item sums, three signatures."""
+@dataclass(frozen=True)
+class HeadModel:
+    """A trained head to save: its FM and the field keys it reads."""
 
-    def __init__(self, fm: FactorizationMachine, items: SideSums, genre_bits: np.ndarray):
+    fm: FactorizationMachine
+    fields: tuple[str, ...]
+
+
+class ServingModule(tf.Module):
+    """What the SavedModel holds: one module per head (attributes named as the heads)."""
+
+    def __init__(self, heads: dict[str, HeadModule]) -> None:
         super().__init__(name="fmrec")
+        self.rating = heads["rating"]
+        self.relevance = heads["relevance"]
+
+    def signatures(self) -> dict[str, Any]:
+        return {signature_name(h, n): getattr(getattr(self, h), n)
+                for h in HEADS for n in SIGNATURES}
+
+
+class HeadModule(tf.Module):
+    """One head in the SavedModel: the FM, the catalog's item sums, three signatures."""
+
+    def __init__(self, name: str, fm: FactorizationMachine, items: SideSums,
+                 genre_bits: np.ndarray):
+        super().__init__(name=name)
         self.fm = fm
         k = fm.k
         self.item_s = tf.Variable(items.s, trainable=False, name="item_s")
@@ -174,21 +210,27 @@ class Catalog:
             "year": year or None}, list(self.raters[row]))
 
 
+def item_sums(fm: FactorizationMachine, fmap: FeatureMap, ids: list[str],
+              items: dict[str, dict[str, Any]]) -> Sums:
+    """Every movie's item side sums under one head (encoded with the head's fields)."""
+    rows = fmap.encode("item", [item_payload(i, items[i]) for i in ids])
+    sums = fm.side_sums(tf.constant(rows.row_ids()), tf.constant(rows.indices),
+                        tf.constant(rows.values), tf.constant(rows.n_rows, tf.int32))
+    return Sums(sums.L.numpy(), sums.s.numpy(), sums.q.numpy())
+
+
 def build_catalog(fm: FactorizationMachine, fmap: FeatureMap,
                   items: dict[str, dict[str, Any]]) -> Catalog:
-    """Encode every movie once and precompute its item side sums."""
+    """Encode every movie once and precompute its (rating head's) item side sums."""
     ids = sorted(items)
     genre_names = sorted({g for m in items.values() for g in m.get("genres") or []})
     if len(genre_names) > 63:
         raise BundleError(f"{len(genre_names)} genres; the genre filter holds at most 63")
-    rows = fmap.encode("item", [item_payload(i, items[i]) for i in ids])
-    sums = fm.side_sums(tf.constant(rows.row_ids()), tf.constant(rows.indices),
-                        tf.constant(rows.values), tf.constant(rows.n_rows, tf.int32))
     return Catalog(
         np.array(ids, dtype=str), np.array([items[i].get("title") or "" for i in ids], dtype=str),
         [list(items[i].get("genres") or []) for i in ids],
         np.array([items[i].get("year") or 0 for i in ids], dtype=np.int32),
-        Sums(sums.L.numpy(), sums.s.numpy(), sums.q.numpy()), genre_names,
+        item_sums(fm, fmap, ids, items), genre_names,
         [list(items[i].get("raters") or []) for i in ids],
     )
 
@@ -202,30 +244,39 @@ def content_hash(root: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def save_bundle(path: str | Path, fm: FactorizationMachine, spec: FeatureSpec,
+def save_bundle(path: str | Path, heads: dict[str, HeadModel], spec: FeatureSpec,
                 items: dict[str, dict[str, Any]], metrics: dict[str, Any]) -> str:
     """Write a bundle atomically (to a temp dir, then rename); returns its model id."""
     target = Path(path)
-    fmap = FeatureMap(spec)
-    catalog = build_catalog(fm, fmap, items)
+    if set(heads) != set(HEADS):
+        raise BundleError(f"a bundle needs the heads {', '.join(HEADS)}; got {sorted(heads)}")
+    catalog = build_catalog(heads["rating"].fm, FeatureMap(spec.only(heads["rating"].fields)),
+                            items)
+    ids = catalog.ids.tolist()
+    sums = {h: item_sums(m.fm, FeatureMap(spec.only(m.fields)), ids, items)
+            for h, m in heads.items()}
     spec = spec.with_golden(
         [f.token(v) for f in spec.fields for v in ("1", "x")] + [f.key for f in spec.fields])
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=target.parent))
     try:
-        module = ServingModule(fm, SideSums(*(tf.constant(a) for a in (
-            catalog.sums.L, catalog.sums.s, catalog.sums.q))), catalog.genre_bits())
-        tf.saved_model.save(module, str(tmp / "saved_model"), signatures={
-            "side_sums": module.side_sums, "score_pairs": module.score_pairs,
-            "top_n": module.top_n})
+        module = ServingModule({h: HeadModule(h, m.fm, SideSums(*(tf.constant(a) for a in (
+            sums[h].L, sums[h].s, sums[h].q))), catalog.genre_bits()) for h, m in heads.items()})
+        tf.saved_model.save(module, str(tmp / "saved_model"), signatures=module.signatures())
         (tmp / "spec.json").write_text(spec.to_json())
+        head_arrays = {f"{h}_{a}": getattr(sums[h], a) for h in HEADS if h != "rating"
+                       for a in ("L", "s", "q")}
         np.savez(tmp / "catalog.npz", ids=catalog.ids, titles=catalog.titles,
                  genres=np.array(["|".join(g) for g in catalog.genres], dtype=str),
                  years=catalog.years, L=catalog.sums.L, s=catalog.sums.s, q=catalog.sums.q,
                  genre_names=np.array(catalog.genre_names, dtype=str),
                  raters=np.array([u for r in catalog.raters for u in r], dtype=str),
-                 raters_ptr=np.cumsum([0] + [len(r) for r in catalog.raters]))
-        meta = {"format_version": FORMAT_VERSION, "k": fm.k, **metrics}
+                 raters_ptr=np.cumsum([0] + [len(r) for r in catalog.raters]),
+                 **head_arrays)
+        described = {h: {**metrics.get("heads", {}).get(h, {}), "k": m.fm.k,
+                         "fields": list(m.fields)} for h, m in heads.items()}
+        meta = {"format_version": FORMAT_VERSION, **metrics, "k": heads["rating"].fm.k,
+                "heads": described}
         (tmp / "metrics.json").write_text(json.dumps(meta, indent=2, default=float))
         model_id = content_hash(tmp)
         (tmp / "model_id").write_text(model_id + "\n")
@@ -237,8 +288,46 @@ def save_bundle(path: str | Path, fm: FactorizationMachine, spec: FeatureSpec,
     return model_id
 
 
+class Head:
+    """One FM of a loaded bundle: the fields it reads, its engine, its catalog item sums.
+
+    Rows given to `side_sums` must be encoded with this head's `fmap`.
+    """
+
+    def __init__(self, name: str, fmap: FeatureMap, k: int, engine: Engine,
+                 items: Sums) -> None:
+        self.name = name
+        self.fmap = fmap
+        self.k = k
+        self.engine = engine
+        self.items = items
+
+    def side_sums(self, rows: SparseRows) -> Sums:
+        return Sums(*self.engine.side_sums(rows))
+
+    def score_pairs(self, query: Sums, contexts: SparseRows, pair_row: np.ndarray,
+                    items: Sums) -> np.ndarray:
+        """Unclipped scores of (query row, item) pairs."""
+        return self.engine.score_pairs(query, contexts, pair_row, items)
+
+    def top_n(self, query: Sums, contexts: SparseRows, exclude_row: np.ndarray,
+              exclude_item: np.ndarray, genre_mask: np.ndarray, n: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """(catalog rows, unclipped scores), each (n_queries, n); excluded rows score -inf."""
+        return self.engine.top_n(query, contexts, exclude_row, exclude_item, genre_mask, n)
+
+    def query(self, user: dict[str, Any], context: dict[str, Any]) -> tuple[Sums, SparseRows]:
+        """(user side sums, encoded context) of one user payload and context payload."""
+        return (self.side_sums(self.fmap.encode("user", [user])),
+                self.fmap.encode("context", [context]))
+
+
 class Bundle:
-    """A loaded, checked bundle: feature map, SavedModel signatures, catalog, metadata."""
+    """A loaded, checked bundle: feature map, heads (SavedModel signatures), catalog, metadata.
+
+    `side_sums`, `score_pairs`, `top_n`, `fmap` and `k` are the rating head's; every
+    head is in `heads`.
+    """
 
     def __init__(self, path: str | Path, engine: EngineName = "auto") -> None:
         root = Path(path)
@@ -259,9 +348,7 @@ class Bundle:
             raise BundleError(f"bundle {root}: {exc}") from exc
         if self.metrics.get("format_version") != FORMAT_VERSION:
             raise BundleError(f"bundle {root} has format {self.metrics.get('format_version')}, "
-                              f"this code reads format {FORMAT_VERSION}")
-        self.fmap = FeatureMap(self.spec)
-        self.k = int(self.metrics["k"])
+                              f"this code reads format {FORMAT_VERSION} (train it again)")
         self.rating_range = tuple(self.metrics.get("rating_range", (1.0, 5.0)))
         try:
             self.model = tf.saved_model.load(str(root / "saved_model"))
@@ -270,66 +357,87 @@ class Bundle:
                     z["ids"], z["titles"], [g.split("|") if g else [] for g in z["genres"]],
                     z["years"], Sums(z["L"], z["s"], z["q"]), z["genre_names"].tolist(),
                     [r.tolist() for r in np.split(z["raters"], z["raters_ptr"][1:-1])])
+                sums = {h: Sums(*(z[a if h == "rating" else f"{h}_{a}"] for a in "Lsq"))
+                        for h in HEADS}
         except Exception as exc:
             raise BundleError(f"bundle {root}: cannot load ({type(exc).__name__}: {exc})") from exc
-        for name in ("side_sums", "score_pairs", "top_n"):
-            if name not in self.model.signatures:
-                raise BundleError(f"bundle {root}: SavedModel has no {name!r} signature")
-        widths = {"metrics.json": self.k, "catalog": self.catalog.sums.s.shape[-1],
-                  "SavedModel": self.model.signatures["side_sums"].structured_outputs[
-                      "s"].shape[-1]}
-        if len(set(widths.values())) != 1:  # scoring would fail, or mix up numbers, later
-            raise BundleError(f"bundle {root}: inconsistent k (" + ", ".join(
-                f"{where} {k}" for where, k in widths.items()) + ")")
-        self.engine: Engine = make_engine(self.model, engine)
+        self.heads = {h: self._head(h, sums[h], engine) for h in HEADS}
+        rating = self.heads["rating"]
+        self.fmap, self.k, self.engine = rating.fmap, rating.k, rating.engine
+        self.widths = tuple(h.k for h in self.heads.values())  # cached parts' layout
 
-    # --- the three signatures, numpy in and out, through the engine -------------------
+    def _head(self, name: str, items: Sums, engine: EngineName) -> Head:
+        """Head `name`, checked: its signatures exist and every width of it agrees."""
+        root = self.path
+        described = self.metrics.get("heads", {}).get(name)
+        if not isinstance(described, dict) or "k" not in described or "fields" not in described:
+            raise BundleError(f"bundle {root}: metrics.json does not describe head {name!r}")
+        for sig in SIGNATURES:
+            if signature_name(name, sig) not in self.model.signatures:
+                raise BundleError(f"bundle {root}: SavedModel has no "
+                                  f"{signature_name(name, sig)!r} signature")
+        widths = {"metrics.json": int(described["k"]), "catalog": items.s.shape[-1],
+                  "SavedModel": self.model.signatures[signature_name(name, "side_sums")
+                                                      ].structured_outputs["s"].shape[-1]}
+        if len(set(widths.values())) != 1:  # scoring would fail, or mix up numbers, later
+            raise BundleError(f"bundle {root}: inconsistent k of head {name} (" + ", ".join(
+                f"{where} {k}" for where, k in widths.items()) + ")")
+        fmap = FeatureMap(self.spec.only(described["fields"]))
+        return Head(name, fmap, widths["catalog"], make_engine(self.model, name, engine), items)
+
+    # --- the rating head's three signatures, numpy in and out, through its engine ------
 
     def side_sums(self, rows: SparseRows) -> Sums:
-        return Sums(*self.engine.side_sums(rows))
+        return self.heads["rating"].side_sums(rows)
 
     def score_pairs(self, query: Sums, contexts: SparseRows, pair_row: np.ndarray,
                     items: Sums) -> np.ndarray:
         """Unclipped scores of (query row, item) pairs."""
-        return self.engine.score_pairs(query, contexts, pair_row, items)
+        return self.heads["rating"].score_pairs(query, contexts, pair_row, items)
 
     def top_n(self, query: Sums, contexts: SparseRows, exclude_row: np.ndarray,
               exclude_item: np.ndarray, genre_mask: np.ndarray, n: int
               ) -> tuple[np.ndarray, np.ndarray]:
         """(catalog rows, unclipped scores), each (n_queries, n); excluded rows score -inf."""
-        return self.engine.top_n(query, contexts, exclude_row, exclude_item, genre_mask, n)
+        return self.heads["rating"].top_n(query, contexts, exclude_row, exclude_item,
+                                          genre_mask, n)
 
     # --- offline prediction: the reference the service must agree with -------------------
 
     def clip(self, scores: np.ndarray) -> np.ndarray:
         return np.clip(scores, *self.rating_range)
 
-    def item_sums(self, movies: list[dict[str, Any]]) -> Sums:
+    def item_sums(self, movies: list[dict[str, Any]], head: str = "rating") -> Sums:
         """Catalog sums for known ids sent without attributes; the rest encoded inline."""
+        h = self.heads[head]
         rows = [self.catalog.row(str(m["id"])) if set(m) <= {"id"} else None for m in movies]
-        sums = self.catalog.sums.take(np.array([r or 0 for r in rows], dtype=np.int64))
+        sums = h.items.take(np.array([r or 0 for r in rows], dtype=np.int64))
         inline = [n for n, r in enumerate(rows) if r is None]
         if inline:
-            encoded = self.side_sums(self.fmap.encode("item", [movies[n] for n in inline]))
+            encoded = h.side_sums(h.fmap.encode("item", [movies[n] for n in inline]))
             sums.L[inline], sums.s[inline], sums.q[inline] = encoded.L, encoded.s, encoded.q
         return sums
 
-    def predict(self, user: dict[str, Any], movies: list[dict[str, Any]],
-                context: dict[str, Any] | None = None) -> np.ndarray:
-        """Clipped ratings of one user (payload with history) for several movies.
+    def scores(self, user: dict[str, Any], movies: list[dict[str, Any]],
+               context: dict[str, Any] | None = None, head: str = "rating") -> np.ndarray:
+        """Unclipped scores of one head for one user (payload with history) and movies.
 
         The context's session is derived from the user id and time, as the service does.
         """
-        given = with_session(context or {}, user.get("id"))
-        query = self.side_sums(self.fmap.encode("user", [user]))
-        contexts = self.fmap.encode("context", [given])
+        h = self.heads[head]
+        query, contexts = h.query(user, with_session(context or {}, user.get("id")))
         pair_row = np.zeros(len(movies), dtype=np.int32)
-        return self.clip(self.score_pairs(query, contexts, pair_row, self.item_sums(movies)))
+        return h.score_pairs(query, contexts, pair_row, self.item_sums(movies, head))
+
+    def predict(self, user: dict[str, Any], movies: list[dict[str, Any]],
+                context: dict[str, Any] | None = None) -> np.ndarray:
+        """Clipped ratings of one user (payload with history) for several movies."""
+        return self.clip(self.scores(user, movies, context))
 
     def warm_up(self) -> None:
         """Run every signature once so the first real request is not the slow one."""
-        user = self.side_sums(self.fmap.encode("user", [{"id": "warm-up"}]))
-        ctx = self.fmap.encode("context", [{}])
-        self.score_pairs(user, ctx, np.zeros(1, np.int32), self.catalog.sums.take(np.zeros(1, int)))
-        self.top_n(user, ctx, np.zeros(0, np.int32), np.zeros(0, np.int32),
-                   np.zeros(1, np.int64), min(10, len(self.catalog)))
+        for h in self.heads.values():
+            user, ctx = h.query({"id": "warm-up"}, {})
+            h.score_pairs(user, ctx, np.zeros(1, np.int32), h.items.take(np.zeros(1, int)))
+            h.top_n(user, ctx, np.zeros(0, np.int32), np.zeros(0, np.int32),
+                    np.zeros(1, np.int64), min(10, len(self.catalog)))

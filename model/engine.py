@@ -49,15 +49,17 @@ class Engine(Protocol):
 
 
 class SavedModelEngine:
-    """The signatures of a loaded SavedModel, NumPy in and out."""
+    """The signatures of one head of a loaded SavedModel, NumPy in and out."""
 
     name = "savedmodel"
 
-    def __init__(self, model: tf.Module) -> None:
-        self.model = model
+    def __init__(self, model: tf.Module, head: str = "rating") -> None:
+        prefix = "" if head == "rating" else f"{head}_"
+        self.signatures = {n: model.signatures[prefix + n]
+                           for n in ("side_sums", "score_pairs", "top_n")}
 
     def side_sums(self, rows: SparseRows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        out = self.model.signatures["side_sums"](
+        out = self.signatures["side_sums"](
             row_ids=tf.constant(rows.row_ids()), indices=tf.constant(rows.indices),
             values=tf.constant(rows.values), n_rows=tf.constant(rows.n_rows, tf.int32))
         return out["L"].numpy(), out["s"].numpy(), out["q"].numpy()
@@ -72,7 +74,7 @@ class SavedModelEngine:
 
     def score_pairs(self, query: SumsLike, contexts: SparseRows, pair_row: np.ndarray,
                     items: SumsLike) -> np.ndarray:
-        out = self.model.signatures["score_pairs"](
+        out = self.signatures["score_pairs"](
             **self._query_args(query, contexts), pair_row=tf.constant(pair_row, tf.int32),
             item_L=tf.constant(items.L, tf.float32), item_s=tf.constant(items.s, tf.float32),
             item_q=tf.constant(items.q, tf.float32))
@@ -81,7 +83,7 @@ class SavedModelEngine:
     def top_n(self, query: SumsLike, contexts: SparseRows, exclude_row: np.ndarray,
               exclude_item: np.ndarray, genre_mask: np.ndarray, n: int
               ) -> tuple[np.ndarray, np.ndarray]:
-        out = self.model.signatures["top_n"](
+        out = self.signatures["top_n"](
             **self._query_args(query, contexts),
             exclude_row=tf.constant(exclude_row, tf.int32),
             exclude_item=tf.constant(exclude_item, tf.int32),
@@ -99,11 +101,12 @@ def segment_sum(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
 
 
 class NumpyEngine:
-    """The same three computations in NumPy, on the SavedModel's variables."""
+    """The same three computations in NumPy, on one head's variables in the SavedModel."""
 
     name = "numpy"
 
     def __init__(self, model: tf.Module) -> None:
+        """`model`: the head's module (`bundle.HeadModule`), e.g. `saved.relevance`."""
         fm = model.fm
         self.w0 = np.float32(fm.w0.numpy())
         self.w = fm.w.numpy()
@@ -164,10 +167,10 @@ def gpu_visible() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def make_engine(model: tf.Module, name: EngineName = "auto") -> Engine:
-    """The named engine; "auto": the SavedModel's signatures on a GPU, else NumPy."""
+def make_engine(model: tf.Module, head: str = "rating", name: EngineName = "auto") -> Engine:
+    """Head `head`'s engine; "auto": the SavedModel's signatures on a GPU, else NumPy."""
     if name == "savedmodel" or (name == "auto" and gpu_visible()):
-        return SavedModelEngine(model)
+        return SavedModelEngine(model, head)
     if name in ("numpy", "auto"):
-        return NumpyEngine(model)
+        return NumpyEngine(getattr(model, head))
     raise ValueError(f"unknown engine {name!r}; choose auto, savedmodel or numpy")

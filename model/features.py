@@ -184,6 +184,11 @@ class FeatureSpec:
     def side_fields(self, side: Side) -> tuple[Field, ...]:
         return tuple(f for f in self.fields if f.side == side)
 
+    def only(self, keys: Iterable[str]) -> FeatureSpec:
+        """The fields whose keys are in `keys` (a head that reads part of the features)."""
+        wanted = set(keys)
+        return replace(self, fields=tuple(f for f in self.fields if f.key in wanted))
+
     def with_golden(self, keys: Iterable[str]) -> FeatureSpec:
         return replace(self, golden={k: feature_hash(k, self.hash_bits) for k in keys})
 

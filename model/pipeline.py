@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from model.bundle import save_bundle
+from model.bundle import HeadModel, save_bundle
 from model.data import Dataset
 from model.dataset import (
     EncodedRatings,
@@ -21,9 +21,10 @@ from model.dataset import (
     user_histories,
     user_payload,
 )
-from model.evaluate import rmse_mae
+from model.evaluate import ranking_summary, rmse_mae
 from model.features import FeatureMap, FeatureSpec
 from model.fm import FactorizationMachine, average_of
+from model.relevance import RelevanceConfig, head_spec, rank_fm, train_relevance
 from model.train import TrainConfig, TrainResult, train
 
 
@@ -140,12 +141,39 @@ def fit(data: Dataset, spec: FeatureSpec, config: TrainConfig, validation_fracti
     return FitReport(metrics, model, [final for _, final, _ in runs])
 
 
+def fit_relevance(data: Dataset, spec: FeatureSpec, config: RelevanceConfig,
+                  progress: bool = True) -> tuple[FactorizationMachine, dict[str, Any]]:
+    """Train the relevance head; its metrics include top-10 ranking of the test split."""
+    result = train_relevance(data, spec, config, progress)
+    fmap = FeatureMap(head_spec(spec, config.fields))
+    metrics = {"config": config.to_dict(), "best_epoch": result.best_epoch,
+               "epochs_run": len(result.history), "train_seconds": result.seconds,
+               "history": result.history}
+    if len(data.test):
+        metrics["test_ranking"] = ranking_summary(rank_fm(result.model, fmap, data), data)
+    return result.model, metrics
+
+
 def fit_and_save(data: Dataset, spec: FeatureSpec, config: TrainConfig, out: str | Path,
-                 progress: bool = True, refit: bool = True) -> tuple[str, dict[str, Any]]:
-    """Train, then write the bundle; returns (model id, metrics)."""
+                 progress: bool = True, refit: bool = True,
+                 relevance: RelevanceConfig | None = None) -> tuple[str, dict[str, Any]]:
+    """Train both heads, then write the bundle; returns (model id, metrics).
+
+    `metrics["test_ranking"]` is how each head ranks the test split (top 10).
+    """
     report = fit(data, spec, config, progress=progress, refit=refit)
     fitted = report.metrics.pop("spec")
+    relevance = relevance or RelevanceConfig()
+    relevance_fm, relevance_metrics = fit_relevance(data, fitted, relevance, progress)
+    rating_fields = tuple(f.key for f in fitted.fields)
+    if len(data.test):
+        report.metrics["test_ranking"] = {
+            "rating": ranking_summary(rank_fm(report.model, FeatureMap(fitted), data), data),
+            "relevance": relevance_metrics.pop("test_ranking")}
+    report.metrics["heads"] = {"relevance": relevance_metrics}
     raters = item_raters(data.train)  # catalog item sums include who rated each movie
     items = {i: {**attrs, "raters": raters.get(i, [])} for i, attrs in data.items.items()}
-    model_id = save_bundle(out, report.model, fitted, items, report.metrics)
+    heads = {"rating": HeadModel(report.model, rating_fields),
+             "relevance": HeadModel(relevance_fm, relevance.fields)}
+    model_id = save_bundle(out, heads, fitted, items, report.metrics)
     return model_id, report.metrics

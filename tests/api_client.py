@@ -19,7 +19,6 @@ from app.store import Store, user_records
 from model.bundle import Bundle
 from model.data import Dataset
 from model.dataset import user_histories, user_payload
-from model.features import with_session
 
 CONTEXT = {"time": 890_000_000, "last_movie": "7"}
 
@@ -78,15 +77,20 @@ def latest_movie(data: Dataset, uid: str) -> str:
     return str(train.item[best])
 
 
+def head_scores(bundle: Bundle, user: dict[str, Any], context: dict[str, Any],
+                head: str) -> np.ndarray:
+    """Every catalog movie's unclipped score under one head, through score_pairs."""
+    return bundle.scores(user, [{"id": str(m)} for m in bundle.catalog.ids], context, head)
+
+
 def brute_force(bundle: Bundle, user: dict[str, Any], context: dict[str, Any], n: int,
                 exclude: frozenset[str] | set[str] = frozenset(),
-                genres: list[str] | None = None, candidates: list[str] | None = None
-                ) -> list[tuple[str, float]]:
-    """Score every (candidate) catalog movie through score_pairs, then sort in Python."""
+                genres: list[str] | None = None, candidates: list[str] | None = None,
+                head: str = "relevance") -> list[tuple[str, float]]:
+    """Score every (candidate) catalog movie with `head` through score_pairs, then sort
+    in Python (/recommend ranks by relevance unless asked otherwise)."""
     catalog = bundle.catalog
-    query = bundle.side_sums(bundle.fmap.encode("user", [user]))
-    contexts = bundle.fmap.encode("context", [with_session(context, user.get("id"))])
-    scores = bundle.score_pairs(query, contexts, np.zeros(len(catalog), np.int32), catalog.sums)
+    scores = head_scores(bundle, user, context, head)
     wanted = {g.lower() for g in genres or []}
     allowed = set(candidates) if candidates is not None else None
     scored = [

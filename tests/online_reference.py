@@ -8,14 +8,14 @@ it is the part of the user's current history version (what the service would use
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import redis
 
 from app.store import Rating, ratings_key, sums_key, version_key
-from app.user_sums import HistorySums, parse_fields
+from app.user_sums import Histories, HistorySums, parse_fields
 from model.bundle import Bundle
 
 
@@ -60,28 +60,36 @@ def stored_history(client: redis.Redis, uid: str) -> dict[str, Rating]:
     return out
 
 
-def history_from_scratch(bundle: Bundle, ratings: Mapping[str, Rating]) -> HistorySums:
-    """[C, B, A], n and the latest movie over the whole history, one row per movie."""
+def history_from_scratch(bundle: Bundle, ratings: Mapping[str, Rating]) -> Histories:
+    """Per head: [C, B, A], n and the latest movie over the whole history, one row per movie."""
     movies = sorted(ratings)
-    rows = bundle.side_sums(bundle.fmap.encode("user", [{"rated": [m]} for m in movies]))
-    C = float(np.sum(rows.L, dtype=np.float64))
-    B = float(np.sum(rows.q, dtype=np.float64))
-    A = np.sum(rows.s.astype(np.float64), axis=0) if movies else np.zeros(bundle.k)
     last = max(ratings, key=lambda m: (ratings[m].timestamp, m)) if movies else None
-    return HistorySums(C, A, B, len(movies), last, ratings[last].timestamp if last else 0)
+    out = []
+    for head in bundle.heads.values():
+        rows = head.side_sums(head.fmap.encode("user", [{"rated": [m]} for m in movies]))
+        C = float(np.sum(rows.L, dtype=np.float64))
+        B = float(np.sum(rows.q, dtype=np.float64))
+        A = np.sum(rows.s.astype(np.float64), axis=0) if movies else np.zeros(head.k)
+        out.append(HistorySums(C, A, B, len(movies), last,
+                               ratings[last].timestamp if last else 0))
+    return tuple(out)
 
 
-def cached_history(client: redis.Redis, model_id: str, uid: str, k: int) -> HistorySums | None:
-    """The cached history part, if it is there and belongs to the current history."""
+def cached_history(client: redis.Redis, model_id: str, uid: str, widths: Sequence[int]
+                   ) -> Histories | None:
+    """The cached history parts, if they are there and belong to the current history."""
     fields = client.hgetall(sums_key(model_id, uid))
     version = client.get(version_key(uid)) or b"0"
-    _, history = parse_fields(fields, k)
+    _, history = parse_fields(fields, widths)
     if history is None or fields.get(b"ver", b"0") != version:
         return None
     return history
 
 
-def assert_same_history(got: HistorySums, want: HistorySums) -> None:
-    assert (got.n, got.last_movie, got.last_time) == (want.n, want.last_movie, want.last_time)
-    np.testing.assert_allclose([got.C, got.B], [want.C, want.B], rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(got.A, want.A, rtol=1e-9, atol=1e-9)
+def assert_same_history(got: Histories, want: Histories) -> None:
+    """Every head's part equal (to float64 rounding of the order of additions)."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert (g.n, g.last_movie, g.last_time) == (w.n, w.last_movie, w.last_time)
+        np.testing.assert_allclose([g.C, g.B], [w.C, w.B], rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(g.A, w.A, rtol=1e-9, atol=1e-9)

@@ -115,9 +115,10 @@ async def test_naive_recommend_equals_brute_force_and_fmrec(
     await load_users(settings, data)
     histories = user_histories(data.train)
     at = {"time": CONTEXT["time"]}  # no last_movie: both default it to the latest rating
-    bodies: list[dict[str, Any]] = [{"user": {"id": uid}, "n": 10, "context": at}
-                                    for uid in ("1", "2", "57")]
-    bodies.append({"user": INLINE_USER, "n": 7, "context": CONTEXT, "genres": ["Comedy"]})
+    bodies: list[dict[str, Any]] = [{"user": {"id": uid}, "n": 10, "context": at,
+                                     "rank_by": "rating"} for uid in ("1", "2", "57")]
+    bodies.append({"user": INLINE_USER, "n": 7, "context": CONTEXT, "genres": ["Comedy"],
+                   "rank_by": "rating"})  # the naive FM has the rating head only
     async with asgi(naive_app(settings)) as client:
         naive = [(await client.post("/recommend", json=body)).json()["items"]
                  for body in bodies]
@@ -132,7 +133,7 @@ async def test_naive_recommend_equals_brute_force_and_fmrec(
             payload, rated = full_payload(data, user["id"]), histories[user["id"]]
             context = {**at, "last_movie": latest_movie(data, user["id"])}
         expected = brute_force(small_bundle, payload, context, body["n"], exclude=set(rated),
-                               genres=body.get("genres"))
+                               genres=body.get("genres"), head="rating")
         assert len(expected) == body["n"]
         for got in (mine, theirs):
             assert [i["movie_id"] for i in got] == [m for m, _ in expected]

@@ -47,7 +47,7 @@ def test_side_sums_and_pairs_agree_with_each_other_and_the_definition(
     np.testing.assert_allclose(got, tf_bundle.score_pairs(a, contexts, pair_row, items),
                                rtol=1e-5, atol=1e-5)
     # and the definition, for the first pair: user + context + movie as one row
-    fm = tf_bundle.model.fm
+    fm = tf_bundle.model.rating.fm
     movie = tf_bundle.fmap.encode("item", [tf_bundle.catalog.payload(0)])
     idx = np.concatenate([users.indices[:users.indptr[1]], contexts.indices[:contexts.indptr[1]],
                           movie.indices])

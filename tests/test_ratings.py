@@ -91,7 +91,7 @@ async def test_random_events_keep_cached_sums_equal_to_a_recomputation(
     catalog = [str(m) for m in small_bundle.catalog.ids]
     low, high = small_bundle.rating_range
     reference = Reference({u: stored_history(redis, u) for u in users})
-    model_id, k = small_bundle.model_id, small_bundle.k
+    model_id, k = small_bundle.model_id, small_bundle.widths
     sent: list[dict[str, Any]] = []
 
     def new_event() -> dict[str, Any]:
@@ -165,8 +165,8 @@ async def test_one_batch_counts_and_semantics(
         after = stored_history(redis, "3")
         assert after == {**before, new: Rating(4.0, T0), "zz-new": Rating(2.5, T0 + 5),
                          rated: Rating(5.0, old_time + 1)}
-        cached = cached_history(redis, small_bundle.model_id, "3", small_bundle.k)
-        assert cached is not None and cached.n == len(before) + 2
+        cached = cached_history(redis, small_bundle.model_id, "3", small_bundle.widths)
+        assert cached is not None and cached[0].n == len(before) + 2
         assert_same_history(cached, history_from_scratch(small_bundle, after))
         again = await post(client, batch)  # the whole batch retried
         assert (again["accepted"], again["duplicates"], again["stale"]) == (0, 5, 0)
@@ -218,7 +218,7 @@ async def test_a_user_never_seen_starts_from_their_first_rating(
             for answer in (first, second):
                 np.testing.assert_allclose([p["rating"] for p in answer.json()["predictions"]],
                                            expected, rtol=1e-5, atol=1e-5)
-            cached = cached_history(redis, small_bundle.model_id, "newbie", small_bundle.k)
+            cached = cached_history(redis, small_bundle.model_id, "newbie", small_bundle.widths)
             assert cached is not None
             assert_same_history(cached, history_from_scratch(small_bundle, history))
 
@@ -288,7 +288,7 @@ async def test_redis_down_is_503_and_a_lost_reply_is_not_counted_twice(
         history = stored_history(redis, "9")
         assert history == {"1": Rating(3.0, T0), "2": Rating(4.0, T0 + 1),
                            "3": Rating(2.0, T0 + 2)}
-        cached = cached_history(redis, small_bundle.model_id, "9", small_bundle.k)
+        cached = cached_history(redis, small_bundle.model_id, "9", small_bundle.widths)
         assert cached is not None
         assert_same_history(cached, history_from_scratch(small_bundle, history))
 

@@ -101,8 +101,8 @@ async def test_concurrent_writers_readers_and_evictions(
             assert history == reference.history[uid]
             for client in clients:  # recomputes if the last eviction left no cache
                 await client.post("/predict", json={"user": {"id": uid}, "movies": [{"id": "1"}]})
-            cached = cached_history(redis, small_bundle.model_id, uid, small_bundle.k)
-            assert cached is not None and cached.n == len(history)
+            cached = cached_history(redis, small_bundle.model_id, uid, small_bundle.widths)
+            assert cached is not None and cached[0].n == len(history)
             assert_same_history(cached, history_from_scratch(small_bundle, history))
             movies = [{"id": m} for m in catalog[:30]]
             last = max(history, key=lambda m: (history[m].timestamp, m))
@@ -129,16 +129,16 @@ async def test_a_write_back_computed_before_an_event_is_refused(
     settings = service_settings(bundle=small_bundle_path, redis_url=redis_server.url)
     redis = redis_server.client()
     store = Store.open(settings)
-    model_id, k = small_bundle.model_id, small_bundle.k
+    model_id, k = small_bundle.model_id, small_bundle.widths
     try:
         await apply_events([RatingEvent(**event("w1", "u", "1", 3.0, 100))], small_bundle, store)
-        read = await store.read_user(model_id, "u", k=k, with_ratings=True)
+        read = await store.read_user(model_id, "u", widths=k, with_ratings=True)
         assert read.history is None and read.ratings is not None
         stale = history_from_scratch(small_bundle, read.ratings)
         await apply_events([RatingEvent(**event("w2", "u", "2", 4.0, 200))], small_bundle, store)
         await store.write_sums(model_id, "u", None, stale, version=read.version)
         assert cached_history(redis, model_id, "u", k) is None  # refused: a miss, not stale
-        again = await store.read_user(model_id, "u", k=k, with_ratings=True)
+        again = await store.read_user(model_id, "u", widths=k, with_ratings=True)
         assert again.history is None and again.ratings is not None and len(again.ratings) == 2
         fresh = history_from_scratch(small_bundle, again.ratings)
         await store.write_sums(model_id, "u", None, fresh, version=again.version)
@@ -148,12 +148,12 @@ async def test_a_write_back_computed_before_an_event_is_refused(
         # another model's cached part (events update only the serving model's) is not
         # read once an event changed the history: its version is behind
         await store.write_sums("other-model", "u", None, fresh, version=again.version)
-        other = await store.read_user("other-model", "u", k=k, with_ratings=False)
+        other = await store.read_user("other-model", "u", widths=k, with_ratings=False)
         assert other.history is not None
         await apply_events([RatingEvent(**event("w3", "u", "3", 4.0, 300))], small_bundle, store)
-        other = await store.read_user("other-model", "u", k=k, with_ratings=False)
+        other = await store.read_user("other-model", "u", widths=k, with_ratings=False)
         assert other.history is None
         cached = cached_history(redis, model_id, "u", k)
-        assert cached is not None and cached.n == 3
+        assert cached is not None and cached[0].n == 3
     finally:
         await store.close()

@@ -90,7 +90,7 @@ def test_replay_survives_a_redis_restart_and_counts_nothing_twice(
             for uid in watched:  # cached parts before the replay: kept current by it
                 httpx.post(f"{url}/predict", json={"user": {"id": uid},
                                                    "movies": [{"id": "1"}]}, timeout=10)
-                assert cached_history(redis, small_bundle.model_id, uid, small_bundle.k)
+                assert cached_history(redis, small_bundle.model_id, uid, small_bundle.widths)
             killer = threading.Thread(target=restart_when_replay_begins)
             killer.start()
             code = main(["replay", str(ratings_file), "--url", url, "--batch-size", "20"])
@@ -123,8 +123,8 @@ def test_replay_survives_a_redis_restart_and_counts_nothing_twice(
                     assert stored[uid][movie].rating == rating
                     assert stored[uid][movie].timestamp == stamp
             for uid in watched:
-                cached = cached_history(redis, small_bundle.model_id, uid, small_bundle.k)
-                assert cached is not None and cached.n == len(stored[uid])
+                cached = cached_history(redis, small_bundle.model_id, uid, small_bundle.widths)
+                assert cached is not None and cached[0].n == len(stored[uid])
                 assert_same_history(cached, history_from_scratch(small_bundle, stored[uid]))
                 assert redis.ttl(sums_key(small_bundle.model_id, uid)) > 0
             movies = [{"id": str(m)} for m in small_bundle.catalog.ids[:20]]

@@ -94,18 +94,23 @@ def test_no_history_field_means_everything_is_base() -> None:
 
 
 def test_parts_survive_the_redis_encoding() -> None:
-    base = BaseSums(0.25, np.array([1.5, -2.0, 1e-9]), 3.125)
-    history = HistorySums(-1.0, np.array([0.1, 0.2, 0.3]), 4.5, 17, "242", 881250949)
+    """Two heads of different k packed one after the other come back head by head."""
+    base = (BaseSums(0.25, np.array([1.5, -2.0, 1e-9]), 3.125),
+            BaseSums(-7.0, np.array([0.5, 4.0]), 0.75))
+    history = (HistorySums(-1.0, np.array([0.1, 0.2, 0.3]), 4.5, 17, "242", 881250949),
+               HistorySums(2.0, np.array([-0.4, 0.8]), 1.5, 17, "242", 881250949))
     fields = {k.encode(): v if isinstance(v, bytes) else str(v).encode()
               for k, v in {**base_fields(base), **history_fields(history)}.items()}
-    got_base, got_history = parse_fields(fields, k=3)
+    got_base, got_history = parse_fields(fields, widths=(3, 2))
     assert got_base is not None and got_history is not None
-    assert (got_base.L0, got_base.q0, got_base.s0.tolist()) == (0.25, 3.125, [1.5, -2.0, 1e-9])
-    assert got_history == replace(history, A=got_history.A)
-    assert got_history.A.tolist() == [0.1, 0.2, 0.3]
-    assert parse_fields(fields, k=4) == (None, None)  # another model's width: a miss
-    assert parse_fields({b"base": fields[b"base"], b"hist": b"short"}, k=3)[1] is None
-    assert parse_fields({}, k=3) == (None, None)
+    assert [(b.L0, b.q0, b.s0.tolist()) for b in got_base] == [
+        (0.25, 3.125, [1.5, -2.0, 1e-9]), (-7.0, 0.75, [0.5, 4.0])]
+    for got, want in zip(got_history, history, strict=True):
+        assert got == replace(want, A=got.A)
+        assert got.A.tolist() == want.A.tolist()
+    assert parse_fields(fields, widths=(3, 3)) == (None, None)  # another model's layout
+    assert parse_fields({b"base": fields[b"base"], b"hist": b"short"}, widths=(3, 2))[1] is None
+    assert parse_fields({}, widths=(3, 2)) == (None, None)
 
 
 # --- the store on a real redis-server ------------------------------------------------------
@@ -128,28 +133,29 @@ async def test_profiles_histories_and_cached_sums(
                                     [100, 150, 5, 200]))
         assert [uid for uid, _, _ in records] == ["1", "2", "a:sums:b", "3"]
         assert await store.load_users(records, chunk=3) == 4
-        record = await store.read_user("m1", "1", k=2, with_ratings=True)
+        record = await store.read_user("m1", "1", widths=(2,), with_ratings=True)
         assert record.profile == {"age": "24", "zip": "55105"}
         assert record.ratings == {"10": Rating(4.0, 100), "11": Rating(3.5, 200)}
         assert record.base is None and record.history is None and record.known
-        assert (await store.read_user("m1", "3", k=2, with_ratings=False)).ratings is None
-        unknown = await store.read_user("m1", "nobody", k=2, with_ratings=True)
+        assert (await store.read_user("m1", "3", widths=(2,), with_ratings=False)).ratings is None
+        unknown = await store.read_user("m1", "nobody", widths=(2,), with_ratings=True)
         assert not unknown.known
 
-        base = BaseSums(1.0, np.array([2.0, 3.0]), 4.0)
-        history = HistorySums(5.0, np.array([6.0, 7.0]), 8.0, 2, "11", 200)
+        base = (BaseSums(1.0, np.array([2.0, 3.0]), 4.0),)
+        history = (HistorySums(5.0, np.array([6.0, 7.0]), 8.0, 2, "11", 200),)
         await store.write_sums("m1", "1", base, history)
-        cached = await store.read_user("m1", "1", k=2, with_ratings=False)
+        cached = await store.read_user("m1", "1", widths=(2,), with_ratings=False)
         assert cached.base is not None and cached.history is not None
-        assert cached.base.s0.tolist() == [2.0, 3.0] and cached.history.last_movie == "11"
+        assert cached.base[0].s0.tolist() == [2.0, 3.0]
+        assert cached.history[0].last_movie == "11"
         assert 0 < redis_server.client().ttl(sums_key("m1", "1")) <= 100
-        other_model = await store.read_user("m2", "1", k=2, with_ratings=False)
+        other_model = await store.read_user("m2", "1", widths=(2,), with_ratings=False)
         assert other_model.base is None and other_model.history is None  # namespaced
 
         await store.write_sums("m1", "a:sums:b", base, None)
         await store.load_users(records[:1])  # new histories: cached sums go
-        assert (await store.read_user("m1", "1", k=2, with_ratings=False)).base is None
-        weird = await store.read_user("m1", "a:sums:b", k=2, with_ratings=True)
+        assert (await store.read_user("m1", "1", widths=(2,), with_ratings=False)).base is None
+        weird = await store.read_user("m1", "a:sums:b", widths=(2,), with_ratings=True)
         assert weird.ratings == {"10": Rating(2.0, 5)}  # its history is primary data: kept
         assert weird.base is None
     finally:
@@ -165,7 +171,7 @@ async def test_failures_raise_store_unavailable_back_off_and_recover(
         assert await store.ping() and store.status == "ok"
         redis_server.kill()
         with pytest.raises(StoreUnavailable):
-            await store.read_user("m", "1", k=2, with_ratings=False)
+            await store.read_user("m", "1", widths=(2,), with_ratings=False)
         assert len(errors) == 1 and store.status == "degraded"
         with pytest.raises(StoreUnavailable, match="not retried yet"):
             await store.read_ratings("1")
@@ -173,6 +179,6 @@ async def test_failures_raise_store_unavailable_back_off_and_recover(
         assert not await store.ping()
         redis_server.start()
         assert await store.ping() and store.status == "ok"
-        assert (await store.read_user("m", "1", k=2, with_ratings=True)).ratings == {}
+        assert (await store.read_user("m", "1", widths=(2,), with_ratings=True)).ratings == {}
     finally:
         await store.close()

@@ -1,0 +1,359 @@
+"""The relevance head: an FM over the same feature map, trained to rank what users watch.
+
+Why a second head: a rating-trained FM answers "how much would u like i *if* u watched
+it", so its top-N is led by obscure movies with a few high ratings (P@10 0.04 on ML-100k
+ua, a third of a most-popular list). What users want from /recommend is "what will u
+watch next", which is learnt from implicit feedback: every rating is an observed event.
+
+Loss: softmax over the catalog. For the event (u, c, i) the logits are the FM scores of
+(u, c, j) for every movie j; the terms that depend on the user and context alone are the
+same for all j and cancel, so a logit is <a, s_j> + b_j (a = user + context sums, b_j the
+movie's own terms: `model.fm.item_bias`), one matrix product per batch. The user's other
+rated movies are masked out of each softmax: serving never recommends them, and counting
+them as negatives teaches the model to push down exactly what the user likes. Catalogs
+larger than `max_softmax_items` use a shared sample of negatives per batch, drawn by
+popularity, with the logQ correction (Bengio & Senecal 2008; Yi et al. 2019).
+
+The user's history leaves out the event's own movie, as in rating training
+(`model.dataset`): at serving time the movie to rank is never in the history.
+Early stopping is on NDCG@10 of a per-user holdout, ranked exactly as serving ranks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from model.data import Dataset, Ratings
+from model.dataset import (
+    Block,
+    EncodedRatings,
+    encode_ratings,
+    item_payload,
+    item_raters,
+    used_columns,
+    user_histories,
+    user_payload,
+)
+from model.engine import segment_sum, top_rows
+from model.evaluate import ranking_metrics
+from model.features import FeatureMap, FeatureSpec, SparseRows, context_payload
+from model.fm import FactorizationMachine
+from model.optim import TableOptimizer
+from model.train import Tables, block_sums
+
+#: The fields the relevance head reads by default, chosen on ML-100k ua (README):
+#: the last movie, time, session and user attributes made its top-10 worse.
+RELEVANCE_FIELDS = ("user.id", "user.rated", "item.id", "item.genres", "item.year")
+
+
+@dataclass(frozen=True)
+class RelevanceConfig:
+    """Hyper-parameters of the relevance head; defaults tuned on ML-100k ua.base."""
+
+    fields: tuple[str, ...] = RELEVANCE_FIELDS
+    k: int = 64
+    epochs: int = 30
+    batch_size: int = 2048
+    learning_rate: float = 0.002
+    l2: float = 1e-5  # on every trained w and V, per step
+    init_std: float = 0.01
+    patience: int = 2  # epochs without a better validation NDCG@10
+    validation_per_user: int = 3  # held-out ratings per user for early stopping
+    max_softmax_items: int = 20_000  # larger catalogs: sampled softmax
+    sampled_negatives: int = 4096
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RelevanceResult:
+    model: FactorizationMachine  # over all 2**hash_bits columns, w0 = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    seconds: float = 0.0
+
+
+def head_spec(spec: FeatureSpec, fields: Sequence[str]) -> FeatureSpec:
+    """The part of `spec` a head reads (unknown field keys are an error)."""
+    unknown = sorted(set(fields) - {f.key for f in spec.fields})
+    if unknown:
+        raise ValueError(f"relevance fields {unknown} are not in the feature spec")
+    if "item.raters" in fields:  # a movie's raters include the user of every positive
+        raise ValueError("the relevance head cannot read item.raters: the user is among "
+                         "the raters of every movie it is trained to rank first")
+    return spec.only(fields)
+
+
+def catalog_payloads(data: Dataset, history: Ratings) -> tuple[list[str], list[dict[str, Any]]]:
+    """Catalog movie ids (sorted, the bundle's row order) and their payloads."""
+    ids = sorted(data.items)
+    raters = item_raters(history)
+    return ids, [item_payload(i, data.items[i], raters.get(i, [])) for i in ids]
+
+
+def query_contexts(history: Ratings) -> dict[str, dict[str, Any]]:
+    """Per user, the context of "now" at the end of `history`: its last time and movie.
+
+    Offline rankings (validation, `fmrec evaluate`, bench/ranking.py) use it, and a
+    request that sends it as its context gets the same list from /recommend.
+    """
+    order = np.argsort(history.timestamp, kind="stable")
+    out: dict[str, dict[str, Any]] = {}
+    for u, m, t in zip(history.user[order].tolist(), history.item[order].tolist(),
+                       history.timestamp[order].tolist(), strict=True):
+        out[str(u)] = context_payload(str(u), int(t), str(m))
+    return out
+
+
+def rated_rows(history: Ratings, users: Sequence[str], catalog: dict[str, int]
+               ) -> SparseRows:
+    """Per user (in `users` order), the catalog rows of the movies rated in `history`."""
+    rated = user_histories(history)
+    lists = [sorted({catalog[m] for m in rated.get(u, []) if m in catalog}) for u in users]
+    indptr = np.cumsum([0] + [len(r) for r in lists]).astype(np.int64)
+    flat = np.array([r for rows in lists for r in rows], dtype=np.int32)
+    return SparseRows(indptr, flat, np.ones(len(flat), np.float32))
+
+
+def rank_catalog(query_s: np.ndarray, item_s: np.ndarray, item_b: np.ndarray,
+                 exclude: SparseRows, n: int) -> np.ndarray:
+    """Top n catalog rows per query by <a, s_j> + b_j, rated rows left out (offline;
+    ties by the lower row, as the engines rank)."""
+    scores = (query_s @ item_s.T + item_b[None, :]).astype(np.float32)
+    scores[exclude.row_ids(), exclude.indices] = -np.inf
+    return top_rows(scores, min(n, scores.shape[1]))[0]
+
+
+class RelevanceTrainer:
+    """The compact relevance FM, its optimizer and its masked softmax loss."""
+
+    def __init__(self, columns: np.ndarray, n_features: int, config: RelevanceConfig,
+                 items: SparseRows, popularity: np.ndarray) -> None:
+        self.config = config
+        self.columns = columns
+        self.n_features = n_features
+        self.fm = FactorizationMachine(len(columns), config.k, init_std=config.init_std,
+                                       seed=config.seed)
+        self.optimizer = TableOptimizer("adam", config.learning_rate, [self.fm.w, self.fm.V])
+        self.items = tuple(tf.constant(x) for x in Block.of(items.remap(columns)))
+        self.n_items = items.n_rows
+        self.sampled = self.n_items > config.max_softmax_items
+        share = np.maximum(popularity, 1).astype(np.float64) ** 0.5
+        self.sample_p = share / share.sum()
+        self.step = tf.function(self._step, reduce_retracing=True)
+
+    def item_sums(self) -> tuple[tf.Tensor, tf.Tensor]:
+        """(s_j, b_j) of every catalog movie under the current parameters."""
+        sums, _ = block_sums(Tables.of(self.fm), Block(*self.items))
+        return sums.s, sums.L + 0.5 * (tf.reduce_sum(tf.square(sums.s), axis=1) - sums.q)
+
+    def query(self, users: Block, contexts: Block, left_out: Block, row_user: tf.Tensor
+              ) -> tf.Tensor:
+        """a = user + context sums (minus the left-out occurrences) of each row."""
+        tables = Tables.of(self.fm)
+        user, _ = block_sums(tables, users)
+        ctx, _ = block_sums(tables, contexts)
+        out, _ = block_sums(tables, left_out)
+        return tf.gather(user.s, row_user) + ctx.s - out.s
+
+    def _step(self, users: Block, contexts: Block, left_out: Block, row_user: tf.Tensor,
+              target: tf.Tensor, masked: tf.Tensor, candidates: tf.Tensor,
+              log_q: tf.Tensor) -> tf.Tensor:
+        """One step; `candidates` are the columns of the softmax (all movies, or the
+        targets plus a sample), `masked` (row, column) pairs the user rated."""
+        with tf.GradientTape() as tape:
+            a = self.query(Block(*users), Block(*contexts), Block(*left_out), row_user)
+            item_s, item_b = self.item_sums()
+            s, b = tf.gather(item_s, candidates), tf.gather(item_b, candidates)
+            logits = tf.matmul(a, s, transpose_b=True) + (b - log_q)[None, :]
+            logits = tf.tensor_scatter_nd_update(
+                logits, masked, tf.fill(tf.shape(masked)[:1], tf.constant(-1e9)))
+            loss = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(target, logits))
+            reg = self.config.l2 * (tf.reduce_sum(tf.square(self.fm.w))
+                                    + tf.reduce_sum(tf.square(self.fm.V)))
+            total = loss + reg
+        grads = tape.gradient(total, [self.fm.w, self.fm.V])
+        self.optimizer.apply(grads)
+        return loss
+
+    def export(self) -> FactorizationMachine:
+        """The head over all 2**hash_bits columns; untrained ones are zero, w0 is 0."""
+        fm = FactorizationMachine(self.n_features, self.config.k, init_std=0.0)
+        fm.w.scatter_nd_update(self.columns[:, None], self.fm.w)
+        fm.V.scatter_nd_update(self.columns[:, None], self.fm.V)
+        return fm
+
+    def snapshot(self) -> list[np.ndarray]:
+        return [self.fm.w.numpy(), self.fm.V.numpy()]
+
+    def restore(self, values: list[np.ndarray]) -> None:
+        self.fm.w.assign(values[0])
+        self.fm.V.assign(values[1])
+
+
+def _batch_args(trainer: RelevanceTrainer, data: EncodedRatings, target: np.ndarray,
+                rated: SparseRows, rows: np.ndarray, rng: np.random.Generator
+                ) -> tuple[Any, ...]:
+    """The step's tensors for the ratings `rows` (users encoded once per batch)."""
+    batch = data.batch(rows)
+    users = np.unique(data.row_user[rows])
+    own = rated.take(users)  # per distinct user: its rated catalog rows
+    per_row = own.take(batch.row_user)
+    pos = target[rows]
+    if trainer.sampled:
+        sample = rng.choice(trainer.n_items, trainer.config.sampled_negatives,
+                            p=trainer.sample_p)
+        candidates = np.unique(np.concatenate([pos, sample]))
+        log_q = np.log(trainer.sample_p[candidates] * trainer.config.sampled_negatives)
+        column = np.full(trainer.n_items, -1, np.int64)
+        column[candidates] = np.arange(len(candidates))
+    else:
+        candidates = np.arange(trainer.n_items)
+        log_q = np.zeros(trainer.n_items)
+        column = candidates
+    pair_row, pair_col = per_row.row_ids(), column[per_row.indices]
+    keep = (pair_col >= 0) & (per_row.indices != pos[pair_row])
+    masked = np.stack([pair_row[keep], pair_col[keep]], axis=1).astype(np.int32)
+    return (tuple(batch.users), tuple(batch.contexts), tuple(batch.left_out),
+            batch.row_user, column[pos].astype(np.int32), masked,
+            candidates.astype(np.int32), log_q.astype(np.float32))
+
+
+class Validation:
+    """NDCG@10 of ranking each holdout user's catalog, as serving ranks it."""
+
+    def __init__(self, fmap: FeatureMap, data: Dataset, fit: Ratings, held_out: Ratings,
+                 catalog: dict[str, int], columns: np.ndarray) -> None:
+        self.users = sorted(set(held_out.user.tolist()))
+        rated = user_histories(fit)
+        contexts = query_contexts(fit)
+        self.user_rows = fmap.encode("user", [
+            user_payload(u, data.users.get(u, {}), rated.get(u, [])) for u in self.users
+        ]).remap(columns)
+        self.ctx_rows = fmap.encode("context", [contexts.get(u, {}) for u in self.users]
+                                    ).remap(columns)
+        self.exclude = rated_rows(fit, self.users, catalog)
+        self.relevant: dict[str, set[str]] = {}
+        for u, m in zip(held_out.user.tolist(), held_out.item.tolist(), strict=True):
+            self.relevant.setdefault(str(u), set()).add(str(m))
+        self.catalog_ids = np.array(sorted(catalog, key=catalog.__getitem__))
+
+    def ndcg(self, trainer: RelevanceTrainer) -> float:
+        tables = Tables.of(trainer.fm)
+        user, _ = block_sums(tables, Block.of(self.user_rows))
+        ctx, _ = block_sums(tables, Block.of(self.ctx_rows))
+        item_s, item_b = trainer.item_sums()
+        top = rank_catalog((user.s + ctx.s).numpy(), item_s.numpy(), item_b.numpy(),
+                           self.exclude, 10)
+        ranked = {u: self.catalog_ids[row].tolist()
+                  for u, row in zip(self.users, top, strict=True)}
+        return ranking_metrics(ranked, self.relevant, 10)["ndcg"]
+
+
+def holdout(ratings: Ratings, per_user: int, seed: int) -> tuple[Ratings, Ratings]:
+    """(fit, held out): `per_user` random ratings of every user with > 3x as many."""
+    rng = np.random.default_rng(seed)
+    users = ratings.user.astype(str)
+    order = rng.permutation(len(ratings))
+    order = order[np.argsort(users[order], kind="stable")]
+    sorted_users = users[order]
+    starts = np.searchsorted(sorted_users, sorted_users, side="left")
+    ends = np.searchsorted(sorted_users, sorted_users, side="right")
+    picked = (np.arange(len(order)) - starts < per_user) & (ends - starts > 3 * per_user)
+    mask = np.zeros(len(ratings), bool)
+    mask[order[picked]] = True
+    return ratings.subset(np.flatnonzero(~mask)), ratings.subset(np.flatnonzero(mask))
+
+
+def train_relevance(data: Dataset, spec: FeatureSpec, config: RelevanceConfig,
+                    progress: bool = True) -> RelevanceResult:
+    """Train the relevance head on `data.train` (all ratings are positive events).
+
+    Early-stopped on a per-user holdout of the training ratings; the model of the best
+    epoch is kept (no refit: the holdout is 3 ratings per user, ~3% of ML-100k).
+    """
+    fmap = FeatureMap(head_spec(spec, config.fields))
+    fit, held_out = holdout(data.train, config.validation_per_user, config.seed)
+    ids, payloads = catalog_payloads(data, fit)
+    catalog = {m: n for n, m in enumerate(ids)}
+    known = np.array([m in catalog for m in fit.item.astype(str)], bool)
+    fit = fit.subset(np.flatnonzero(known))
+    encoded = encode_ratings(fmap, data, fit, fit)
+    items = fmap.encode("item", payloads)
+    columns = np.union1d(used_columns(encoded), items.indices)
+    popularity = np.bincount([catalog[m] for m in fit.item.astype(str)], minlength=len(ids))
+    trainer = RelevanceTrainer(columns, spec.n_features, config, items, popularity)
+    data_c = encoded.remap(columns)
+    users = sorted(set(fit.user.astype(str).tolist()))
+    rated = rated_rows(fit, users, catalog)  # row u = encoded user row u (sorted ids)
+    target = np.array([catalog[m] for m in fit.item.astype(str)], np.int64)
+    validation = (Validation(fmap, data, fit, held_out, catalog, columns)
+                  if len(held_out) else None)
+    rng = np.random.default_rng(config.seed)
+    result = RelevanceResult(trainer.fm)
+    best, best_values, waited = -1.0, trainer.snapshot(), 0
+    start = time.perf_counter()
+    bar = tqdm(range(1, config.epochs + 1), desc="relevance", unit="epoch",
+               disable=not progress)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        order = rng.permutation(len(data_c))
+        losses = [float(trainer.step(*_batch_args(trainer, data_c, target, rated,
+                                                  order[i:i + config.batch_size], rng)))
+                  for i in range(0, len(order), config.batch_size)]
+        row = {"epoch": epoch, "loss": float(np.mean(losses)),
+               "seconds": time.perf_counter() - t0}
+        if validation is not None:
+            row["val_ndcg10"] = validation.ndcg(trainer)
+        result.history.append(row)
+        bar.set_postfix({k: round(v, 4) for k, v in row.items() if k != "epoch"})
+        if validation is None:
+            result.best_epoch = epoch
+            continue
+        if row["val_ndcg10"] > best + 1e-5:
+            best, best_values, waited, result.best_epoch = row["val_ndcg10"], \
+                trainer.snapshot(), 0, epoch
+        else:
+            waited += 1
+            if waited >= config.patience:
+                break
+    trainer.restore(best_values if validation is not None else trainer.snapshot())
+    result.model = trainer.export()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def rank_fm(fm: FactorizationMachine, fmap: FeatureMap, data: Dataset, n: int = 10
+            ) -> dict[str, list[str]]:
+    """Each test user's top-n unrated movies under `fm` (any head), straight from its
+    weights: what `model.evaluate.rank_bundle` gets from the saved bundle (tested)."""
+    w, V = fm.w.numpy(), fm.V.numpy()
+
+    def sums(rows: SparseRows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        idx, x = rows.indices, rows.values
+        return (segment_sum(w[idx] * x, rows.indptr),
+                segment_sum(V[idx] * x[:, None], rows.indptr),
+                segment_sum(np.square(V[idx]).sum(axis=1) * np.square(x), rows.indptr))
+
+    ids, payloads = catalog_payloads(data, data.train)
+    item_L, item_s, item_q = sums(fmap.encode("item", payloads))
+    item_b = item_L + 0.5 * (np.einsum("ij,ij->i", item_s, item_s) - item_q)
+    users = sorted({str(u) for u in data.test.user.tolist()})
+    rated = user_histories(data.train)
+    contexts = query_contexts(data.train)
+    _, user_s, _ = sums(fmap.encode("user", [
+        user_payload(u, data.users.get(u, {}), rated.get(u, [])) for u in users]))
+    _, ctx_s, _ = sums(fmap.encode("context", [contexts.get(u, {}) for u in users]))
+    catalog = {m: r for r, m in enumerate(ids)}
+    top = rank_catalog(user_s + ctx_s, item_s, item_b, rated_rows(data.train, users, catalog), n)
+    return {u: [ids[r] for r in row] for u, row in zip(users, top.tolist(), strict=True)}

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -44,7 +44,7 @@ from model.dataset import (
 from model.engine import segment_sum, top_rows
 from model.evaluate import ranking_metrics
 from model.features import FeatureMap, FeatureSpec, SparseRows, context_payload
-from model.fm import FactorizationMachine
+from model.fm import FactorizationMachine, average_of
 from model.optim import TableOptimizer
 from model.train import Tables, block_sums
 
@@ -69,6 +69,7 @@ class RelevanceConfig:
     max_softmax_items: int = 20_000  # larger catalogs: sampled softmax
     sampled_negatives: int = 4096
     seed: int = 0
+    members: int = 1  # heads from seeds seed.., exported as their average
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -277,7 +278,19 @@ def holdout(ratings: Ratings, per_user: int, seed: int) -> tuple[Ratings, Rating
 
 def train_relevance(data: Dataset, spec: FeatureSpec, config: RelevanceConfig,
                     progress: bool = True) -> RelevanceResult:
-    """Train the relevance head on `data.train` (all ratings are positive events).
+    """Train `config.members` heads (seeds seed, seed+1, ...) on `data.train` and average
+    them into one FM (`model.fm.average_of`: exactly the mean of their logits)."""
+    runs = [_train_one(data, spec, replace(config, seed=config.seed + m), progress)
+            for m in range(max(config.members, 1))]
+    if len(runs) == 1:
+        return runs[0]
+    return RelevanceResult(average_of([r.model for r in runs]), runs[0].history,
+                           runs[0].best_epoch, sum(r.seconds for r in runs))
+
+
+def _train_one(data: Dataset, spec: FeatureSpec, config: RelevanceConfig,
+               progress: bool) -> RelevanceResult:
+    """One head on `data.train` (all ratings are positive events).
 
     Early-stopped on a per-user holdout of the training ratings; the model of the best
     epoch is kept (no refit: the holdout is 3 ratings per user, ~3% of ML-100k).

@@ -193,3 +193,42 @@ def test_relevance_head_beats_most_rated_on_ml100k(ml100k_dir: Path) -> None:
     ndcg = ranking_summary(ranked, data)["all"]["ndcg"]
     assert ndcg > 1.5 * ranking_summary(most_rated, data)["all"]["ndcg"]
     assert len(result.history) == 3
+
+
+def test_sampled_softmax_batches_keep_positives_and_mask_only_rated(
+        small_data: tuple[Dataset, FeatureSpec]) -> None:
+    """Past max_softmax_items the softmax runs over the batch's targets plus a sample:
+    every target is a column, logQ is log(p * negatives), and the masked pairs are
+    exactly the rated movies among the columns, never the row's own target."""
+    from model.relevance import _batch_args, rated_rows
+
+    data, spec = small_data
+    config = RelevanceConfig(k=2, max_softmax_items=10, sampled_negatives=15,
+                             fields=("user.id", "user.rated", "item.id"))
+    fmap = FeatureMap(head_spec(spec, config.fields))
+    ids, payloads = catalog_payloads(data, data.train)
+    catalog = {m: n for n, m in enumerate(ids)}
+    encoded = encode_ratings(fmap, data, data.train, data.train)
+    items = fmap.encode("item", payloads)
+    columns = np.union1d(encoded.users.indices, items.indices)
+    popularity = np.bincount([catalog[m] for m in data.train.item.astype(str)],
+                             minlength=len(ids))
+    trainer = RelevanceTrainer(columns, spec.n_features, config, items, popularity)
+    assert trainer.sampled
+    users = sorted(set(data.train.user.astype(str).tolist()))
+    rated = rated_rows(data.train, users, catalog)
+    target = np.array([catalog[m] for m in data.train.item.astype(str)], np.int64)
+    rows = np.arange(40)
+    args = _batch_args(trainer, encoded.remap(columns), target, rated, rows,
+                       np.random.default_rng(0))
+    _, _, _, row_user, column_of_target, masked, candidates, log_q = args
+    assert candidates[column_of_target].tolist() == target[rows].tolist()
+    np.testing.assert_allclose(log_q, np.log(trainer.sample_p[candidates] * 15), rtol=1e-6)
+    per_user = {u: set(rated.indices[rated.indptr[n]:rated.indptr[n + 1]].tolist())
+                for n, u in enumerate(users)}
+    row_users = np.unique(encoded.row_user[rows])[row_user]
+    want = {(r, c) for r in range(len(rows)) for c, movie in enumerate(candidates)
+            if movie in per_user[users[row_users[r]]] and movie != target[rows][r]}
+    assert {tuple(p) for p in masked.tolist()} == want
+    loss = float(trainer.step(*args))
+    assert np.isfinite(loss)

@@ -1,0 +1,188 @@
+"""Top-10 recommendation quality: fmrec's relevance head against the peers a user would
+pick instead, all trained and ranked in this one run.
+
+Protocol (issue 13): train on a split's base file as implicit feedback; for every test
+user rank every movie they did not rate in training; relevant = the user's test movies
+("all"), or those rated >= 4 ("good"). Peers: most rated, EASE (Steck 2019, closed form
+in NumPy), `implicit` ALS and BPR (the optional `bench` extra). fmrec's row is its
+relevance head as `fmrec train` builds it (the service ranks with exactly these scores:
+tests/test_relevance.py), with its rating head beside it to show why the head exists.
+Runs ua, then the 5 folds u1..u5 (mean and spread).
+
+    .venv/bin/python -m bench.ranking [--data DIR] [--folds ua,u1,...] [--no-readme]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from bench.common import Table, update_readme, write_json
+from bench.train import default_data_dir
+from model.data import Dataset
+from model.data.movielens import read_movielens
+from model.evaluate import ranking_summary
+from model.features import FeatureMap, movielens_spec
+from model.pipeline import fit
+from model.relevance import RelevanceConfig, head_spec, rank_fm, train_relevance
+from model.train import TrainConfig
+
+Ranker = Callable[[Dataset], dict[str, list[str]]]
+
+
+class Interactions:
+    """The training split as a binary user x movie matrix over the catalog."""
+
+    def __init__(self, data: Dataset) -> None:
+        self.items = sorted(data.items)
+        self.users = sorted({str(u) for u in data.test.user.tolist()}
+                            | {str(u) for u in data.train.user.tolist()})
+        col = {m: n for n, m in enumerate(self.items)}
+        row = {u: n for n, u in enumerate(self.users)}
+        self.X = np.zeros((len(self.users), len(self.items)), np.float32)
+        self.X[[row[str(u)] for u in data.train.user.tolist()],
+               [col[str(m)] for m in data.train.item.tolist()]] = 1.0
+        self.row = row
+
+    def top(self, scores: np.ndarray, data: Dataset, n: int = 10) -> dict[str, list[str]]:
+        """Each test user's n best unrated movies by `scores` (users x movies)."""
+        scores = np.where(self.X > 0, -np.inf, scores)
+        out = {}
+        for u in {str(u) for u in data.test.user.tolist()}:
+            r = scores[self.row[u]]
+            best = np.argpartition(-r, n)[:n]
+            out[u] = [self.items[j] for j in best[np.argsort(-r[best], kind="stable")]]
+        return out
+
+
+def most_rated(data: Dataset) -> dict[str, list[str]]:
+    x = Interactions(data)
+    return x.top(np.broadcast_to(x.X.sum(axis=0), x.X.shape), data)
+
+
+def ease(data: Dataset, lam: float = 500.0) -> dict[str, list[str]]:
+    """EASE: B = I - P diag(1/diag(P)), P = (X'X + lam I)^-1, diag(B) = 0."""
+    x = Interactions(data)
+    G = (x.X.T @ x.X).astype(np.float64)
+    G[np.diag_indices_from(G)] += lam
+    P = np.linalg.inv(G)
+    B = -P / np.diag(P)[None, :]
+    B[np.diag_indices_from(B)] = 0.0
+    return x.top(x.X @ B, data)
+
+
+def implicit_model(kind: str) -> Ranker:
+    """`implicit`'s ALS (32 factors, binary input) or BPR (128 factors), as issue 13 ran them."""
+    def rank(data: Dataset) -> dict[str, list[str]]:
+        from implicit.als import AlternatingLeastSquares
+        from implicit.bpr import BayesianPersonalizedRanking
+        from scipy.sparse import csr_matrix
+        from threadpoolctl import threadpool_limits
+
+        x = Interactions(data)
+        model: Any = (AlternatingLeastSquares(factors=32, random_state=0) if kind == "als"
+                      else BayesianPersonalizedRanking(factors=128, random_state=0))
+        with threadpool_limits(1, "blas"):  # implicit's advice for its own threads
+            model.fit(csr_matrix(x.X), show_progress=False)
+        users, items = (np.asarray(getattr(f, "to_numpy", lambda f=f: f)())
+                        for f in (model.user_factors, model.item_factors))
+        return x.top(users @ items.T, data)
+    return rank
+
+
+def fmrec_relevance(data: Dataset) -> dict[str, list[str]]:
+    spec = movielens_spec().fit_numeric("context", {"time": data.train.timestamp.tolist()})
+    config = RelevanceConfig()
+    result = train_relevance(data, spec, config, progress=False)
+    return rank_fm(result.model, FeatureMap(head_spec(spec, config.fields)), data)
+
+
+def fmrec_rating(data: Dataset) -> dict[str, list[str]]:
+    """The rating head alone (one member: the ranking barely moves with more)."""
+    spec = movielens_spec()
+    report = fit(data, spec, TrainConfig(members=1), progress=False)
+    fitted = spec.fit_numeric("context", {"time": data.train.timestamp.tolist()})
+    return rank_fm(report.model, FeatureMap(fitted), data)
+
+
+def peers() -> list[tuple[str, Ranker]]:
+    out: list[tuple[str, Ranker]] = [("most rated", most_rated), ("EASE (lambda 500)", ease)]
+    try:
+        import implicit  # noqa: F401
+        out += [("implicit ALS (32 factors)", implicit_model("als")),
+                ("implicit BPR (128 factors)", implicit_model("bpr"))]
+    except ImportError:
+        print("implicit is not installed (pip install '.[bench]'): ALS and BPR skipped",
+              file=sys.stderr)
+    return [*out, ("fmrec rating head", fmrec_rating), ("fmrec relevance head", fmrec_relevance)]
+
+
+def run(data_dir: str, folds: Sequence[str]) -> list[dict[str, Any]]:
+    rows = []
+    for fold in folds:
+        data = read_movielens(data_dir, fold)
+        for name, rank in peers():
+            t0 = time.perf_counter()
+            ranked = rank(data)
+            seconds = time.perf_counter() - t0
+            summary = ranking_summary(ranked, data)
+            rows.append({"fold": fold, "model": name, "seconds": seconds, **{
+                f"{part}_{k}": v for part, metrics in summary.items() for k, v in metrics.items()}})
+            print(f"{fold} {name}: NDCG@10 {summary['all']['ndcg']:.4f} "
+                  f"P@10 {summary['all']['precision']:.4f} ({seconds:.1f} s)",
+                  file=sys.stderr, flush=True)
+    return rows
+
+
+def tables(rows: list[dict[str, Any]]) -> dict[str, Table]:
+    cols = ["all_precision", "all_recall", "all_ndcg", "all_map", "good_precision",
+            "good_ndcg", "all_coverage", "all_popularity_rank", "seconds"]
+    heads = ["model", "P@10", "R@10", "NDCG@10", "MAP@10", "P@10 good", "NDCG@10 good",
+             "coverage", "pop. rank", "train+rank s"]
+    out = {}
+    ua = [r for r in rows if r["fold"] == "ua"]
+    if ua:
+        out["ranking-ua"] = Table("ML-100k ua: top-10 of unrated movies, relevant = ua.test "
+                                  "(same run)", heads,
+                                  [[r["model"], *(round(r[c], 4) for c in cols)] for r in ua])
+    folds = sorted({r["fold"] for r in rows} - {"ua"})
+    if folds:
+        models = list(dict.fromkeys(r["model"] for r in rows if r["fold"] in folds))
+        body = []
+        for m in models:
+            mine = [r for r in rows if r["model"] == m and r["fold"] in folds]
+            ndcg = np.array([r["all_ndcg"] for r in mine])
+            body.append([m, round(float(np.mean([r["all_precision"] for r in mine])), 4),
+                         round(float(ndcg.mean()), 4), round(float(ndcg.std()), 4),
+                         round(float(np.mean([r["good_ndcg"] for r in mine])), 4)])
+        out["ranking-folds"] = Table(f"ML-100k {', '.join(folds)}: means over the folds "
+                                     "(same run)", ["model", "P@10", "NDCG@10", "NDCG sd",
+                                                    "NDCG@10 good"], body)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(default_data_dir()))
+    parser.add_argument("--folds", default="ua,u1,u2,u3,u4,u5")
+    parser.add_argument("--no-readme", action="store_true", help="do not rewrite README tables")
+    args = parser.parse_args(argv)
+    rows = run(args.data, args.folds.split(","))
+    out = tables(rows)
+    for t in out.values():
+        print(t.text())
+    path = write_json("ranking", {"folds": args.folds.split(","), "runs": rows,
+                                  "relevance_config": RelevanceConfig().to_dict()})
+    print(f"wrote {path}")
+    if not args.no_readme:
+        print("README tables rewritten:", update_readme(out) or "none (no markers)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -174,6 +174,13 @@ class Scorer:
                 for row, score, rating in zip(result.rows.tolist(), result.scores.tolist(),
                                               ratings.tolist(), strict=True)]})
 
+    async def user_and_context(self, user: UserIn, context: ContextIn | None, store: Store
+                               ) -> tuple[UserQuery, dict[str, Any]]:
+        """The user (its history read) and the context payload a request scores with, for
+        code that needs the features themselves rather than the cached sums (/explain)."""
+        query = await self._user(user, store, need_ratings=True)
+        return query, self._context(context, query)
+
     def _rated_rows(self, user: UserQuery) -> np.ndarray:
         """Catalog rows of the user's rated movies; remembered per (user, history version)
         when the history came from the store (any change bumps the version)."""

@@ -18,7 +18,7 @@ from model.explain import (
     row_terms,
     top_columns,
 )
-from model.features import FeatureMap, FeatureSpec, feature_hash, movielens_spec, with_session
+from model.features import FeatureMap, feature_hash, movielens_spec, with_session
 from tests.reference import fm_pairwise
 
 USER = {"id": "7", "age": 31, "gender": "F", "occupation": "writer", "zip": "94110",

@@ -1,0 +1,156 @@
+"""POST /explain and /recommend's "because you rated": the scores taken apart.
+
+/explain rebuilds the full feature row of one (user, context, movie) from the same user
+the scorer assembles (stored profile and history, inline overrides, context defaults)
+and splits the score exactly over it (`model.explain`): O(nnz k), no cached sums, so it
+answers for every feature. "Because you rated" needs only the history features, for
+the ranked items at once: one matrix product over the user + context sum.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import Counter
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from app.schemas import InvalidInput, PredictRequest
+from app.scorer import Scorer, UserQuery
+from app.store import Store
+from app.user_sums import (
+    HISTORY_FIELD,
+    BaseSums,
+    HistorySums,
+    combine,
+    history_weight,
+    history_weighting,
+)
+from model.bundle import Bundle
+from model.explain import (
+    FMParams,
+    explain_row,
+    grouped,
+    history_contributions,
+    known_features,
+    row_terms,
+    top_columns,
+)
+from model.features import feature_hash
+
+BECAUSE_N = 2  # rated movies named per recommended item
+
+
+class SharedBucket(BaseModel):
+    features: Annotated[int, Field(description="distinct known features in this hash "
+                                               "bucket, this one included")]
+    with_: Annotated[list[str], Field(alias="with", description="some of the others")]
+
+
+class Contribution(BaseModel):
+    field: str
+    value: Annotated[str, Field(description="readable: a title, 'user 12', a date...")]
+    feature: Annotated[str, Field(description="the hashed feature key")]
+    contribution: float
+    shared_bucket: SharedBucket | None = None
+
+
+class FieldContributions(BaseModel):
+    field: str
+    contribution: Annotated[float, Field(description="sum of the field's features")]
+    features: list[Contribution]
+
+
+class ExplainResponse(BaseModel):
+    model_id: str
+    movie_id: str
+    title: str | None
+    score: Annotated[float, Field(description="unclipped: bias + every contribution")]
+    rating: Annotated[float, Field(description="score clipped to the rating range")]
+    bias: Annotated[float, Field(description="w0, the global bias")]
+    fields: Annotated[list[FieldContributions], Field(
+        description="contributions by field, largest total effect first")]
+
+
+@dataclass
+class _Explainer:
+    """Per bundle: the rating head's parameters and, built on first use, the bucket index."""
+
+    params: FMParams
+    known: dict[int, set[str]] | None = None
+
+
+_explainers: weakref.WeakKeyDictionary[Bundle, _Explainer] = weakref.WeakKeyDictionary()
+
+
+def _explainer(bundle: Bundle) -> _Explainer:
+    found = _explainers.get(bundle)
+    if found is None:
+        engine: Any = bundle.engine  # NumPy's engine holds the arrays already
+        source = engine if hasattr(engine, "V") else bundle.model.fm
+        found = _explainers[bundle] = _Explainer(FMParams.of(source))
+    return found
+
+
+def rating_params(bundle: Bundle) -> FMParams:
+    """The parameters of the head that predicts ratings."""
+    return _explainer(bundle).params
+
+
+async def explain_request(scorer: Scorer, request: PredictRequest, store: Store) -> ExplainResponse:
+    """The score of /predict's request for its one movie, split over every feature."""
+    if len(request.movies) != 1:
+        raise InvalidInput(("movies",), "/explain takes exactly one movie",
+                           len(request.movies))
+    bundle = scorer.bundle
+    catalog, fmap = bundle.catalog, bundle.fmap
+    user, context = await scorer.user_and_context(request.user, request.context, store)
+    movie = request.movies[0].payload()
+    row = catalog.row(movie["id"]) if set(movie) == {"id"} else None
+    item = catalog.payload(row) if row is not None else movie  # as the catalog encoded it
+    terms = (row_terms(fmap, "user", {**user.base_payload, HISTORY_FIELD: user.rated or []})
+             + row_terms(fmap, "context", context) + row_terms(fmap, "item", item))
+    explainer = _explainer(bundle)
+    if explainer.known is None:
+        explainer.known = known_features(fmap, catalog)
+    explained = explain_row(explainer.params, terms)
+    found = catalog.row(movie["id"])
+    return ExplainResponse.model_validate({
+        "model_id": scorer.model_id, "movie_id": movie["id"],
+        "title": str(catalog.titles[found]) if found is not None else None,
+        "score": explained.score,
+        "rating": float(bundle.clip(np.array(explained.score))),
+        "bias": explained.bias,
+        "fields": grouped(explained, fmap, catalog, explainer.known)})
+
+
+def because_you_rated(bundle: Bundle, params: FMParams, user: UserQuery, base: BaseSums,
+                      history: HistorySums, context: dict[str, Any], rows: np.ndarray
+                      ) -> list[list[dict[str, Any]]]:
+    """Per ranked catalog row, the user's rated movies that add most to its score under
+    `params` (the head that ranked), best first, with what they add."""
+    occurrences = Counter(user.rated or [])  # an inline history may repeat a movie
+    if not occurrences or len(rows) == 0:
+        return [[] for _ in range(len(rows))]
+    rated = list(occurrences)
+    weighting = history_weighting(bundle.spec)
+    g = history_weight(sum(occurrences.values()), weighting)
+    _, s_user, _ = combine(base, history, weighting)
+    ctx = bundle.side_sums(bundle.fmap.encode("context", [context]))
+    field = next(f for f in bundle.spec.side_fields("user") if f.name == HISTORY_FIELD)
+    indices = np.array([feature_hash(field.token(m), bundle.spec.hash_bits) for m in rated])
+    counts = np.array([occurrences[m] for m in rated], np.float64)
+    values = history_contributions(params, g, s_user + ctx.s[0], indices,
+                                   bundle.catalog.sums.s[rows]) * counts[None, :]
+    catalog = bundle.catalog
+    out = []
+    for item, top in enumerate(top_columns(values, BECAUSE_N)):
+        because = []
+        for col in top.tolist():
+            found = catalog.row(rated[col])
+            because.append({"movie_id": rated[col], "contribution": float(values[item, col]),
+                            "title": str(catalog.titles[found]) if found is not None else None})
+        out.append(because)
+    return out

@@ -1,0 +1,127 @@
+"""POST /explain over real HTTP (ASGI) with a real Redis: the contributions add up to the
+score, which is /predict's and /recommend's for the same request and the pairwise FM's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from app.settings import Settings
+from model.bundle import Bundle
+from model.data import Dataset
+from model.explain import FMParams
+from model.features import FeatureSpec, with_session
+from tests.api_client import CONTEXT, full_payload, load_users, service_settings, serving
+from tests.redis_server import RedisServer
+from tests.reference import fm_pairwise
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["numpy", "savedmodel"])
+def settings(small_bundle_path: Path, redis_server: RedisServer,
+             request: pytest.FixtureRequest) -> Settings:
+    return service_settings(bundle=small_bundle_path, redis_url=redis_server.url,
+                            engine=request.param)
+
+
+def _pairwise(bundle: Bundle, user: dict[str, Any], movie: dict[str, Any]) -> float:
+    """The FM's definition over the whole row: every pair of feature occurrences."""
+    fmap = bundle.fmap
+    blocks = [fmap.encode("user", [user]),
+              fmap.encode("context", [with_session(CONTEXT, user.get("id"))]),
+              fmap.encode("item", [movie])]
+    params = FMParams.of(bundle.model.fm)
+    return fm_pairwise(params.w0, params.w.astype(np.float64), params.V.astype(np.float64),
+                       np.concatenate([b.indices for b in blocks]),
+                       np.concatenate([b.values for b in blocks]).astype(np.float64))
+
+
+async def _served_score(client: httpx.AsyncClient, user: dict[str, Any], movie: str
+                        ) -> tuple[float, float]:
+    """(/recommend's unclipped score, /predict's rating) of one movie for the user."""
+    ranked = await client.post("/recommend", json={
+        "user": user, "context": CONTEXT, "candidates": [movie], "exclude_rated": False})
+    predicted = await client.post("/predict", json={
+        "user": user, "context": CONTEXT, "movies": [{"id": movie}]})
+    assert ranked.status_code == 200 and predicted.status_code == 200
+    return ranked.json()["items"][0]["score"], predicted.json()["predictions"][0]["rating"]
+
+
+def _check_sum(body: dict[str, Any]) -> None:
+    total = body["bias"] + sum(f["contribution"] for g in body["fields"]
+                               for f in g["features"])
+    assert total == pytest.approx(body["score"], abs=1e-5)
+    for g in body["fields"]:
+        assert g["contribution"] == pytest.approx(
+            sum(f["contribution"] for f in g["features"]), abs=1e-9)
+
+
+async def test_explain_adds_up_to_predict_and_the_pairwise_fm(
+        settings: Settings, small_bundle: Bundle, small_data: tuple[Dataset, FeatureSpec]
+        ) -> None:
+    data, _ = small_data
+    await load_users(settings, data)
+    catalog = small_bundle.catalog
+    async with serving(settings) as (_, client):
+        for uid, movie in (("1", "3"), ("2", "150"), ("30", "77"), ("99", "1")):
+            request = {"user": {"id": uid}, "context": CONTEXT, "movies": [{"id": movie}]}
+            for _ in range(2):  # the second time the user's sums are cached
+                response = await client.post("/explain", json=request)
+                assert response.status_code == 200, response.text
+                body = response.json()
+                _check_sum(body)
+                score, rating = await _served_score(client, {"id": uid}, movie)
+                assert body["score"] == pytest.approx(score, abs=1e-5)
+                assert body["rating"] == pytest.approx(rating, abs=1e-5)
+            row = catalog.row(movie)
+            assert row is not None
+            assert body["score"] == pytest.approx(
+                _pairwise(small_bundle, full_payload(data, uid), catalog.payload(row)),
+                abs=1e-5)
+            assert body["movie_id"] == movie and body["title"] == catalog.titles[row]
+            rated = {f["value"] for g in body["fields"] if g["field"] == "user.rated"
+                     for f in g["features"]}
+            assert rated == {str(catalog.titles[catalog.row(m)])
+                             for m in full_payload(data, uid)["rated"]}
+
+
+async def test_explain_inline_user_and_movie(settings: Settings, small_bundle: Bundle) -> None:
+    user = {"id": "newcomer", "age": 22, "gender": "M", "occupation": "student",
+            "zip": "94110", "rated": ["1", "2", "3", "10"]}
+    movie = {"id": "not-in-catalog", "genres": ["Drama", "War"], "year": 1971}
+    async with serving(settings) as (_, client):
+        response = await client.post("/explain", json={
+            "user": user, "context": CONTEXT, "movies": [movie]})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        _check_sum(body)
+        assert body["title"] is None
+        assert body["score"] == pytest.approx(_pairwise(small_bundle, user, movie), abs=1e-5)
+        fields = {g["field"] for g in body["fields"]}
+        assert {"user.age", "user.zip", "item.genres", "item.year", "context.time"} <= fields
+        predicted = await client.post("/predict", json={
+            "user": user, "context": CONTEXT, "movies": [movie]})
+        assert body["rating"] == pytest.approx(
+            predicted.json()["predictions"][0]["rating"], abs=1e-5)
+
+
+async def test_explain_refuses_bad_input_naming_the_field(settings: Settings) -> None:
+    async with serving(settings) as (_, client):
+        two = await client.post("/explain", json={
+            "user": {"id": "1"}, "movies": [{"id": "1"}, {"id": "2"}]})
+        assert two.status_code == 422
+        assert two.json()["detail"][0]["loc"] == ["body", "movies"]
+        none = await client.post("/explain", json={"user": {"id": "1"}, "movies": []})
+        assert none.status_code == 422 and none.json()["detail"][0]["loc"][:2] == [
+            "body", "movies"]
+        typo = await client.post("/explain", json={
+            "user": {"id": "1", "occupaton": "x"}, "movies": [{"id": "1"}]})
+        assert typo.status_code == 422 and "occupaton" in typo.json()["detail"][0]["loc"]
+        garbage = await client.post("/explain", content=b"{", headers={
+            "content-type": "application/json"})
+        assert garbage.status_code == 422

@@ -12,13 +12,12 @@ from __future__ import annotations
 import weakref
 from collections import Counter
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from app.schemas import InvalidInput, PredictRequest
-from app.scorer import Scorer, UserQuery
 from app.store import Store
 from app.user_sums import (
     HISTORY_FIELD,
@@ -40,13 +39,16 @@ from model.explain import (
 )
 from model.features import feature_hash
 
+if TYPE_CHECKING:  # the scorer imports this module
+    from app.scorer import Scorer
+
 BECAUSE_N = 2  # rated movies named per recommended item
 
 
 class SharedBucket(BaseModel):
     features: Annotated[int, Field(description="distinct known features in this hash "
                                                "bucket, this one included")]
-    with_: Annotated[list[str], Field(alias="with", description="some of the others")]
+    others: Annotated[list[str], Field(description="some of the others (up to 5)")]
 
 
 class Contribution(BaseModel):
@@ -126,16 +128,16 @@ async def explain_request(scorer: Scorer, request: PredictRequest, store: Store)
         "fields": grouped(explained, fmap, catalog, explainer.known)})
 
 
-def because_you_rated(bundle: Bundle, params: FMParams, user: UserQuery, base: BaseSums,
+def because_you_rated(bundle: Bundle, params: FMParams, history_ids: list[str], base: BaseSums,
                       history: HistorySums, context: dict[str, Any], rows: np.ndarray
                       ) -> list[list[dict[str, Any]]]:
     """Per ranked catalog row, the user's rated movies that add most to its score under
     `params` (the head that ranked), best first, with what they add."""
-    occurrences = Counter(user.rated or [])  # an inline history may repeat a movie
-    if not occurrences or len(rows) == 0:
+    occurrences = Counter(history_ids)  # an inline history may repeat a movie
+    weighting = history_weighting(bundle.spec)
+    if not occurrences or len(rows) == 0 or weighting is None:  # nothing rated counts
         return [[] for _ in range(len(rows))]
     rated = list(occurrences)
-    weighting = history_weighting(bundle.spec)
     g = history_weight(sum(occurrences.values()), weighting)
     _, s_user, _ = combine(base, history, weighting)
     ctx = bundle.side_sums(bundle.fmap.encode("context", [context]))

@@ -105,6 +105,8 @@ class RecommendRequest(Strict):
     candidates: Annotated[list[Id] | None, Field(min_length=1)] = None
     exclude_rated: bool = True
     genres: Annotated[list[Text] | None, Field(max_length=MAX_GENRES)] = None
+    explain: Annotated[bool, Field(description="items gain `because`: the user's rated "
+                                               "movies that add most to their score")] = False
 
 
 class Prediction(BaseModel):
@@ -118,11 +120,19 @@ class PredictResponse(BaseModel):
     user_cached: bool
 
 
+class Because(BaseModel):
+    movie_id: str
+    title: str | None
+    contribution: Annotated[float, Field(description="what this rated movie adds to the score")]
+
+
 class Recommendation(BaseModel):
     movie_id: str
     title: str
     score: Annotated[float, Field(description="unclipped model output, the ranking key")]
     rating: Annotated[float, Field(description="score clipped to the rating range")]
+    because: Annotated[list[Because] | None, Field(
+        description="with `explain`: top rated movies by contribution to `score`")] = None
 
 
 class RecommendResponse(BaseModel):

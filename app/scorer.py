@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from app.batching import MicroBatcher
+from app.explain import because_you_rated, rating_params
 from app.metrics import Metrics
 from app.schemas import (
     ContextIn,
@@ -159,7 +160,8 @@ class Scorer:
                     raise InvalidInput(("candidates", n), f"movie {request.candidates[n]!r} "
                                        "is not in the catalog", request.candidates[n])
             candidates = np.unique(np.array(found, dtype=np.int64))
-        user = await self._user(request.user, store, need_ratings=request.exclude_rated)
+        user = await self._user(request.user, store,
+                                need_ratings=request.exclude_rated or request.explain)
         exclude = np.zeros(0, np.int64)
         if request.exclude_rated and user.rated:
             exclude = self._rated_rows(user)
@@ -167,12 +169,16 @@ class Scorer:
                   ranking=Ranking(request.n, exclude, mask))
         result = await self._run(job, store)
         ratings = self.bundle.clip(result.scores)
+        because = because_you_rated(
+            self.bundle, rating_params(self.bundle), user.rated or [], result.base,
+            result.history, job.context, result.rows) if request.explain else None
         return RecommendResponse.model_validate({  # from dicts: see predict
             "model_id": self.model_id, "user_cached": user.cached, "items": [
                 {"movie_id": str(catalog.ids[row]), "title": str(catalog.titles[row]),
-                 "score": score, "rating": rating}
-                for row, score, rating in zip(result.rows.tolist(), result.scores.tolist(),
-                                              ratings.tolist(), strict=True)]})
+                 "score": score, "rating": rating, "because": because and because[n]}
+                for n, (row, score, rating) in enumerate(zip(
+                    result.rows.tolist(), result.scores.tolist(), ratings.tolist(),
+                    strict=True))]})
 
     async def user_and_context(self, user: UserIn, context: ContextIn | None, store: Store
                                ) -> tuple[UserQuery, dict[str, Any]]:

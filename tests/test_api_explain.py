@@ -125,3 +125,64 @@ async def test_explain_refuses_bad_input_naming_the_field(settings: Settings) ->
         garbage = await client.post("/explain", content=b"{", headers={
             "content-type": "application/json"})
         assert garbage.status_code == 422
+
+
+def _rated_contributions(body: dict[str, Any]) -> dict[str, float]:
+    """/explain's user.rated contributions by movie id (a repeated movie: summed)."""
+    out: dict[str, float] = {}
+    for g in body["fields"]:
+        if g["field"] == "user.rated":
+            for f in g["features"]:
+                movie = f["feature"].split("=", 1)[1]
+                out[movie] = out.get(movie, 0.0) + f["contribution"]
+    return out
+
+
+async def _check_because(client: httpx.AsyncClient, user: dict[str, Any],
+                         genres: list[str] | None = None) -> int:
+    """Each item's `because` is the top 2 of its own /explain's rated movies; returns how
+    many items named a reason."""
+    response = await client.post("/recommend", json={
+        "user": user, "context": CONTEXT, "n": 8, "explain": True, "genres": genres})
+    assert response.status_code == 200, response.text
+    named = 0
+    for item in response.json()["items"]:
+        explained = await client.post("/explain", json={
+            "user": user, "context": CONTEXT, "movies": [{"id": item["movie_id"]}]})
+        assert explained.json()["score"] == pytest.approx(item["score"], abs=1e-5)
+        per_movie = _rated_contributions(explained.json())
+        best = sorted(per_movie.values(), reverse=True)[:2]
+        because = item["because"]
+        assert [b["contribution"] for b in because] == pytest.approx(best, abs=1e-5)
+        for b in because:
+            assert b["contribution"] == pytest.approx(per_movie[b["movie_id"]], abs=1e-5)
+        named += len(because)
+    return named
+
+
+async def test_because_you_rated_is_each_items_top_rated_contributions(
+        settings: Settings, small_bundle: Bundle, small_data: tuple[Dataset, FeatureSpec]
+        ) -> None:
+    data, _ = small_data
+    await load_users(settings, data)
+    catalog = small_bundle.catalog
+    async with serving(settings) as (_, client):
+        for uid in ("1", "44"):
+            assert await _check_because(client, {"id": uid}) == 16
+        assert await _check_because(client, {"id": "3"}, genres=["Drama"]) > 0
+        inline = {"age": 30, "rated": ["1", "2", "2", "9"]}  # a repeat counts twice
+        assert await _check_because(client, inline) == 16
+        body = (await client.post("/recommend", json={
+            "user": {"id": "1"}, "context": CONTEXT, "explain": True})).json()
+        for item in body["items"]:
+            for b in item["because"]:
+                row = catalog.row(b["movie_id"])
+                assert row is not None and b["title"] == catalog.titles[row]
+        plain = (await client.post("/recommend", json={
+            "user": {"id": "1"}, "context": CONTEXT})).json()
+        assert [i["movie_id"] for i in plain["items"]] == [
+            i["movie_id"] for i in body["items"]]
+        assert all(i["because"] is None for i in plain["items"])
+        nobody = (await client.post("/recommend", json={
+            "user": {"id": "never-rated"}, "context": CONTEXT, "explain": True})).json()
+        assert nobody["items"] and all(i["because"] == [] for i in nobody["items"])

@@ -144,7 +144,7 @@ def test_shared_buckets_name_the_other_known_features() -> None:
             if others:
                 seen_shared += 1
                 assert entry["shared_bucket"] == {"features": len(others) + 1,
-                                                  "with": others[:5]}
+                                                  "others": others[:5]}
             else:
                 assert "shared_bucket" not in entry
     assert seen_shared > 0

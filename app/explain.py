@@ -9,6 +9,7 @@ the ranked items at once: one matrix product over the user + context sum.
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections import Counter
 from dataclasses import dataclass
@@ -115,8 +116,8 @@ async def explain_request(scorer: Scorer, request: PredictRequest, store: Store)
     terms = (row_terms(fmap, "user", {**user.base_payload, HISTORY_FIELD: user.rated or []})
              + row_terms(fmap, "context", context) + row_terms(fmap, "item", item))
     explainer = _explainer(bundle)
-    if explainer.known is None:
-        explainer.known = known_features(fmap, catalog)
+    if explainer.known is None:  # hashes the catalog's vocabulary once: not in the loop
+        explainer.known = await asyncio.to_thread(known_features, fmap, catalog)
     explained = explain_row(explainer.params, terms)
     found = catalog.row(movie["id"])
     return ExplainResponse.model_validate({
@@ -140,11 +141,12 @@ def because_you_rated(bundle: Bundle, params: FMParams, history_ids: list[str], 
     rated = list(occurrences)
     g = history_weight(sum(occurrences.values()), weighting)
     _, s_user, _ = combine(base, history, weighting)
-    ctx = bundle.side_sums(bundle.fmap.encode("context", [context]))
+    ctx = bundle.fmap.encode("context", [context])  # its sum under `params`, in NumPy
+    s_ctx = (params.V[ctx.indices].astype(np.float64) * ctx.values[:, None]).sum(axis=0)
     field = next(f for f in bundle.spec.side_fields("user") if f.name == HISTORY_FIELD)
     indices = np.array([feature_hash(field.token(m), bundle.spec.hash_bits) for m in rated])
     counts = np.array([occurrences[m] for m in rated], np.float64)
-    values = history_contributions(params, g, s_user + ctx.s[0], indices,
+    values = history_contributions(params, g, s_user + s_ctx, indices,
                                    bundle.catalog.sums.s[rows]) * counts[None, :]
     catalog = bundle.catalog
     out = []

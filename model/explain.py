@@ -171,7 +171,7 @@ def grouped(explained: Explained, fmap: FeatureMap, catalog: Catalog,
         others = sorted((known.get(t.index, set()) | in_row[t.index]) - {t.token})
         if others:
             entry["shared_bucket"] = {"features": len(others) + 1,
-                                      "with": others[:SHARED_SHOWN]}
+                                      "others": others[:SHARED_SHOWN]}
         groups[t.field].append(entry)
     out = [{"field": name, "contribution": float(sum(e["contribution"] for e in entries)),
             "features": sorted(entries, key=lambda e: -abs(e["contribution"]))}

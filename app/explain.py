@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
@@ -83,6 +83,18 @@ class _Explainer:
 
     params: FMParams
     known: dict[int, set[str]] | None = None
+    rated_buckets: dict[str, int] = field(default_factory=dict)  # catalog movies only
+
+    def rated_bucket(self, bundle: Bundle, movie: str) -> int:
+        """The bucket of "user.rated=<movie>" (remembered for catalog movies: a history is
+        hashed on every explained /recommend, ~half of its cost before)."""
+        bucket = self.rated_buckets.get(movie)
+        if bucket is None:
+            rated = next(f for f in bundle.spec.side_fields("user") if f.name == HISTORY_FIELD)
+            bucket = feature_hash(rated.token(movie), bundle.spec.hash_bits)
+            if bundle.catalog.row(movie) is not None:
+                self.rated_buckets[movie] = bucket
+        return bucket
 
 
 _explainers: weakref.WeakKeyDictionary[Bundle, _Explainer] = weakref.WeakKeyDictionary()
@@ -143,8 +155,8 @@ def because_you_rated(bundle: Bundle, params: FMParams, history_ids: list[str], 
     _, s_user, _ = combine(base, history, weighting)
     ctx = bundle.fmap.encode("context", [context])  # its sum under `params`, in NumPy
     s_ctx = (params.V[ctx.indices].astype(np.float64) * ctx.values[:, None]).sum(axis=0)
-    field = next(f for f in bundle.spec.side_fields("user") if f.name == HISTORY_FIELD)
-    indices = np.array([feature_hash(field.token(m), bundle.spec.hash_bits) for m in rated])
+    explainer = _explainer(bundle)
+    indices = np.array([explainer.rated_bucket(bundle, m) for m in rated])
     counts = np.array([occurrences[m] for m in rated], np.float64)
     values = history_contributions(params, g, s_user + s_ctx, indices,
                                    bundle.catalog.sums.s[rows]) * counts[None, :]

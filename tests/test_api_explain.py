@@ -170,7 +170,8 @@ async def test_because_you_rated_is_each_items_top_rated_contributions(
         for uid in ("1", "44"):
             assert await _check_because(client, {"id": uid}) == 16
         assert await _check_because(client, {"id": "3"}, genres=["Drama"]) > 0
-        inline = {"age": 30, "rated": ["1", "2", "2", "9"]}  # a repeat counts twice
+        # a repeat counts twice; a movie the catalog lacks still has its feature
+        inline = {"age": 30, "rated": ["1", "2", "2", "9", "not-in-catalog"]}
         assert await _check_because(client, inline) == 16
         body = (await client.post("/recommend", json={
             "user": {"id": "1"}, "context": CONTEXT, "explain": True})).json()

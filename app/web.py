@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -21,11 +21,9 @@ SAMPLE_USERS = 50  # training users /catalog suggests on the page
 router = APIRouter()
 
 
-async def _page(request: Request) -> FileResponse:
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
     return FileResponse(WEB_DIR / "index.html", media_type="text/html")
-
-
-router.add_api_route("/", _page, methods=["GET"], include_in_schema=False)
 
 
 def _user_order(uid: str) -> tuple[int, int | str]:

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint setup redis
+.PHONY: run test lint setup redis browser
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,11 +22,18 @@ redis:
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
 
+# tests/test_web.py drives Debian's headless Chromium through its chromedriver (selenium).
+browser:
+	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || { \
+	  [ "$$(id -u)" = 0 ] || { echo "chromium / chromedriver missing: install them (apt-get install chromium chromium-driver) or run make as root" >&2; exit 1; }; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy app model
 
-test: setup redis lint
+test: setup redis browser lint
 	$(BIN)/pytest -q
 
 # `make run DATA=data/ml-100k` trains the first model on MovieLens instead of synthetic data.

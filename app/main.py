@@ -25,6 +25,8 @@ from app.metrics import Metrics
 from app.routes import router
 from app.service import Service
 from app.settings import Settings
+from app.web import router as web_router
+from app.web import static_files
 from model.bundle import BundleError
 
 log = logging.getLogger("fmrec")
@@ -138,6 +140,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "Machines over cached user side sums.")
     app.state.service = service
     app.include_router(router)
+    app.include_router(web_router)
+    app.mount("/web", static_files(), name="web")
     for kind in HANDLED:
         app.add_exception_handler(kind, _errors)
     app.add_middleware(HotRoutes, service=service, routes={

@@ -11,8 +11,10 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from app.explain import ExplainResponse, explain_request
 from app.online import record_ratings
 from app.schemas import (
+    ExplainRequest,
     PredictRequest,
     PredictResponse,
     RatingsRequest,
@@ -99,6 +101,14 @@ async def recommend(body: RecommendRequest, scoring: ScoringDep) -> Response:
     """The user's top-n catalog movies (or candidates), best first."""
     check_limits(body, scoring.settings)
     return _json(await scoring.scorer.recommend(body, scoring.store))
+
+
+@router.post("/explain", response_model=ExplainResponse)
+async def explain(body: ExplainRequest, scoring: ScoringDep) -> Response:
+    """Why /predict gives this score: /predict's body with exactly one movie; the unclipped
+    score, the bias, and every feature's exact contribution, by field (they add up)."""
+    check_limits(body, scoring.settings)
+    return _json(await explain_request(scoring.scorer, body, scoring.store))
 
 
 @router.post("/ratings", response_model=RatingsResponse,

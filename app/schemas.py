@@ -98,6 +98,14 @@ class PredictRequest(Strict):
     movies: Annotated[list[MovieIn], Field(min_length=1)]
 
 
+class ExplainRequest(PredictRequest):
+    """/predict's body with one movie, and which head's score to take apart."""
+
+    head: Annotated[Literal["rating", "relevance"], Field(
+        description="rating (default): the predicted rating of /predict; relevance: the "
+                    "score /recommend ranks by")] = "rating"
+
+
 class RecommendRequest(Strict):
     user: UserIn
     context: ContextIn | None = None
@@ -109,6 +117,9 @@ class RecommendRequest(Strict):
         description="relevance (default): what the user is likely to watch next, from the "
                     "head trained on implicit feedback; rating: the highest predicted "
                     "rating, which favours rarely watched movies")] = "relevance"
+    explain: Annotated[bool, Field(description="items gain `because`: the user's rated "
+                                               "movies that add most to their score (the "
+                                               "ranking head's)")] = False
 
 
 class Prediction(BaseModel):
@@ -122,6 +133,12 @@ class PredictResponse(BaseModel):
     user_cached: bool
 
 
+class Because(BaseModel):
+    movie_id: str
+    title: str | None
+    contribution: Annotated[float, Field(description="what this rated movie adds to the score")]
+
+
 class Recommendation(BaseModel):
     movie_id: str
     title: str
@@ -132,6 +149,8 @@ class Recommendation(BaseModel):
                                                   "within one user's list only")]
     rating: Annotated[float, Field(description="predicted rating, clipped to the rating "
                                                "range")]
+    because: Annotated[list[Because] | None, Field(
+        description="with `explain`: top rated movies by contribution to `score`")] = None
 
 
 class RecommendResponse(BaseModel):

@@ -27,6 +27,7 @@ from typing import Any, cast
 import numpy as np
 
 from app.batching import MicroBatcher
+from app.explain import because_you_rated
 from app.metrics import Metrics
 from app.schemas import (
     ContextIn,
@@ -167,7 +168,8 @@ class Scorer:
                     raise InvalidInput(("candidates", n), f"movie {request.candidates[n]!r} "
                                        "is not in the catalog", request.candidates[n])
             candidates = np.unique(np.array(found, dtype=np.int64))
-        user = await self._user(request.user, store, need_ratings=request.exclude_rated)
+        user = await self._user(request.user, store,
+                                need_ratings=request.exclude_rated or request.explain)
         exclude = np.zeros(0, np.int64)
         if request.exclude_rated and user.rated:
             exclude = self._rated_rows(user)
@@ -175,14 +177,25 @@ class Scorer:
                   ranking=Ranking(request.n, exclude, mask), head=request.rank_by)
         result = await self._run(job, store)
         ratings = self.bundle.clip(result.scores["rating"])
+        because = because_you_rated(
+            self.bundle, job.head, user.rated or [], result.base, result.history,
+            job.context, result.rows) if request.explain else None
         return RecommendResponse.model_validate({  # from dicts: see predict
             "model_id": self.model_id, "user_cached": user.cached, "rank_by": job.head,
             "items": [
                 {"movie_id": str(catalog.ids[row]), "title": str(catalog.titles[row]),
-                 "score": score, "relevance": relevance, "rating": rating}
-                for row, score, relevance, rating in zip(
+                 "score": score, "relevance": relevance, "rating": rating,
+                 "because": because and because[n]}
+                for n, (row, score, relevance, rating) in enumerate(zip(
                     result.rows.tolist(), result.scores[job.head].tolist(),
-                    result.scores["relevance"].tolist(), ratings.tolist(), strict=True)]})
+                    result.scores["relevance"].tolist(), ratings.tolist(), strict=True))]})
+
+    async def user_and_context(self, user: UserIn, context: ContextIn | None, store: Store
+                               ) -> tuple[UserQuery, dict[str, Any]]:
+        """The user (its history read) and the context payload a request scores with, for
+        code that needs the features themselves rather than the cached sums (/explain)."""
+        query = await self._user(user, store, need_ratings=True)
+        return query, self._context(context, query)
 
     def _rated_rows(self, user: UserQuery) -> np.ndarray:
         """Catalog rows of the user's rated movies; remembered per (user, history version)

@@ -207,6 +207,7 @@ def body_files(folder: Path, name: str, data: Dataset, catalog_ids: np.ndarray,
         "predict-1": [{"user": {"id": u}, "movies": pick(1)} for u in users],
         "predict-100": [{"user": {"id": u}, "movies": pick(100)} for u in users],
         "recommend": [{"user": {"id": u}, "n": 10} for u in users],
+        "recommend-explain": [{"user": {"id": u}, "n": 10, "explain": True} for u in users],
         "predict-1-inline": [{"user": inline(u), "movies": pick(1)} for u in users],
         "recommend-inline": [{"user": inline(u), "n": 10} for u in users],
     }
@@ -444,6 +445,8 @@ def plan(big: bool, naive: bool) -> list[Run]:
             "ml:recommend"),
         Run("recommend", "fmrec: /recommend top-10 of ML-100k, cached user", "fmrec",
             "/recommend", "ml:recommend", "bare-recommend"),
+        Run("recommend-explain", "fmrec: /recommend top-10 of ML-100k, cached, explain",
+            "fmrec", "/recommend", "ml:recommend-explain", "bare-recommend"),
         Run("recommend-nobatch", "fmrec: /recommend top-10 of ML-100k, no batching",
             "fmrec-nobatch", "/recommend", "ml:recommend", "bare-recommend"),
         Run("bare-asgi-recommend", "bare ASGI: /recommend top-10 (by id)", "bare-asgi",
@@ -503,6 +506,17 @@ def asgi_shares(results: dict[str, dict[str, Any]]) -> dict[str, float]:
             for fm, bare in (("predict-1", "bare-asgi-predict-1"),
                              ("recommend", "bare-asgi-recommend"))
             if fm in results and bare in results}
+
+
+def explain_cost(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """What `"explain": true` (because you rated) adds to /recommend, same users."""
+    if "recommend" not in results or "recommend-explain" not in results:
+        return {}
+    plain, explained = results["recommend"], results["recommend-explain"]
+    return {"throughput": ratio(explained["requests_per_s"], plain["requests_per_s"]),
+            "p50": ratio(explained["p50_ms"], plain["p50_ms"]),
+            "cpu_ms_added": explained["server_cpu_ms_per_request"]
+            - plain["server_cpu_ms_per_request"]}
 
 
 def speedups(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -568,6 +582,13 @@ def tables(out: dict[str, Any]) -> dict[str, Table]:
              for g in groups]
             + [["total CPU ms/request", *(r["server_cpu_ms_per_request"]
                                           for r in profiled.values())]])
+    if out.get("explain_cost"):
+        cost = out["explain_cost"]
+        found["serve-explain"] = Table(
+            '/recommend with "explain": true (each item\'s top 2 rated movies) over plain '
+            "/recommend, same users, same run",
+            ["req/s x", "p50 x", "server CPU ms added per request"],
+            [[cost["throughput"], cost["p50"], cost["cpu_ms_added"]]])
     if out["targets"]:
         found["serve-targets"] = Table(
             "Targets (issue 6)", ["target", "measured", "met"],
@@ -727,7 +748,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   # the server was short of CPU at times (see each run's server_cores)
                   "load_average": [load_before, os.getloadavg()[0]]},
         "notes": list(NOTES), "runs": results, "speedups": speedups(results),
-        "asgi_shares": asgi_shares(results),
+        "asgi_shares": asgi_shares(results), "explain_cost": explain_cost(results),
         "targets": verdicts(results),
         "wall_seconds": time.perf_counter() - started,
     }

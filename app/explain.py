@@ -1,0 +1,179 @@
+"""POST /explain and /recommend's "because you rated": the scores taken apart.
+
+/explain rebuilds the full feature row of one (user, context, movie) from the same user
+the scorer assembles (stored profile and history, inline overrides, context defaults)
+and splits the score exactly over it (`model.explain`): O(nnz k), no cached sums, so it
+answers for every feature. "Because you rated" needs only the history features, for
+the ranked items at once: one matrix product over the user + context sum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from app.schemas import ExplainRequest, InvalidInput
+from app.store import Store
+from app.user_sums import (
+    HISTORY_FIELD,
+    Bases,
+    Histories,
+    combine,
+    history_weight,
+    history_weighting,
+)
+from model.bundle import Bundle
+from model.explain import (
+    FMParams,
+    explain_row,
+    grouped,
+    history_contributions,
+    known_features,
+    row_terms,
+    top_columns,
+)
+from model.features import feature_hash
+
+if TYPE_CHECKING:  # the scorer imports this module
+    from app.scorer import Scorer
+
+BECAUSE_N = 2  # rated movies named per recommended item
+
+
+class SharedBucket(BaseModel):
+    features: Annotated[int, Field(description="distinct known features in this hash "
+                                               "bucket, this one included")]
+    others: Annotated[list[str], Field(description="some of the others (up to 5)")]
+
+
+class Contribution(BaseModel):
+    field: str
+    value: Annotated[str, Field(description="readable: a title, 'user 12', a date...")]
+    feature: Annotated[str, Field(description="the hashed feature key")]
+    contribution: float
+    shared_bucket: SharedBucket | None = None
+
+
+class FieldContributions(BaseModel):
+    field: str
+    contribution: Annotated[float, Field(description="sum of the field's features")]
+    features: list[Contribution]
+
+
+class ExplainResponse(BaseModel):
+    model_id: str
+    head: Annotated[str, Field(description="the head whose score this is")]
+    movie_id: str
+    title: str | None
+    score: Annotated[float, Field(description="unclipped: bias + every contribution")]
+    rating: Annotated[float | None, Field(description="rating head: the score clipped to "
+                                                      "the rating range (relevance: null)")]
+    bias: Annotated[float, Field(description="w0, the global bias")]
+    fields: Annotated[list[FieldContributions], Field(
+        description="contributions by field, largest total effect first")]
+
+
+@dataclass
+class _Explainer:
+    """Per bundle: each head's parameters and, built on first use, the bucket index."""
+
+    params: dict[str, FMParams]
+    known: dict[int, set[str]] | None = None
+    rated_buckets: dict[str, int] = field(default_factory=dict)  # catalog movies only
+
+    def rated_bucket(self, bundle: Bundle, movie: str) -> int:
+        """The bucket of "user.rated=<movie>" (remembered for catalog movies: a history is
+        hashed on every explained /recommend, ~half of its cost before)."""
+        bucket = self.rated_buckets.get(movie)
+        if bucket is None:
+            rated = next(f for f in bundle.spec.side_fields("user") if f.name == HISTORY_FIELD)
+            bucket = feature_hash(rated.token(movie), bundle.spec.hash_bits)
+            if bundle.catalog.row(movie) is not None:
+                self.rated_buckets[movie] = bucket
+        return bucket
+
+
+_explainers: weakref.WeakKeyDictionary[Bundle, _Explainer] = weakref.WeakKeyDictionary()
+
+
+def _explainer(bundle: Bundle) -> _Explainer:
+    found = _explainers.get(bundle)
+    if found is None:
+        params = {}
+        for name, head in bundle.heads.items():
+            engine: Any = head.engine  # NumPy's engine holds the arrays already
+            params[name] = FMParams.of(
+                engine if hasattr(engine, "V") else getattr(bundle.model, name).fm)
+        found = _explainers[bundle] = _Explainer(params)
+    return found
+
+
+async def explain_request(scorer: Scorer, request: ExplainRequest, store: Store
+                          ) -> ExplainResponse:
+    """The score of /predict's request for its one movie under `request.head`, split over
+    every feature the head reads."""
+    if len(request.movies) != 1:
+        raise InvalidInput(("movies",), "/explain takes exactly one movie",
+                           len(request.movies))
+    bundle = scorer.bundle
+    catalog, fmap = bundle.catalog, bundle.heads[request.head].fmap
+    user, context = await scorer.user_and_context(request.user, request.context, store)
+    movie = request.movies[0].payload()
+    row = catalog.row(movie["id"]) if set(movie) == {"id"} else None
+    item = catalog.payload(row) if row is not None else movie  # as the catalog encoded it
+    terms = (row_terms(fmap, "user", {**user.base_payload, HISTORY_FIELD: user.rated or []})
+             + row_terms(fmap, "context", context) + row_terms(fmap, "item", item))
+    explainer = _explainer(bundle)
+    if explainer.known is None:  # hashes the catalog's vocabulary once: not in the loop
+        explainer.known = await asyncio.to_thread(known_features, bundle.fmap, catalog)
+    explained = explain_row(explainer.params[request.head], terms)
+    found = catalog.row(movie["id"])
+    return ExplainResponse.model_validate({
+        "model_id": scorer.model_id, "head": request.head, "movie_id": movie["id"],
+        "title": str(catalog.titles[found]) if found is not None else None,
+        "score": explained.score,
+        "rating": float(bundle.clip(np.array(explained.score)))
+        if request.head == "rating" else None,
+        "bias": explained.bias,
+        "fields": grouped(explained, fmap, catalog, explainer.known)})
+
+
+def because_you_rated(bundle: Bundle, head: str, history_ids: list[str], base: Bases,
+                      history: Histories, context: dict[str, Any], rows: np.ndarray
+                      ) -> list[list[dict[str, Any]]]:
+    """Per ranked catalog row, the user's rated movies that add most to its score under
+    `head` (the head that ranked), best first, with what they add. `base` and `history`
+    are the user's parts of every head, in the bundle's head order."""
+    h = bundle.heads[head]
+    position = list(bundle.heads).index(head)
+    occurrences = Counter(history_ids)  # an inline history may repeat a movie
+    weighting = history_weighting(h.fmap.spec)
+    if not occurrences or len(rows) == 0 or weighting is None:  # nothing rated counts
+        return [[] for _ in range(len(rows))]
+    explainer = _explainer(bundle)
+    params = explainer.params[head]
+    rated = list(occurrences)
+    g = history_weight(sum(occurrences.values()), weighting)
+    _, s_user, _ = combine(base[position], history[position], weighting)
+    ctx = h.fmap.encode("context", [context])  # its sum under the head, in NumPy
+    s_ctx = (params.V[ctx.indices].astype(np.float64) * ctx.values[:, None]).sum(axis=0)
+    indices = np.array([explainer.rated_bucket(bundle, m) for m in rated])
+    counts = np.array([occurrences[m] for m in rated], np.float64)
+    values = history_contributions(params, g, s_user + s_ctx, indices,
+                                   h.items.s[rows]) * counts[None, :]
+    catalog = bundle.catalog
+    out = []
+    for item, top in enumerate(top_columns(values, BECAUSE_N)):
+        because = []
+        for col in top.tolist():
+            found = catalog.row(rated[col])
+            because.append({"movie_id": rated[col], "contribution": float(values[item, col]),
+                            "title": str(catalog.titles[found]) if found is not None else None})
+        out.append(because)
+    return out

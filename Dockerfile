@@ -14,14 +14,13 @@ FROM ${BASE_IMAGE}
 # start-up INFO/WARNING lines out (errors still show); TF_ENABLE_ONEDNN_OPTS=0 because the
 # "oneDNN custom operations are on" notice is printed before that level is read, in every
 # process, unless the choice is made explicitly (off: TensorFlow's reference CPU kernels,
-# bit-for-bit repeatable). TQDM_MININTERVAL: at most one progress-bar update per 10 s.
+# bit-for-bit repeatable).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
     TF_ENABLE_ONEDNN_OPTS=0 \
-    TQDM_MININTERVAL=10 \
     TF_FORCE_GPU_ALLOW_GROWTH=true
 
 # The service runs as an unprivileged user. /bundles is where the model bundle volume is

@@ -68,16 +68,20 @@ def test_a_changed_recipe_is_a_new_cache_key(tmp_path: Path) -> None:
     assert standins.recipe_hash("img:1", files=[recipe]) != first
 
 
-def test_log_findings_counts_progress_updates_and_tensorflow_lines() -> None:
-    log = ("start\ntrain:  10%|#  | 1/10\rtrain:  20%|## | 2/10\r\n"
+def test_log_findings_counts_progress_bar_renders_and_tensorflow_lines() -> None:
+    log = ("start\ntrain:  10%|#  | 1/10\rtrain:  20%|## | 2/10 [00:01<?]\n"
+           "train: epoch 3/10 train_rmse=0.9\n"
            "I0000 00:00:1.0 1 cpu_feature_guard.cc:227] This TensorFlow binary is optimized\n")
     found = compose_check.log_findings(log)
-    assert found["progress_updates"] == 2
+    assert found["progress_bar_renders"] == 2
+    assert found["progress_bar_renders"] == compose_check.log_findings(
+        log.replace("\r", "\n"))["progress_bar_renders"]  # as text mode reads it
     assert found["tensorflow_noise"] == [log.splitlines()[-1]]
     with pytest.raises(compose_check.CheckFailed, match="TensorFlow start-up noise"):
         compose_check.check_quiet("api", log)
     with pytest.raises(compose_check.CheckFailed, match="2 progress-bar updates"):
-        compose_check.check_quiet("api", "a\rb\rc\n", max_updates=1)
+        compose_check.check_quiet("api", "train:  1%|a\rtrain:  2%|b\n", max_renders=1)
+    assert compose_check.check_quiet("api", "train: epoch 1/3\n")["progress_bar_renders"] == 0
 
 
 def test_redis_stand_in_entrypoint_starts_redis_like_the_official_image(

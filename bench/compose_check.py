@@ -354,7 +354,7 @@ def tables(results: dict[str, Any]) -> dict[str, Table]:
         size = step["detail"].get("image_bytes")
         rows.append([step["name"], status, step["seconds"] if status != "skipped" else None,
                      round(size / 1e6) if size else None])
-    rows.append(["total (from nothing to down -v)", "passed" if results["passed"] else "FAILED",
+    rows.append(["total (base images to down -v)", "passed" if results["passed"] else "FAILED",
                  results["seconds"], None])
     return {"compose": Table(f"make compose-check ({results['docker']['server']}, "
                              f"Compose {results['docker']['compose']})",

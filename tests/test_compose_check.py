@@ -128,7 +128,7 @@ def test_results_table_marks_each_step() -> None:
     assert [list(r) for r in rows] == [
         ["base image redis:7", "pulled", 1.0, 5], ["build", "ok", 3.0, 2],
         ["/predict", "FAILED", 0.5, None], ["scale", "skipped", None, None],
-        ["total (from nothing to down -v)", "FAILED", 12.0, None]]
+        ["total (base images to down -v)", "FAILED", 12.0, None]]
 
 
 def test_committed_results_are_a_passing_run_of_every_step() -> None:

@@ -10,11 +10,17 @@ FROM ${BASE_IMAGE}
 # PIP_NO_CACHE_DIR keeps pip's download cache out of the layers. TF_FORCE_GPU_ALLOW_GROWTH:
 # TensorFlow otherwise reserves all GPU memory in the first process, so a second uvicorn
 # worker (FMREC_WORKERS=2) could not start on the same GPU.
+# Container logs are read without a terminal: TF_CPP_MIN_LOG_LEVEL=2 keeps TensorFlow's
+# start-up INFO/WARNING lines out (errors still show); TF_ENABLE_ONEDNN_OPTS=0 because the
+# "oneDNN custom operations are on" notice is printed before that level is read, in every
+# process, unless the choice is made explicitly (off: TensorFlow's reference CPU kernels,
+# bit-for-bit repeatable).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    TF_CPP_MIN_LOG_LEVEL=1 \
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    TF_ENABLE_ONEDNN_OPTS=0 \
     TF_FORCE_GPU_ALLOW_GROWTH=true
 
 # The service runs as an unprivileged user. /bundles is where the model bundle volume is
@@ -26,10 +32,15 @@ RUN useradd --create-home --uid 10001 --user-group fmrec \
 
 WORKDIR /opt/fmrec
 
+# Behind a TLS-intercepting proxy pip must trust the proxy's CA. Nothing is baked in: pass
+# a CA bundle that includes it as the build secret `pip_ca` (README, Docker); it is mounted
+# for the pip steps only and is in no layer.
 # Dependencies first, read from pyproject.toml itself: this layer is rebuilt only when
 # pyproject.toml changes, not on every source edit.
 COPY pyproject.toml ./
-RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+RUN --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+ && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
  && python3 -m pip install -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
 
@@ -37,7 +48,9 @@ RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.tom
 COPY README.md ./
 COPY model ./model
 COPY app ./app
-RUN python3 -m pip install --no-deps . \
+RUN --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+ && python3 -m pip install --no-deps . \
  && rm -rf build ./*.egg-info
 COPY docker/entrypoint.sh /usr/local/bin/fmrec-entrypoint
 COPY docker/bootstrap.sh /usr/local/bin/fmrec-bootstrap

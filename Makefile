@@ -64,3 +64,17 @@ wrk:
 
 bench-serve: $(BENCH_STAMP) redis wrk
 	$(BIN)/python -m bench.serve $(if $(DATA),--data $(DATA))
+
+# `docker compose up`, for real (README, Docker): the CPU stack on this host's Docker daemon,
+# checked end to end; writes bench/results/compose.json and README's table. Base images the
+# host cannot pull are built from Debian packages (debootstrap), once. Exit status 3: this
+# host cannot run it (no Docker daemon), said on one line.
+.PHONY: compose-check debootstrap
+debootstrap:
+	@command -v debootstrap >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] || { echo "debootstrap is missing: install it (apt-get install debootstrap) or run make as root" >&2; exit 1; }; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends debootstrap >/dev/null; }
+
+compose-check: setup debootstrap
+	$(BIN)/python -m bench.compose_check

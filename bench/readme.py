@@ -1,4 +1,5 @@
-"""Rewrite README.md's result tables from bench/results/train.json and serve.json.
+"""Rewrite README.md's result tables from bench/results/train.json, serve.json and
+compose.json.
 
 A full run of bench.train or bench.serve does this itself at its end; this redoes it
 from the stored results (after editing the prose around the tables, say) without
@@ -12,12 +13,13 @@ from __future__ import annotations
 import json
 import sys
 
-from bench import serve, train
+from bench import compose_check, serve, train
 from bench.common import RESULTS, update_readme
 
 
 def main() -> int:
-    for name, tables in (("train", train.tables), ("serve", serve.tables)):
+    for name, tables in (("train", train.tables), ("serve", serve.tables),
+                         ("compose", compose_check.tables)):
         path = RESULTS / f"{name}.json"
         if path.is_file():
             done = update_readme(tables(json.loads(path.read_text())))

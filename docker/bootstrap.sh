@@ -6,6 +6,12 @@
 set -eu
 
 bundle="${FMREC_BUNDLE:?set FMREC_BUNDLE to the bundle directory}"
+case "${FMREC_DEMO_RATINGS:-50000}" in
+    *[!0-9]* | 0*)
+        echo "fmrec-bootstrap: error: FMREC_DEMO_RATINGS must be a positive whole number," \
+             "not '$FMREC_DEMO_RATINGS'" >&2
+        exit 2 ;;
+esac
 if [ -f "$bundle/model_id" ]; then
     echo "fmrec-bootstrap: model $(cat "$bundle/model_id") already at $bundle; not training"
     exit 0

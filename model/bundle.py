@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -237,6 +238,58 @@ def save_bundle(path: str | Path, fm: FactorizationMachine, spec: FeatureSpec,
     return model_id
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
+        value)
+
+
+def check_metrics(root: Path, metrics: Any) -> None:
+    """What metrics.json declares and serving relies on, checked at load: a bundle that
+    loads must not answer 500 (or clip every rating to one value) on every call later."""
+    if not isinstance(metrics, dict):
+        raise BundleError(f"bundle {root}: metrics.json is not a JSON object")
+    k = metrics.get("k")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise BundleError(f"bundle {root}: metrics.json k must be a positive integer, "
+                          f"not {k!r}")
+    if "rating_range" in metrics:
+        rating_range = metrics["rating_range"]
+        if not (isinstance(rating_range, list) and len(rating_range) == 2
+                and all(_number(v) for v in rating_range)
+                and rating_range[0] < rating_range[1]):
+            raise BundleError(f"bundle {root}: metrics.json rating_range must be two finite "
+                              f"numbers [low, high] with low < high, not {rating_range!r}")
+
+
+def check_catalog(root: Path, catalog: Catalog, k: int) -> None:
+    """catalog.npz's arrays agree with each other and with k, and its sums are finite."""
+    n = len(catalog.ids)
+    shapes = {"ids": catalog.ids.shape, "titles": catalog.titles.shape,
+              "genres": (len(catalog.genres),), "years": catalog.years.shape,
+              "raters": (len(catalog.raters),), "L": catalog.sums.L.shape,
+              "s": catalog.sums.s.shape, "q": catalog.sums.q.shape}
+    expected = {name: (n, k) if name == "s" else (n,) for name in shapes}
+    wrong = [f"{name} {shape}" for name, shape in shapes.items() if shape != expected[name]]
+    if wrong or n == 0:
+        raise BundleError(f"bundle {root}: catalog arrays disagree (expected {n} movies, "
+                          f"k {k}; got " + ", ".join(wrong or ["no movies"]) + ")")
+    kinds = {"ids": "U", "titles": "U", "years": "iu", "L": "f", "s": "f", "q": "f"}
+    arrays = {"ids": catalog.ids, "titles": catalog.titles, "years": catalog.years,
+              "L": catalog.sums.L, "s": catalog.sums.s, "q": catalog.sums.q}
+    for name, kind in kinds.items():
+        if arrays[name].dtype.kind not in kind:
+            raise BundleError(f"bundle {root}: catalog {name} has dtype {arrays[name].dtype}")
+    if len(set(catalog.ids.tolist())) != n:
+        raise BundleError(f"bundle {root}: catalog movie ids are not unique")
+    for name in ("L", "s", "q"):
+        if not np.isfinite(arrays[name]).all():
+            raise BundleError(f"bundle {root}: catalog sums {name} are not all finite")
+    known = set(catalog.genre_names)
+    if len(known) > 63 or any(not known.issuperset(g) for g in catalog.genres):
+        raise BundleError(f"bundle {root}: catalog genres outside its genre_names (or "
+                          "more than 63)")
+
+
 class Bundle:
     """A loaded, checked bundle: feature map, SavedModel signatures, catalog, metadata."""
 
@@ -260,6 +313,7 @@ class Bundle:
         if self.metrics.get("format_version") != FORMAT_VERSION:
             raise BundleError(f"bundle {root} has format {self.metrics.get('format_version')}, "
                               f"this code reads format {FORMAT_VERSION}")
+        check_metrics(root, self.metrics)
         self.fmap = FeatureMap(self.spec)
         self.k = int(self.metrics["k"])
         self.rating_range = tuple(self.metrics.get("rating_range", (1.0, 5.0)))
@@ -272,6 +326,7 @@ class Bundle:
                     [r.tolist() for r in np.split(z["raters"], z["raters_ptr"][1:-1])])
         except Exception as exc:
             raise BundleError(f"bundle {root}: cannot load ({type(exc).__name__}: {exc})") from exc
+        check_catalog(root, self.catalog, self.k)
         for name in ("side_sums", "score_pairs", "top_n"):
             if name not in self.model.signatures:
                 raise BundleError(f"bundle {root}: SavedModel has no {name!r} signature")

@@ -105,7 +105,7 @@ async def test_old_model_is_released_after_the_swap(
 def _corrupt_copies(source: Path, root: Path) -> dict[str, Path]:
     """Bundles broken in different ways: a missing file, an edited file, a spec this code
     cannot reproduce (golden hashes changed, model id recomputed so only the spec check
-    can catch it), and no bundle at all."""
+    can catch it), a reversed rating range (model id recomputed), and no bundle at all."""
     out = {}
     missing = root / "missing"
     shutil.copytree(source, missing)
@@ -125,6 +125,12 @@ def _corrupt_copies(source: Path, root: Path) -> dict[str, Path]:
     (golden / "spec.json").write_text(json.dumps(spec))
     (golden / "model_id").write_text(content_hash(golden) + "\n")
     out["golden"] = golden
+    reversed_range = root / "range"  # loads, then every answer would be a 500
+    shutil.copytree(source, reversed_range)
+    meta = json.loads((reversed_range / "metrics.json").read_text())
+    (reversed_range / "metrics.json").write_text(json.dumps({**meta, "rating_range": [5, 1]}))
+    (reversed_range / "model_id").write_text(content_hash(reversed_range) + "\n")
+    out["range"] = reversed_range
     out["absent"] = root / "absent"
     return out
 
@@ -133,7 +139,8 @@ async def test_broken_bundles_are_refused_and_the_old_one_serves(
         settings: Settings, small_bundle: Bundle, small_bundle_path: Path,
         tmp_path: Path) -> None:
     messages = {"missing": "missing catalog.npz", "edited": "does not match its model_id",
-                "golden": "feature spec mismatch", "absent": "no model bundle"}
+                "golden": "feature spec mismatch", "absent": "no model bundle",
+                "range": "rating_range"}
     broken = _corrupt_copies(small_bundle_path, tmp_path)
     async with serving(settings) as (_, client):
         before = await _predict(client)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -34,9 +35,18 @@ def _id_text(value: Any) -> Any:
     return value
 
 
+def _not_blank(value: str) -> str:
+    """After stripping: with the BeforeValidator, pydantic checks min_length before it
+    strips, so "   " and "\t" would both pass as "" (and collide as one id)."""
+    if not value:
+        raise ValueError("must not be empty or only whitespace")
+    return value
+
+
 Id = Annotated[
     str, BeforeValidator(_id_text),
     StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID_CHARS),
+    AfterValidator(_not_blank),
     WithJsonSchema({"anyOf": [{"type": "string", "maxLength": MAX_ID_CHARS},
                               {"type": "integer"}]}),
 ]

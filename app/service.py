@@ -9,8 +9,11 @@ when the last such request is done.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,8 +64,41 @@ class Service:
         scorer = Scorer(bundle, self.settings, self.metrics)
         return Loaded(scorer, path, time.time(), time.perf_counter() - start)
 
+    async def load_in_time(self, path: Path) -> Loaded:
+        """`load` in a thread of its own, given up after FMREC_RELOAD_TIMEOUT_S (BundleError).
+
+        A thread cannot be stopped: a load stuck in a read stays blocked, but in its own
+        daemon thread, so it holds neither the reload lock nor a worker of the pool that
+        `asyncio.to_thread` shares with the scoring code."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Loaded] = loop.create_future()
+
+        def deliver(outcome: Callable[[], None]) -> None:
+            def settle() -> None:
+                if not done.done():  # else given up already
+                    outcome()
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(settle)
+
+        def run() -> None:
+            try:
+                loaded = self.load(path)
+            except BaseException as exc:  # handed to the waiting coroutine
+                error = exc
+                deliver(lambda: done.set_exception(error))
+            else:
+                deliver(lambda: done.set_result(loaded))
+
+        threading.Thread(target=run, name=f"fmrec-load-{path.name}", daemon=True).start()
+        timeout = self.settings.reload_timeout_s
+        try:
+            return await asyncio.wait_for(done, timeout)
+        except TimeoutError:
+            raise BundleError(f"bundle {path}: loading took over {timeout:g} s "
+                              "(FMREC_RELOAD_TIMEOUT_S), given up") from None
+
     async def start(self) -> None:
-        loaded = await asyncio.to_thread(self.load, self.settings.bundle)
+        loaded = await self.load_in_time(self.settings.bundle)
         self.current = loaded
         self.metrics.serving(loaded.scorer.model_id)
         log.info("serving model %s from %s (loaded and warmed in %.2fs)",
@@ -87,7 +123,7 @@ class Service:
         async with self._reloading:
             previous = self.current
             try:
-                loaded = await asyncio.to_thread(self.load, target)
+                loaded = await self.load_in_time(target)
             except Exception as exc:
                 message = str(exc) if isinstance(exc, BundleError) else (
                     f"bundle {target}: {type(exc).__name__}: {exc}")

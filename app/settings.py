@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     # after a Redis error, skip Redis this long (one timeout, not one per request)
     redis_retry_s: Annotated[float, Field(ge=0)] = 1.0
 
+    # loading a bundle (start, /admin/reload) is given up after this: a file that blocks on
+    # read must not hold the reload forever
+    reload_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+
     # numpy: score in NumPy on the SavedModel's weights (fastest on CPU); savedmodel: call
     # its signatures (TensorFlow, a GPU when visible); auto: savedmodel iff a GPU is visible
     engine: Literal["auto", "savedmodel", "numpy"] = "auto"

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -238,6 +239,17 @@ def save_bundle(path: str | Path, fm: FactorizationMachine, spec: FeatureSpec,
     return model_id
 
 
+def check_regular_files(root: Path) -> None:
+    """Only directories and regular files: reading a FIFO or a device would block the load
+    (and the reload lock) forever, or read without end."""
+    try:
+        odd = [p for p in root.rglob("*") if not (p.is_dir() or stat.S_ISREG(p.stat().st_mode))]
+    except OSError as exc:  # a dangling or looping symlink
+        raise BundleError(f"bundle {root}: cannot read ({exc})") from exc
+    if odd:
+        raise BundleError(f"bundle {root}: {odd[0].relative_to(root)} is not a regular file")
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
         value)
@@ -301,6 +313,7 @@ class Bundle:
         missing = [f for f in (*FILES, "model_id", "saved_model") if not (root / f).exists()]
         if missing:
             raise BundleError(f"bundle {root} is incomplete: missing {', '.join(missing)}")
+        check_regular_files(root)
         self.model_id = (root / "model_id").read_text().strip()
         if content_hash(root) != self.model_id:
             raise BundleError(f"bundle {root} does not match its model_id (corrupt or edited)")

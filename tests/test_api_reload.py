@@ -4,9 +4,12 @@ step, with no failed request; a broken bundle is refused loudly and the old one 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
+import os
 import shutil
+import threading
 import weakref
 from pathlib import Path
 from typing import Any
@@ -186,3 +189,65 @@ async def test_concurrent_reload_is_refused(settings: Settings) -> None:
             response = await client.post("/admin/reload")
         assert response.status_code == 409
         assert "in progress" in response.json()["detail"]
+
+
+def _fifo_bundle(source: Path, root: Path) -> Path:
+    """catalog.npz replaced by a FIFO (model id recomputed): opening it blocks forever."""
+    bundle = root / "fifo"
+    shutil.copytree(source, bundle)
+    (bundle / "catalog.npz").unlink()
+    os.mkfifo(bundle / "catalog.npz")
+    (bundle / "model_id").write_text(content_hash(bundle) + "\n")
+    return bundle
+
+
+def _unblock(fifo: Path) -> None:
+    """Open the FIFO for writing and close it: a reader stuck in open() sees end of file."""
+    with contextlib.suppress(OSError):  # nobody reading: nothing to unblock
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+async def test_bundle_with_a_fifo_is_refused_and_later_reloads_work(
+        settings: Settings, small_bundle: Bundle, small_bundle_path: Path,
+        tmp_path: Path) -> None:
+    bundle = _fifo_bundle(small_bundle_path, tmp_path)
+    try:
+        async with serving(settings) as (_, client):
+            response = await asyncio.wait_for(client.post(
+                "/admin/reload", json={"bundle": str(bundle)}), 120)
+            assert response.status_code == 422, response.text
+            assert "catalog.npz is not a regular file" in response.json()["detail"]
+            assert (await client.get("/model")).json()["model_id"] == small_bundle.model_id
+            assert (await client.post("/admin/reload", json={})).status_code == 200
+    finally:
+        _unblock(bundle / "catalog.npz")
+
+
+async def test_a_load_that_never_ends_times_out_and_frees_the_reload(
+        settings: Settings, small_bundle: Bundle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read that never returns (a hung network file system: not reproducible here, so
+    the load is made to block on an event) is given up after FMREC_RELOAD_TIMEOUT_S and
+    reported like any failed reload; the next reload is not refused as busy."""
+    async with serving(settings.model_copy(update={"reload_timeout_s": 0.5})) as (app, client):
+        release = threading.Event()
+        real_load = Service.load
+
+        def stuck(self: Service, path: Path) -> Any:
+            release.wait()
+            return real_load(self, path)
+
+        monkeypatch.setattr(Service, "load", stuck)
+        try:
+            response = await asyncio.wait_for(client.post("/admin/reload", json={}), 120)
+            assert response.status_code == 422, response.text
+            assert "FMREC_RELOAD_TIMEOUT_S" in response.json()["detail"]
+            info = (await client.get("/model")).json()
+            assert info["model_id"] == small_bundle.model_id
+            assert "FMREC_RELOAD_TIMEOUT_S" in info["last_reload_error"]["error"]
+            assert metric((await client.get("/metrics")).text,
+                          'fmrec_reloads_total{outcome="failed"}') == 1
+            monkeypatch.setattr(Service, "load", real_load)
+            again = await asyncio.wait_for(client.post("/admin/reload", json={}), 120)
+            assert again.status_code == 200, again.text
+        finally:
+            release.set()  # the abandoned thread finishes; its result is dropped

@@ -105,14 +105,16 @@ async def recommend(body: RecommendRequest, scoring: ScoringDep) -> Response:
              dependencies=[Depends(require_write_key)])
 async def ratings(body: RatingsRequest, writing: WritingDep) -> RatingsResponse:
     """Store rating events, all or none (idempotent by event_id), and keep the users'
-    cached sums current; with the store down, 503 and nothing is written."""
+    cached sums current. With the store down or stalled, 503: whether the batch landed is
+    unknown (a reply may be lost after the script ran), and resending it is safe."""
     scorer, settings = writing.scorer, writing.settings
     try:
         applied = await record_ratings(body.events, scorer.bundle, writing.store,
                                        settings.max_events, scorer.metrics)
     except StoreUnavailable as exc:
-        raise HTTPException(503, f"ratings not stored: the store is unavailable ({exc}); "
-                            "retry later", headers={"Retry-After": str(max(
+        raise HTTPException(503, f"outcome unknown: the store is unavailable ({exc}); "
+                            "retry with the same event ids (events already stored come back "
+                            "as duplicates)", headers={"Retry-After": str(max(
                                 1, math.ceil(settings.redis_retry_s)))}) from None
     return RatingsResponse(model_id=scorer.model_id, accepted=applied.accepted,
                            duplicates=applied.duplicates, stale=applied.stale,

@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 from app.errors import HANDLED, error_response
 from app.hot_routes import ROUTES, HotRoutes
 from app.metrics import Metrics
+from app.openapi import openapi_schema
 from app.routes import router
 from app.service import Service
 from app.settings import Settings
@@ -160,6 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "Machines over cached user side sums.")
     app.state.service = service
     app.include_router(router)
+    app.openapi = lambda: openapi_schema(app, service)  # type: ignore[method-assign]
     for kind in HANDLED:
         app.add_exception_handler(kind, _errors)
     app.add_middleware(HotRoutes, service=service, routes={

@@ -165,8 +165,10 @@ async def reload(service: ServiceDep,
         return JSONResponse(await service.reload(path))
     except ReloadBusy as exc:
         return JSONResponse({"detail": str(exc)}, status_code=409)
-    except ReloadFailed as exc:
-        return JSONResponse({"detail": str(exc), "model_id": service.scorer.model_id
+    except ReloadFailed as exc:  # FastAPI's 422 shape, as every 422 of the service
+        error = {"type": "bundle_error", "loc": ["body", "bundle"], "msg": str(exc),
+                 "input": str(path or service.settings.bundle)}
+        return JSONResponse({"detail": [error], "model_id": service.scorer.model_id
                              if service.scorer else None}, status_code=422)
 
 

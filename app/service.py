@@ -23,6 +23,7 @@ from app.scorer import Scorer
 from app.settings import Settings
 from app.store import Store
 from model.bundle import Bundle, BundleError
+from model.features import size_hash_cache
 
 log = logging.getLogger("fmrec")
 
@@ -47,6 +48,7 @@ class Service:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
+        size_hash_cache(settings.hash_cache_bytes)
         self.current: Loaded | None = None
         self.store: Store | None = None
         self.last_reload_error: dict[str, Any] | None = None

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import gc
 import logging
 import threading
 import time
@@ -26,6 +28,31 @@ from model.bundle import Bundle, BundleError
 from model.features import size_hash_cache
 
 log = logging.getLogger("fmrec")
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
+        return trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+MALLOC_TRIM = _malloc_trim()
+
+
+def return_freed_memory() -> None:
+    """After a swap, free the replaced bundle now and give its memory back to the system.
+
+    A SavedModel's objects sit in reference cycles, freed only by a full collection, which
+    a quiet server may not run for a long time; and glibc keeps freed pages in its arenas
+    (each load runs in a new thread) unless trimmed. Without both, 40 reloads of one bundle
+    (a 50,000-rating synthetic model) grew RSS ~107 MB each until a full collection came:
+    2.8x its size after the first reload; with both, 1.004x.
+    Requests still in flight keep the old scorer; it goes with the next collection."""
+    gc.collect()
+    if MALLOC_TRIM is not None:
+        MALLOC_TRIM(0)
 
 
 class ReloadBusy(Exception):
@@ -123,7 +150,7 @@ class Service:
             raise ReloadBusy("a reload is already in progress")
         target = path if path is not None else self.settings.bundle
         async with self._reloading:
-            previous = self.current
+            old_id = self.current.scorer.model_id if self.current else None
             try:
                 loaded = await self.load_in_time(target)
             except Exception as exc:
@@ -133,14 +160,14 @@ class Service:
                                           "at": time.time()}
                 self.metrics.reloads.labels(outcome="failed").inc()
                 self.metrics.reload_failing.set(1)
-                log.error("reload of %s failed, still serving %s: %s", target,
-                          previous.scorer.model_id if previous else None, message)
+                log.error("reload of %s failed, still serving %s: %s", target, old_id,
+                          message)
                 raise ReloadFailed(message) from exc
             self.current = loaded  # the swap: requests from here on use the new scorer
+            await asyncio.to_thread(return_freed_memory)
             self.last_reload_error = None
             self.metrics.reloads.labels(outcome="ok").inc()
             self.metrics.reload_failing.set(0)
-            old_id = previous.scorer.model_id if previous else None
             self.metrics.serving(loaded.scorer.model_id, old_id)
             log.info("reloaded: serving %s from %s (was %s)", loaded.scorer.model_id, target,
                      old_id)

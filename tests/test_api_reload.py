@@ -259,3 +259,23 @@ async def test_a_load_that_never_ends_times_out_and_frees_the_reload(
             for thread in threading.enumerate():
                 if thread.name.startswith("fmrec-load"):
                     thread.join(30)
+
+
+async def test_each_reload_frees_the_replaced_model_by_itself(settings: Settings) -> None:
+    """Reloads of the same bundle: after each, the replaced Bundle, its SavedModel and its
+    engine are gone without anyone else collecting (a SavedModel sits in reference
+    cycles: left to the collector's schedule, several could pile up on a quiet server)."""
+    async with serving(settings) as (app, client):
+        service: Service = app.state.service
+        gc.disable()  # only the service's own collection may free them
+        try:
+            for _ in range(3):
+                assert service.scorer is not None
+                bundle = service.scorer.bundle
+                old = [weakref.ref(x) for x in (bundle, bundle.model, bundle.engine)]
+                del bundle
+                response = await client.post("/admin/reload", json={})
+                assert response.status_code == 200, response.text
+                assert [ref() is None for ref in old] == [True, True, True]
+        finally:
+            gc.enable()

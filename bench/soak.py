@@ -99,6 +99,7 @@ class Soak:
         self.events = itertools.count()
         self.requests = 0
         self.start = 0.0
+        self.reloading = False  # the load goes on until the last reload is done
 
     def _event(self, n: int, rng: random.Random) -> dict[str, Any]:
         """Event n: its own (user, movie) pair, so every stored rating traces to one event."""
@@ -144,7 +145,7 @@ class Soak:
     async def _worker(self, client: httpx.AsyncClient, seed: int, stop: float) -> None:
         rng = random.Random(seed)
         users, movies = self.target.users, self.target.movies
-        while time.monotonic() < stop and self.requests < self.config.max_requests:
+        while self._running(stop) and self.requests < self.config.max_requests:
             kind = rng.choices(("predict", "recommend", "ratings"), self.config.mix)[0]
             if rng.random() < 0.2:  # a cold-start user, sent inline
                 user: dict[str, Any] = {"id": f"cold-{rng.randrange(10**6)}",
@@ -162,7 +163,7 @@ class Soak:
                 await self._ratings(client, rng)
 
     async def _sample_rss(self, stop: float) -> None:
-        while time.monotonic() < stop:
+        while self._running(stop):
             self.tally.rss.append((time.monotonic() - self.start, self.target.rss()))
             await asyncio.sleep(1.0)
 
@@ -187,17 +188,23 @@ class Soak:
                 await asyncio.to_thread(admin.config_set, "maxmemory", "0")
             self.tally.faults.append({"kind": kind, "at_s": at, "seconds": length})
 
-    async def _reloads(self, client: httpx.AsyncClient, stop: float) -> None:
-        """`reloads` reloads of the served bundle, evenly spread over the run."""
+    def _running(self, stop: float) -> bool:
+        return time.monotonic() < stop or self.reloading
+
+    async def _reloads(self, client: httpx.AsyncClient) -> None:
+        """`reloads` reloads of the served bundle, spread over the run; all of them are
+        made (on a slow machine the run lasts until the last one is done)."""
         every = self.config.seconds / (self.config.reloads + 1)
-        for _ in range(self.config.reloads):
-            await asyncio.sleep(every)
-            if time.monotonic() > stop:
-                return
-            response = await client.post("/admin/reload", json={})
-            self.tally.reloads[response.status_code] += 1
-            if self.tally.rss_after_first_reload is None:
-                self.tally.rss_after_first_reload = self.target.rss()
+        self.reloading = True
+        try:
+            for n in range(self.config.reloads):
+                await asyncio.sleep(max(0.0, self.start + (n + 1) * every - time.monotonic()))
+                response = await client.post("/admin/reload", json={})
+                self.tally.reloads[response.status_code] += 1
+                if self.tally.rss_after_first_reload is None:
+                    self.tally.rss_after_first_reload = self.target.rss()
+        finally:
+            self.reloading = False
 
     async def run(self) -> dict[str, Any]:
         self.start = time.monotonic()
@@ -211,7 +218,7 @@ class Soak:
             if self.config.faults:
                 tasks.append(self._faults(stop))
             if self.config.reloads:
-                tasks.append(self._reloads(client, stop))
+                tasks.append(self._reloads(client))
             await asyncio.gather(*tasks)
         elapsed = time.monotonic() - self.start
         self.tally.rss.append((elapsed, self.target.rss()))

@@ -339,7 +339,6 @@ class Bundle:
                     [r.tolist() for r in np.split(z["raters"], z["raters_ptr"][1:-1])])
         except Exception as exc:
             raise BundleError(f"bundle {root}: cannot load ({type(exc).__name__}: {exc})") from exc
-        check_catalog(root, self.catalog, self.k)
         for name in ("side_sums", "score_pairs", "top_n"):
             if name not in self.model.signatures:
                 raise BundleError(f"bundle {root}: SavedModel has no {name!r} signature")
@@ -349,6 +348,7 @@ class Bundle:
         if len(set(widths.values())) != 1:  # scoring would fail, or mix up numbers, later
             raise BundleError(f"bundle {root}: inconsistent k (" + ", ".join(
                 f"{where} {k}" for where, k in widths.items()) + ")")
+        check_catalog(root, self.catalog, self.k)
         self.engine: Engine = make_engine(self.model, engine)
 
     # --- the three signatures, numpy in and out, through the engine -------------------

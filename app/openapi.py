@@ -59,7 +59,8 @@ def openapi_schema(app: FastAPI, service: Service) -> dict[str, Any]:
             elif path in READS:  # the header is accepted and ignored
                 operation["security"] = [{}, {"ApiKey": []}]
             if method == "post":
-                responses["400"] = _refusal("malformed Content-Length header")
+                responses["400"] = _refusal("a body that is not JSON, or a malformed "
+                                            "Content-Length header")
                 responses["413"] = _refusal(f"request body over {settings.max_body_bytes} "
                                             "bytes (FMREC_MAX_BODY_BYTES)")
                 responses["422"] = _refusal(

@@ -42,6 +42,7 @@ def error_response(exc: Exception, metrics: Metrics) -> JSONResponse | None:
         metrics.queue_full.inc()
         return JSONResponse({"detail": f"overloaded: {exc}; retry shortly"}, status_code=503,
                             headers={"Retry-After": "1"})
-    if isinstance(exc, FeatureError):
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+    if isinstance(exc, FeatureError):  # the validation error shape, as every 422
+        return JSONResponse({"detail": [{"type": "value_error", "loc": ["body"],
+                                         "msg": str(exc), "input": None}]}, status_code=422)
     return None

@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 from app.errors import HANDLED, error_response
 from app.hot_routes import ROUTES, HotRoutes
 from app.metrics import Metrics
+from app.openapi import openapi_schema
 from app.routes import router
 from app.service import Service
 from app.settings import Settings
@@ -34,8 +35,9 @@ log = logging.getLogger("fmrec")
 
 class ObserveRequests:
     """Latency per route (the route's path template, so ids do not explode labels) and
-    the request body limit: 413 from Content-Length, or as soon as a chunked body
-    passes it."""
+    the request body limit: 413 from Content-Length, or as soon as the bytes received
+    pass it (counted whatever the headers say: a header the server parsed differently
+    must not open a way around the limit)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
         self.app = app
@@ -49,12 +51,14 @@ class ObserveRequests:
             return
         start = time.perf_counter()
         status = 500
-        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            response = JSONResponse({"detail": f"request body over {self.max_body_bytes} "
-                                     "bytes"}, status_code=413)
-            await response(scope, receive, send)
-            self._observe(scope, 413, start)
+        try:
+            length = content_length(scope["headers"])
+        except ValueError as exc:
+            await self._refuse(scope, receive, send, 400, str(exc), start)
+            return
+        if length is not None and length > self.max_body_bytes:
+            await self._refuse(scope, receive, send, 413,
+                               f"request body over {self.max_body_bytes} bytes", start)
             return
         seen = 0
 
@@ -72,12 +76,15 @@ class ObserveRequests:
                 status = message["status"]
             await send(message)
 
-        # with a Content-Length the server delivers no more than that: no need to count
         try:
-            await self.app(scope, receive if length is not None else limited_receive,
-                           send_status)
+            await self.app(scope, limited_receive, send_status)
         finally:
             self._observe(scope, status, start)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int,
+                      detail: str, start: float) -> None:
+        await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
+        self._observe(scope, status, start)
 
     def _observe(self, scope: Scope, status: int, start: float) -> None:
         route = scope.get("route")
@@ -87,6 +94,22 @@ class ObserveRequests:
             timer = self._timers[key] = self.metrics.latency.labels(
                 route=key[0], method=key[1], status=str(status))
         timer.observe(time.perf_counter() - start)
+
+
+def content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The declared body size as RFC 9110 8.6 reads it: optional whitespace around the
+    value is dropped, repeated fields (or a comma list) must all agree; ValueError for
+    anything else (not digits, or differing values)."""
+    values = {part.strip(b" \t") for name, value in headers if name == b"content-length"
+              for part in value.split(b",")}
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ValueError("conflicting Content-Length headers")
+    value = values.pop()
+    if not value.isdigit():  # bytes.isdigit: ASCII digits only, no sign, not empty
+        raise ValueError("invalid Content-Length header: not a decimal number")
+    return int(value)
 
 
 def _errors(request: Request, exc: Exception) -> Response:
@@ -142,6 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(web_router)
     app.mount("/web", static_files(), name="web")
+    app.openapi = lambda: openapi_schema(app, service)  # type: ignore[method-assign]
     for kind in HANDLED:
         app.add_exception_handler(kind, _errors)
     app.add_middleware(HotRoutes, service=service, routes={

@@ -33,16 +33,42 @@ if TYPE_CHECKING:
 
 ALL = "*"  # published instead of user ids when every user may have changed
 
+# Memory of one entry beyond its arrays and texts (the entry tuple, the record and its
+# sums objects, dict and LRU slots), and of one rating of a history; measured with
+# tracemalloc in tests/test_near_cache.py, rounded up.
+ENTRY_BYTES = 1200
+PART_BYTES = 250  # one head's BaseSums or HistorySums object beyond its arrays
+RATING_BYTES = 340
+TEXT_BYTES = 60  # a str object before its characters
+
+
+def record_bytes(uid: str, record: UserRecord) -> int:
+    """About how much memory a cached record holds (an upper estimate)."""
+    size = ENTRY_BYTES + TEXT_BYTES + len(uid)
+    size += sum(2 * TEXT_BYTES + len(k) + len(v) for k, v in record.profile.items())
+    for parts in (record.base, record.history):  # one per head
+        for sums in parts or ():
+            size += PART_BYTES + sum(a.nbytes for a in vars(sums).values()
+                                     if hasattr(a, "nbytes"))
+    if record.ratings:
+        size += sum(RATING_BYTES + len(movie) for movie in record.ratings)
+    return size
+
 
 class NearCache:
-    """LRU of (model id, user) -> UserRecord with a TTL; usable only while `listening`."""
+    """LRU of (model id, user) -> UserRecord with a TTL; usable only while `listening`.
 
-    def __init__(self, size: int, ttl_s: float) -> None:
+    Bounded by entries (`size`) and by estimated bytes (`max_bytes`, `record_bytes`):
+    callers decide how many new users arrive and how long their histories are."""
+
+    def __init__(self, size: int, ttl_s: float, max_bytes: int | None = None) -> None:
         self.size = size
         self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
+        self.bytes = 0  # estimated, of the entries held
         self.listening = False
         self.epoch = 0  # bumped by every invalidation
-        self._entries: OrderedDict[str, tuple[str, float, UserRecord]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[str, float, UserRecord, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -54,7 +80,7 @@ class NearCache:
         entry = self._entries.get(uid)
         if entry is None:
             return None
-        owner, expires, record = entry
+        owner, expires, record, _ = entry
         if owner != model_id or time.monotonic() > expires or (
                 with_ratings and record.ratings is None):
             return None
@@ -65,10 +91,20 @@ class NearCache:
         """Store a record read from Redis when the epoch was `epoch` (else: too old)."""
         if not self.listening or epoch != self.epoch or self.size == 0:
             return
-        self._entries[uid] = (model_id, time.monotonic() + self.ttl_s, record)
+        self._store(uid, (model_id, time.monotonic() + self.ttl_s, record))
         self._entries.move_to_end(uid)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        while len(self._entries) > self.size or (
+                self.max_bytes is not None and self.bytes > self.max_bytes):
+            self.bytes -= self._entries.popitem(last=False)[1][3]
+
+    def _store(self, uid: str, entry: tuple[str, float, UserRecord]) -> None:
+        """Put or replace one entry, keeping `bytes` current."""
+        old = self._entries.get(uid)
+        if old is not None:
+            self.bytes -= old[3]
+        size = record_bytes(uid, entry[2])
+        self._entries[uid] = (*entry, size)
+        self.bytes += size
 
     def update_sums(self, model_id: str, uid: str, base: Bases | None,
                     history: Histories | None, version: int | None) -> None:
@@ -77,12 +113,12 @@ class NearCache:
         entry = self._entries.get(uid)
         if entry is None or entry[0] != model_id:
             return
-        owner, expires, record = entry
+        owner, expires, record, _ = entry
         if base is not None:
             record = replace(record, base=base)
         if history is not None and (version is None or version == record.version):
             record = replace(record, history=history)
-        self._entries[uid] = (owner, expires, record)
+        self._store(uid, (owner, expires, record))
 
     def invalidate(self, uids: Iterable[str]) -> None:
         """Drop these users (`ALL`: everyone); reads in flight will not be stored."""
@@ -90,8 +126,11 @@ class NearCache:
         for uid in uids:
             if uid == ALL:
                 self._entries.clear()
+                self.bytes = 0
                 return
-            self._entries.pop(uid, None)
+            entry = self._entries.pop(uid, None)
+            if entry is not None:
+                self.bytes -= entry[3]
 
     def stop_listening(self) -> None:
         """The subscription broke: changes may be missed from now on, so forget all."""

@@ -115,14 +115,16 @@ async def explain(body: ExplainRequest, scoring: ScoringDep) -> Response:
              dependencies=[Depends(require_write_key)])
 async def ratings(body: RatingsRequest, writing: WritingDep) -> RatingsResponse:
     """Store rating events, all or none (idempotent by event_id), and keep the users'
-    cached sums current; with the store down, 503 and nothing is written."""
+    cached sums current. With the store down or stalled, 503: whether the batch landed is
+    unknown (a reply may be lost after the script ran), and resending it is safe."""
     scorer, settings = writing.scorer, writing.settings
     try:
         applied = await record_ratings(body.events, scorer.bundle, writing.store,
                                        settings.max_events, scorer.metrics)
     except StoreUnavailable as exc:
-        raise HTTPException(503, f"ratings not stored: the store is unavailable ({exc}); "
-                            "retry later", headers={"Retry-After": str(max(
+        raise HTTPException(503, f"outcome unknown: the store is unavailable ({exc}); "
+                            "retry with the same event ids (events already stored come back "
+                            "as duplicates)", headers={"Retry-After": str(max(
                                 1, math.ceil(settings.redis_retry_s)))}) from None
     return RatingsResponse(model_id=scorer.model_id, accepted=applied.accepted,
                            duplicates=applied.duplicates, stale=applied.stale,
@@ -173,8 +175,10 @@ async def reload(service: ServiceDep,
         return JSONResponse(await service.reload(path))
     except ReloadBusy as exc:
         return JSONResponse({"detail": str(exc)}, status_code=409)
-    except ReloadFailed as exc:
-        return JSONResponse({"detail": str(exc), "model_id": service.scorer.model_id
+    except ReloadFailed as exc:  # FastAPI's 422 shape, as every 422 of the service
+        error = {"type": "bundle_error", "loc": ["body", "bundle"], "msg": str(exc),
+                 "input": str(path or service.settings.bundle)}
+        return JSONResponse({"detail": [error], "model_id": service.scorer.model_id
                              if service.scorer else None}, status_code=422)
 
 

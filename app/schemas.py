@@ -12,10 +12,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
     WithJsonSchema,
     model_validator,
@@ -27,24 +29,59 @@ MAX_ID_CHARS = 64
 MAX_GENRES = 64
 
 
+MAX_JSON_INT = 2**53 - 1  # exact in every JSON parser (JavaScript's Number.MAX_SAFE_INTEGER)
+
+
 def _id_text(value: Any) -> Any:
-    """JSON integers become their decimal string; anything else is left to str validation."""
+    """JSON integers (also written 5.0, an integer to JSON Schema) become their decimal
+    string; anything else is left to str validation. Integers past 2**53 - 1 are refused:
+    most JSON parsers round them, so two ids could become one; send those as strings."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > MAX_JSON_INT:
+            raise ValueError(f"integer ids must be within +-{MAX_JSON_INT}; send longer ids "
+                             "as strings")
         return str(value)
+    return value
+
+
+def _json_number(value: Any) -> Any:
+    """Numbers only, as the schema says: pydantic's lax mode would take "5" and true (and
+    its strict mode would refuse 5.0, a JSON Schema integer)."""
+    if isinstance(value, (str, bool, bytes)):
+        raise ValueError("expected a JSON number")
+    return value
+
+
+# after the constraints (`Annotated[int, Field(ge=0), JsonNumber]`): before them, pydantic
+# writes "ge" instead of "minimum" into the JSON schema
+JsonNumber = BeforeValidator(_json_number)
+
+
+def _not_blank(value: str) -> str:
+    """After stripping: with the BeforeValidator, pydantic checks min_length before it
+    strips, so "   " and "\t" would both pass as "" (and collide as one id)."""
+    if not value:
+        raise ValueError("must not be empty or only whitespace")
     return value
 
 
 Id = Annotated[
     str, BeforeValidator(_id_text),
     StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID_CHARS),
-    WithJsonSchema({"anyOf": [{"type": "string", "maxLength": MAX_ID_CHARS},
-                              {"type": "integer"}]}),
+    AfterValidator(_not_blank),
+    WithJsonSchema({"anyOf": [
+        {"type": "string", "maxLength": MAX_ID_CHARS, "pattern": r"\S"},
+        {"type": "integer", "minimum": -MAX_JSON_INT, "maximum": MAX_JSON_INT}]}),
 ]
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64,
+                                        pattern=r"\S")]
 
 
 class Strict(BaseModel):
-    """Unknown keys are refused (a misspelt "occupaton" must not be silently ignored)."""
+    """Unknown keys are refused (a misspelt "occupaton" must not be silently ignored); numbers
+    and booleans must be JSON numbers and booleans (`JsonNumber`, `StrictBool`)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -52,12 +89,20 @@ class Strict(BaseModel):
 class UserIn(Strict):
     """A user by id (known to the store), inline (cold start), or both (inline wins)."""
 
+    model_config = ConfigDict(json_schema_extra={"anyOf": [  # `_not_empty`, for the schema
+        {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+        for name in ("id", "age", "gender", "occupation", "zip", "rated")]})
+
     id: Id | None = None
-    age: Annotated[int | None, Field(ge=0, le=150)] = None
+    age: Annotated[int, Field(ge=0, le=150), JsonNumber] | None = None
     gender: Text | None = None
     occupation: Text | None = None
     zip: Annotated[str, BeforeValidator(_id_text),
-                   StringConstraints(strip_whitespace=True, max_length=16)] | None = None
+                   StringConstraints(strip_whitespace=True, max_length=16),
+                   WithJsonSchema({"anyOf": [
+                       {"type": "string", "maxLength": 16},
+                       {"type": "integer", "minimum": -(10**15 - 1), "maximum": MAX_JSON_INT}
+                   ]})] | None = None
     rated: Annotated[list[Id] | None, Field(
         description="movies the user rated, oldest first (replaces the stored history)")] = None
 
@@ -74,7 +119,8 @@ class UserIn(Strict):
 
 
 class ContextIn(Strict):
-    time: Annotated[float | None, Field(description="unix seconds (default: now)")] = None
+    time: Annotated[Annotated[float, JsonNumber] | None, Field(
+        description="unix seconds (default: now)")] = None
     last_movie: Annotated[Id | None, Field(
         description="default: the user's most recently rated movie")] = None
 
@@ -84,7 +130,7 @@ class MovieIn(Strict):
 
     id: Id
     genres: Annotated[list[Text] | None, Field(max_length=MAX_GENRES)] = None
-    year: Annotated[int | None, Field(ge=0, le=9999)] = None
+    year: Annotated[int, Field(ge=0, le=9999), JsonNumber] | None = None
 
     def payload(self) -> dict[str, Any]:
         if self.genres is None and self.year is None:  # by id: 6x cheaper than model_dump
@@ -109,9 +155,9 @@ class ExplainRequest(PredictRequest):
 class RecommendRequest(Strict):
     user: UserIn
     context: ContextIn | None = None
-    n: Annotated[int, Field(ge=1)] = 10
+    n: Annotated[int, Field(ge=1), JsonNumber] = 10
     candidates: Annotated[list[Id] | None, Field(min_length=1)] = None
-    exclude_rated: bool = True
+    exclude_rated: StrictBool = True
     genres: Annotated[list[Text] | None, Field(max_length=MAX_GENRES)] = None
     rank_by: Annotated[Literal["relevance", "rating"], Field(
         description="relevance (default): what the user is likely to watch next, from the "
@@ -209,8 +255,9 @@ class RatingEvent(Strict):
     user_id: Id
     movie_id: Annotated[Id, Field(description="a catalog movie, or any other id (stored and "
                                               "listed as unknown)")]
-    rating: Annotated[float, Field(description="within the model's rating range")]
-    timestamp: Annotated[int, Field(ge=0, le=MAX_TIMESTAMP, description="unix seconds")]
+    rating: Annotated[float, Field(description="within the model's rating range"), JsonNumber]
+    timestamp: Annotated[int, Field(ge=0, le=MAX_TIMESTAMP, description="unix seconds"),
+                         JsonNumber]
 
 
 class RatingsRequest(Strict):

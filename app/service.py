@@ -9,8 +9,13 @@ when the last such request is done.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import gc
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +25,34 @@ from app.scorer import Scorer
 from app.settings import Settings
 from app.store import Store
 from model.bundle import Bundle, BundleError
+from model.features import size_hash_cache
 
 log = logging.getLogger("fmrec")
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
+        return trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+MALLOC_TRIM = _malloc_trim()
+
+
+def return_freed_memory() -> None:
+    """After a swap, free the replaced bundle now and give its memory back to the system.
+
+    A SavedModel's objects sit in reference cycles, freed only by a full collection, which
+    a quiet server may not run for a long time; and glibc keeps freed pages in its arenas
+    (each load runs in a new thread) unless trimmed. Without both, 40 reloads of one bundle
+    (a 50,000-rating synthetic model) grew RSS ~107 MB each until a full collection came:
+    2.8x its size after the first reload; with both, 1.004x.
+    Requests still in flight keep the old scorer; it goes with the next collection."""
+    gc.collect()
+    if MALLOC_TRIM is not None:
+        MALLOC_TRIM(0)
 
 
 class ReloadBusy(Exception):
@@ -44,6 +75,7 @@ class Service:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
+        size_hash_cache(settings.hash_cache_bytes)
         self.current: Loaded | None = None
         self.store: Store | None = None
         self.last_reload_error: dict[str, Any] | None = None
@@ -61,8 +93,41 @@ class Service:
         scorer = Scorer(bundle, self.settings, self.metrics)
         return Loaded(scorer, path, time.time(), time.perf_counter() - start)
 
+    async def load_in_time(self, path: Path) -> Loaded:
+        """`load` in a thread of its own, given up after FMREC_RELOAD_TIMEOUT_S (BundleError).
+
+        A thread cannot be stopped: a load stuck in a read stays blocked, but in its own
+        daemon thread, so it holds neither the reload lock nor a worker of the pool that
+        `asyncio.to_thread` shares with the scoring code."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Loaded] = loop.create_future()
+
+        def deliver(outcome: Callable[[], None]) -> None:
+            def settle() -> None:
+                if not done.done():  # else given up already
+                    outcome()
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(settle)
+
+        def run() -> None:
+            try:
+                loaded = self.load(path)
+            except BaseException as exc:  # handed to the waiting coroutine
+                error = exc
+                deliver(lambda: done.set_exception(error))
+            else:
+                deliver(lambda: done.set_result(loaded))
+
+        threading.Thread(target=run, name=f"fmrec-load-{path.name}", daemon=True).start()
+        timeout = self.settings.reload_timeout_s
+        try:
+            return await asyncio.wait_for(done, timeout)
+        except TimeoutError:
+            raise BundleError(f"bundle {path}: loading took over {timeout:g} s "
+                              "(FMREC_RELOAD_TIMEOUT_S), given up") from None
+
     async def start(self) -> None:
-        loaded = await asyncio.to_thread(self.load, self.settings.bundle)
+        loaded = await self.load_in_time(self.settings.bundle)
         self.current = loaded
         self.metrics.serving(loaded.scorer.model_id)
         log.info("serving model %s from %s (loaded and warmed in %.2fs)",
@@ -85,9 +150,9 @@ class Service:
             raise ReloadBusy("a reload is already in progress")
         target = path if path is not None else self.settings.bundle
         async with self._reloading:
-            previous = self.current
+            old_id = self.current.scorer.model_id if self.current else None
             try:
-                loaded = await asyncio.to_thread(self.load, target)
+                loaded = await self.load_in_time(target)
             except Exception as exc:
                 message = str(exc) if isinstance(exc, BundleError) else (
                     f"bundle {target}: {type(exc).__name__}: {exc}")
@@ -95,14 +160,14 @@ class Service:
                                           "at": time.time()}
                 self.metrics.reloads.labels(outcome="failed").inc()
                 self.metrics.reload_failing.set(1)
-                log.error("reload of %s failed, still serving %s: %s", target,
-                          previous.scorer.model_id if previous else None, message)
+                log.error("reload of %s failed, still serving %s: %s", target, old_id,
+                          message)
                 raise ReloadFailed(message) from exc
             self.current = loaded  # the swap: requests from here on use the new scorer
+            await asyncio.to_thread(return_freed_memory)
             self.last_reload_error = None
             self.metrics.reloads.labels(outcome="ok").inc()
             self.metrics.reload_failing.set(0)
-            old_id = previous.scorer.model_id if previous else None
             self.metrics.serving(loaded.scorer.model_id, old_id)
             log.info("reloaded: serving %s from %s (was %s)", loaded.scorer.model_id, target,
                      old_id)

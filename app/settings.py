@@ -23,12 +23,20 @@ class Settings(BaseSettings):
     redis_url: Annotated[str, Field(repr=False)] = ""  # may hold a password
     embedded_redis_path: Path = Path("data/fmrec-redis.db")
     cache_ttl_s: Annotated[int, Field(ge=1)] = 86400
-    # per-worker copy of user records read from Redis (app/near_cache.py); 0 turns it off
+    # per-worker copy of user records read from Redis (app/near_cache.py); 0 turns it off.
+    # Bounded by users and by (estimated) bytes: new users are the callers' choice
     near_cache_size: Annotated[int, Field(ge=0)] = 100_000
+    near_cache_bytes: Annotated[int, Field(ge=0)] = 32 << 20
+    # per-worker cache of feature hashes (model/features.py), bytes
+    hash_cache_bytes: Annotated[int, Field(ge=0)] = 16 << 20
     near_cache_ttl_s: Annotated[float, Field(gt=0)] = 5.0
     redis_timeout_s: Annotated[float, Field(gt=0)] = 0.25
     # after a Redis error, skip Redis this long (one timeout, not one per request)
     redis_retry_s: Annotated[float, Field(ge=0)] = 1.0
+
+    # loading a bundle (start, /admin/reload) is given up after this: a file that blocks on
+    # read must not hold the reload forever
+    reload_timeout_s: Annotated[float, Field(gt=0)] = 300.0
 
     # numpy: score in NumPy on the SavedModel's weights (fastest on CPU); savedmodel: call
     # its signatures (TensorFlow, a GPU when visible); auto: savedmodel iff a GPU is visible

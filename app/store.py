@@ -216,8 +216,9 @@ class Store:
 
             def subscriber() -> aioredis.Redis:
                 return aioredis.Redis(unix_socket_path=socket, **listen)
-        near = (NearCache(settings.near_cache_size, settings.near_cache_ttl_s)
-                if settings.near_cache_size else None)
+        near = (NearCache(settings.near_cache_size, settings.near_cache_ttl_s,
+                          settings.near_cache_bytes)
+                if settings.near_cache_size and settings.near_cache_bytes else None)
         return cls(client, ttl_s=settings.cache_ttl_s, description=settings.store_description(),
                    retry_s=settings.redis_retry_s, on_error=on_error, embedded=embedded,
                    near=near, subscriber=subscriber)

@@ -16,7 +16,10 @@ What it checks and reports (tests/test_soak.py runs the same code for ~25 s):
 * memory: the server's RSS sampled every second; growth after the warm-up must stay
   bounded (a leak shows as steady growth);
 * faults (unless --no-faults): every `fault_every_s`, Redis is paused past the timeout
-  (CLIENT PAUSE) or filled up (maxmemory 1, noeviction) for a moment, alternately.
+  (CLIENT PAUSE) or filled up (maxmemory 1, noeviction) for a moment, alternately;
+* reloads (--reloads, 50 by default): POST /admin/reload of the served bundle, spread
+  over the run; RSS at the end must stay within 1.2x of RSS just after the first one
+  (each reload loads a second copy of the model beside the first: what must not pile up).
 
 Loopback only; bounded in time and in request count.
 """
@@ -57,6 +60,7 @@ class SoakConfig:
     faults: bool = True
     fault_every_s: float = 20.0
     fault_length_s: float = 1.0
+    reloads: int = 0
     seed: int = 0
 
 
@@ -83,6 +87,8 @@ class Tally:
     stale: int = 0
     faults: list[dict[str, Any]] = field(default_factory=list)
     rss: list[tuple[float, int]] = field(default_factory=list)
+    reloads: Counter[int] = field(default_factory=Counter)  # status -> count
+    rss_after_first_reload: int | None = None
 
 
 class Soak:
@@ -93,6 +99,7 @@ class Soak:
         self.events = itertools.count()
         self.requests = 0
         self.start = 0.0
+        self.reloading = False  # the load goes on until the last reload is done
 
     def _event(self, n: int, rng: random.Random) -> dict[str, Any]:
         """Event n: its own (user, movie) pair, so every stored rating traces to one event."""
@@ -138,7 +145,7 @@ class Soak:
     async def _worker(self, client: httpx.AsyncClient, seed: int, stop: float) -> None:
         rng = random.Random(seed)
         users, movies = self.target.users, self.target.movies
-        while time.monotonic() < stop and self.requests < self.config.max_requests:
+        while self._running(stop) and self.requests < self.config.max_requests:
             kind = rng.choices(("predict", "recommend", "ratings"), self.config.mix)[0]
             if rng.random() < 0.2:  # a cold-start user, sent inline
                 user: dict[str, Any] = {"id": f"cold-{rng.randrange(10**6)}",
@@ -156,7 +163,7 @@ class Soak:
                 await self._ratings(client, rng)
 
     async def _sample_rss(self, stop: float) -> None:
-        while time.monotonic() < stop:
+        while self._running(stop):
             self.tally.rss.append((time.monotonic() - self.start, self.target.rss()))
             await asyncio.sleep(1.0)
 
@@ -181,6 +188,24 @@ class Soak:
                 await asyncio.to_thread(admin.config_set, "maxmemory", "0")
             self.tally.faults.append({"kind": kind, "at_s": at, "seconds": length})
 
+    def _running(self, stop: float) -> bool:
+        return time.monotonic() < stop or self.reloading
+
+    async def _reloads(self, client: httpx.AsyncClient) -> None:
+        """`reloads` reloads of the served bundle, spread over the run; all of them are
+        made (on a slow machine the run lasts until the last one is done)."""
+        every = self.config.seconds / (self.config.reloads + 1)
+        self.reloading = True
+        try:
+            for n in range(self.config.reloads):
+                await asyncio.sleep(max(0.0, self.start + (n + 1) * every - time.monotonic()))
+                response = await client.post("/admin/reload", json={})
+                self.tally.reloads[response.status_code] += 1
+                if self.tally.rss_after_first_reload is None:
+                    self.tally.rss_after_first_reload = self.target.rss()
+        finally:
+            self.reloading = False
+
     async def run(self) -> dict[str, Any]:
         self.start = time.monotonic()
         stop = self.start + self.config.seconds
@@ -192,6 +217,8 @@ class Soak:
             tasks.append(self._sample_rss(stop))
             if self.config.faults:
                 tasks.append(self._faults(stop))
+            if self.config.reloads:
+                tasks.append(self._reloads(client))
             await asyncio.gather(*tasks)
         elapsed = time.monotonic() - self.start
         self.tally.rss.append((elapsed, self.target.rss()))
@@ -247,6 +274,7 @@ class Soak:
             "ratings_refused_503": refused,
             "faults": self.tally.faults,
             "ratings": self._ratings_check(),
+            "reloads": self._reload_report(),
             "rss_mb": {
                 "start": round(rss[0][1] / 2**20, 1),
                 "after_warmup": round(baseline / 2**20, 1),
@@ -256,6 +284,14 @@ class Soak:
                 "samples": [(round(t, 1), round(r / 2**20, 1)) for t, r in rss],
             },
         }
+
+
+    def _reload_report(self) -> dict[str, Any]:
+        first = self.tally.rss_after_first_reload
+        end = self.tally.rss[-1][1]
+        return {"statuses": {str(s): n for s, n in sorted(self.tally.reloads.items())},
+                "rss_after_first_mb": round(first / 2**20, 1) if first else None,
+                "rss_end_over_after_first": round(end / first, 4) if first else None}
 
 
 def run_soak(target: Target, config: SoakConfig) -> dict[str, Any]:
@@ -277,6 +313,11 @@ def summary(result: dict[str, Any]) -> str:
     out.append(f"ratings: {ratings['events_sent']:,} sent, {ratings['events_acknowledged']:,} "
                f"acknowledged, {ratings['events_stored']:,} stored, lost {ratings['lost']}, "
                f"duplicated {ratings['duplicated']}")
+    reloads = result["reloads"]
+    if reloads["statuses"]:
+        out.append(f"reloads: {json.dumps(reloads['statuses'])}; RSS after the first "
+                   f"{reloads['rss_after_first_mb']} MB, at the end "
+                   f"{reloads['rss_end_over_after_first']:.3f}x that")
     out.append(f"server RSS MB: start {rss['start']}, after warm-up {rss['after_warmup']}, "
                f"end {rss['end']}, max {rss['max']} "
                f"(growth after warm-up {rss['growth_after_warmup']:+.1%})")
@@ -298,12 +339,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=SoakConfig.concurrency)
     parser.add_argument("--max-requests", type=int, default=SoakConfig.max_requests)
     parser.add_argument("--no-faults", action="store_true")
+    parser.add_argument("--reloads", type=int, default=50,
+                        help="reloads of the served bundle during the run")
     parser.add_argument("--ratings", type=int, default=50_000,
                         help="size of the synthetic data set the model is trained on")
     parser.add_argument("--out", type=Path, help="results folder (default bench/results)")
     args = parser.parse_args(argv)
     config = SoakConfig(seconds=args.seconds, concurrency=args.concurrency,
-                        max_requests=args.max_requests, faults=not args.no_faults)
+                        max_requests=args.max_requests, faults=not args.no_faults,
+                        reloads=args.reloads)
 
     work = Path(tempfile.mkdtemp(prefix="fmrec-soak-"))
     data, spec = synthetic(args.ratings, seed=0)
@@ -341,7 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {path}")
     ok = (result["server_errors_5xx"] == 0 and result["ratings"]["lost"] == 0
           and result["ratings"]["duplicated"] == 0
-          and result["rss_mb"]["growth_after_warmup"] < 0.2)
+          and result["rss_mb"]["growth_after_warmup"] < 0.2
+          and set(result["reloads"]["statuses"]) <= {"200"}
+          and (result["reloads"]["rss_end_over_after_first"] or 0) < 1.2)
     return 0 if ok else 1
 
 

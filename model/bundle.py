@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -275,8 +277,7 @@ def save_bundle(path: str | Path, heads: dict[str, HeadModel], spec: FeatureSpec
                  **head_arrays)
         described = {h: {**metrics.get("heads", {}).get(h, {}), "k": m.fm.k,
                          "fields": list(m.fields)} for h, m in heads.items()}
-        meta = {"format_version": FORMAT_VERSION, **metrics, "k": heads["rating"].fm.k,
-                "heads": described}
+        meta = {"format_version": FORMAT_VERSION, **metrics, "heads": described}
         (tmp / "metrics.json").write_text(json.dumps(meta, indent=2, default=float))
         model_id = content_hash(tmp)
         (tmp / "model_id").write_text(model_id + "\n")
@@ -322,6 +323,78 @@ class Head:
                 self.fmap.encode("context", [context]))
 
 
+def check_regular_files(root: Path) -> None:
+    """Only directories and regular files: reading a FIFO or a device would block the load
+    (and the reload lock) forever, or read without end."""
+    try:
+        odd = [p for p in root.rglob("*") if not (p.is_dir() or stat.S_ISREG(p.stat().st_mode))]
+    except OSError as exc:  # a dangling or looping symlink
+        raise BundleError(f"bundle {root}: cannot read ({exc})") from exc
+    if odd:
+        raise BundleError(f"bundle {root}: {odd[0].relative_to(root)} is not a regular file")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
+        value)
+
+
+def check_metrics(root: Path, metrics: Any) -> None:
+    """What metrics.json declares and serving relies on, checked at load: a bundle that
+    loads must not answer 500 (or clip every rating to one value) on every call later."""
+    if not isinstance(metrics, dict):
+        raise BundleError(f"bundle {root}: metrics.json is not a JSON object")
+    heads = metrics.get("heads")
+    for name in HEADS:
+        head = heads.get(name) if isinstance(heads, dict) else None
+        if not isinstance(head, dict):
+            raise BundleError(f"bundle {root}: metrics.json does not describe head {name!r}")
+        k = head.get("k")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise BundleError(f"bundle {root}: metrics.json k of head {name} must be a "
+                              f"positive integer, not {k!r}")
+        fields = head.get("fields")
+        if not (isinstance(fields, list) and fields and all(isinstance(f, str) for f in fields)):
+            raise BundleError(f"bundle {root}: metrics.json fields of head {name} must be a "
+                              f"list of field keys, not {fields!r}")
+    if "rating_range" in metrics:
+        rating_range = metrics["rating_range"]
+        if not (isinstance(rating_range, list) and len(rating_range) == 2
+                and all(_number(v) for v in rating_range)
+                and rating_range[0] < rating_range[1]):
+            raise BundleError(f"bundle {root}: metrics.json rating_range must be two finite "
+                              f"numbers [low, high] with low < high, not {rating_range!r}")
+
+
+def check_catalog(root: Path, catalog: Catalog, k: int) -> None:
+    """catalog.npz's arrays agree with each other and with k, and its sums are finite."""
+    n = len(catalog.ids)
+    shapes = {"ids": catalog.ids.shape, "titles": catalog.titles.shape,
+              "genres": (len(catalog.genres),), "years": catalog.years.shape,
+              "raters": (len(catalog.raters),), "L": catalog.sums.L.shape,
+              "s": catalog.sums.s.shape, "q": catalog.sums.q.shape}
+    expected = {name: (n, k) if name == "s" else (n,) for name in shapes}
+    wrong = [f"{name} {shape}" for name, shape in shapes.items() if shape != expected[name]]
+    if wrong or n == 0:
+        raise BundleError(f"bundle {root}: catalog arrays disagree (expected {n} movies, "
+                          f"k {k}; got " + ", ".join(wrong or ["no movies"]) + ")")
+    kinds = {"ids": "U", "titles": "U", "years": "iu", "L": "f", "s": "f", "q": "f"}
+    arrays = {"ids": catalog.ids, "titles": catalog.titles, "years": catalog.years,
+              "L": catalog.sums.L, "s": catalog.sums.s, "q": catalog.sums.q}
+    for name, kind in kinds.items():
+        if arrays[name].dtype.kind not in kind:
+            raise BundleError(f"bundle {root}: catalog {name} has dtype {arrays[name].dtype}")
+    if len(set(catalog.ids.tolist())) != n:
+        raise BundleError(f"bundle {root}: catalog movie ids are not unique")
+    for name in ("L", "s", "q"):
+        if not np.isfinite(arrays[name]).all():
+            raise BundleError(f"bundle {root}: catalog sums {name} are not all finite")
+    known = set(catalog.genre_names)
+    if len(known) > 63 or any(not known.issuperset(g) for g in catalog.genres):
+        raise BundleError(f"bundle {root}: catalog genres outside its genre_names (or "
+                          "more than 63)")
+
+
 class Bundle:
     """A loaded, checked bundle: feature map, heads (SavedModel signatures), catalog, metadata.
 
@@ -337,6 +410,7 @@ class Bundle:
         missing = [f for f in (*FILES, "model_id", "saved_model") if not (root / f).exists()]
         if missing:
             raise BundleError(f"bundle {root} is incomplete: missing {', '.join(missing)}")
+        check_regular_files(root)
         self.model_id = (root / "model_id").read_text().strip()
         if content_hash(root) != self.model_id:
             raise BundleError(f"bundle {root} does not match its model_id (corrupt or edited)")
@@ -349,6 +423,7 @@ class Bundle:
         if self.metrics.get("format_version") != FORMAT_VERSION:
             raise BundleError(f"bundle {root} has format {self.metrics.get('format_version')}, "
                               f"this code reads format {FORMAT_VERSION} (train it again)")
+        check_metrics(root, self.metrics)
         self.rating_range = tuple(self.metrics.get("rating_range", (1.0, 5.0)))
         try:
             self.model = tf.saved_model.load(str(root / "saved_model"))
@@ -365,13 +440,12 @@ class Bundle:
         rating = self.heads["rating"]
         self.fmap, self.k, self.engine = rating.fmap, rating.k, rating.engine
         self.widths = tuple(h.k for h in self.heads.values())  # cached parts' layout
+        check_catalog(root, self.catalog, self.k)  # and the rating head's sums
 
     def _head(self, name: str, items: Sums, engine: EngineName) -> Head:
         """Head `name`, checked: its signatures exist and every width of it agrees."""
         root = self.path
-        described = self.metrics.get("heads", {}).get(name)
-        if not isinstance(described, dict) or "k" not in described or "fields" not in described:
-            raise BundleError(f"bundle {root}: metrics.json does not describe head {name!r}")
+        described = self.metrics["heads"][name]  # its shape checked by check_metrics
         for sig in SIGNATURES:
             if signature_name(name, sig) not in self.model.signatures:
                 raise BundleError(f"bundle {root}: SavedModel has no "
@@ -382,6 +456,13 @@ class Bundle:
         if len(set(widths.values())) != 1:  # scoring would fail, or mix up numbers, later
             raise BundleError(f"bundle {root}: inconsistent k of head {name} (" + ", ".join(
                 f"{where} {k}" for where, k in widths.items()) + ")")
+        n = len(self.catalog.ids)
+        arrays = (items.L, items.s, items.q)
+        if name != "rating" and (  # the rating head's: check_catalog, with the catalog
+                [a.shape for a in arrays] != [(n,), (n, widths["catalog"]), (n,)]
+                or any(a.dtype.kind != "f" or not np.isfinite(a).all() for a in arrays)):
+            raise BundleError(f"bundle {root}: catalog sums of head {name}: arrays disagree "
+                              f"with its {n} movies or are not all finite floats")
         fmap = FeatureMap(self.spec.only(described["fields"]))
         return Head(name, fmap, widths["catalog"], make_engine(self.model, name, engine), items)
 

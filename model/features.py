@@ -39,11 +39,38 @@ class SpecError(ValueError):
     """A feature spec that this code cannot reproduce or does not understand."""
 
 
-@lru_cache(maxsize=1 << 20)
-def feature_hash(key: str, hash_bits: int) -> int:
-    """Stable bucket of a feature key: same on every machine, process and Python version."""
+def _blake_bucket(key: str, hash_bits: int) -> int:
     digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << hash_bits) - 1)
+
+
+# Memory of one cached key (the key string, the int, the LRU's link and dict slot), an
+# upper estimate: tracemalloc counts ~170 bytes for a 75-character key (tests/test_features).
+HASH_CACHE_ENTRY_BYTES = 400
+DEFAULT_HASH_CACHE_BYTES = 16 << 20
+_cached_bucket = lru_cache(maxsize=DEFAULT_HASH_CACHE_BYTES // HASH_CACHE_ENTRY_BYTES)(
+    _blake_bucket)
+# Keys unique to one user or one user-day: callers make new ones at will (every new user,
+# every session), so caching them only grows the cache and evicts the useful entries.
+UNCACHED_FIELDS = frozenset({"user.id", "context.session"})
+
+
+def size_hash_cache(max_bytes: int) -> None:
+    """Bound the cache of `feature_hash` to about `max_bytes` (FMREC_HASH_CACHE_BYTES)."""
+    global _cached_bucket
+    _cached_bucket = lru_cache(maxsize=max_bytes // HASH_CACHE_ENTRY_BYTES)(_blake_bucket)
+
+
+def hash_cache_size() -> int:
+    """Keys cached now."""
+    return _cached_bucket.cache_info().currsize
+
+
+def feature_hash(key: str, hash_bits: int, cache: bool = True) -> int:
+    """Stable bucket of a feature key: same on every machine, process and Python version.
+
+    Cached (most keys repeat: catalog movies, genres, ages) in an LRU of bounded size."""
+    return _cached_bucket(key, hash_bits) if cache else _blake_bucket(key, hash_bits)
 
 
 def session_of(user_id: str, timestamp: float) -> str:
@@ -315,7 +342,8 @@ class FeatureMap:
         for x in flat:
             if not isinstance(x, (str, int, np.integer)) or isinstance(x, bool):
                 raise FeatureError(f"{f.side}.{f.name}: expected strings or integers, got {x!r}")
-        tokens = {x: feature_hash(f.token(x), self.spec.hash_bits) for x in set(flat)}
+        cache = f.key not in UNCACHED_FIELDS
+        tokens = {x: feature_hash(f.token(x), self.spec.hash_bits, cache) for x in set(flat)}
         indices = np.fromiter((tokens[x] for x in flat), dtype=np.int32, count=len(flat))
         if f.kind == "categorical":
             values = np.ones(len(flat), dtype=np.float32)

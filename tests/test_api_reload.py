@@ -4,9 +4,12 @@ step, with no failed request; a broken bundle is refused loudly and the old one 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
+import os
 import shutil
+import threading
 import weakref
 from pathlib import Path
 from typing import Any
@@ -105,7 +108,7 @@ async def test_old_model_is_released_after_the_swap(
 def _corrupt_copies(source: Path, root: Path) -> dict[str, Path]:
     """Bundles broken in different ways: a missing file, an edited file, a spec this code
     cannot reproduce (golden hashes changed, model id recomputed so only the spec check
-    can catch it), and no bundle at all."""
+    can catch it), a reversed rating range (model id recomputed), and no bundle at all."""
     out = {}
     missing = root / "missing"
     shutil.copytree(source, missing)
@@ -125,6 +128,12 @@ def _corrupt_copies(source: Path, root: Path) -> dict[str, Path]:
     (golden / "spec.json").write_text(json.dumps(spec))
     (golden / "model_id").write_text(content_hash(golden) + "\n")
     out["golden"] = golden
+    reversed_range = root / "range"  # loads, then every answer would be a 500
+    shutil.copytree(source, reversed_range)
+    meta = json.loads((reversed_range / "metrics.json").read_text())
+    (reversed_range / "metrics.json").write_text(json.dumps({**meta, "rating_range": [5, 1]}))
+    (reversed_range / "model_id").write_text(content_hash(reversed_range) + "\n")
+    out["range"] = reversed_range
     out["absent"] = root / "absent"
     return out
 
@@ -133,14 +142,16 @@ async def test_broken_bundles_are_refused_and_the_old_one_serves(
         settings: Settings, small_bundle: Bundle, small_bundle_path: Path,
         tmp_path: Path) -> None:
     messages = {"missing": "missing catalog.npz", "edited": "does not match its model_id",
-                "golden": "feature spec mismatch", "absent": "no model bundle"}
+                "golden": "feature spec mismatch", "absent": "no model bundle",
+                "range": "rating_range"}
     broken = _corrupt_copies(small_bundle_path, tmp_path)
     async with serving(settings) as (_, client):
         before = await _predict(client)
         for name, path in broken.items():
             response = await client.post("/admin/reload", json={"bundle": str(path)})
             assert response.status_code == 422, response.text
-            assert messages[name] in response.json()["detail"]
+            assert messages[name] in response.json()["detail"][0]["msg"]
+            assert response.json()["detail"][0]["loc"] == ["body", "bundle"]
             assert response.json()["model_id"] == small_bundle.model_id
             after = await _predict(client)
             assert after == before
@@ -179,3 +190,92 @@ async def test_concurrent_reload_is_refused(settings: Settings) -> None:
             response = await client.post("/admin/reload")
         assert response.status_code == 409
         assert "in progress" in response.json()["detail"]
+
+
+def _fifo_bundle(source: Path, root: Path) -> Path:
+    """catalog.npz replaced by a FIFO (model id recomputed): opening it blocks forever."""
+    bundle = root / "fifo"
+    shutil.copytree(source, bundle)
+    (bundle / "catalog.npz").unlink()
+    os.mkfifo(bundle / "catalog.npz")
+    (bundle / "model_id").write_text(content_hash(bundle) + "\n")
+    return bundle
+
+
+def _unblock(fifo: Path) -> None:
+    """Open the FIFO for writing and close it: a reader stuck in open() sees end of file."""
+    with contextlib.suppress(OSError):  # nobody reading: nothing to unblock
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+async def test_bundle_with_a_fifo_is_refused_and_later_reloads_work(
+        settings: Settings, small_bundle: Bundle, small_bundle_path: Path,
+        tmp_path: Path) -> None:
+    bundle = _fifo_bundle(small_bundle_path, tmp_path)
+    try:
+        async with serving(settings) as (_, client):
+            response = await asyncio.wait_for(client.post(
+                "/admin/reload", json={"bundle": str(bundle)}), 120)
+            assert response.status_code == 422, response.text
+            assert "catalog.npz is not a regular file" in response.json()["detail"][0]["msg"]
+            assert (await client.get("/model")).json()["model_id"] == small_bundle.model_id
+            assert (await client.post("/admin/reload", json={})).status_code == 200
+    finally:
+        _unblock(bundle / "catalog.npz")
+
+
+async def test_a_load_that_never_ends_times_out_and_frees_the_reload(
+        settings: Settings, small_bundle: Bundle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read that never returns (a hung network file system: not reproducible here, so
+    the load is made to block on an event) is given up after FMREC_RELOAD_TIMEOUT_S and
+    reported like any failed reload; the next reload is not refused as busy."""
+    async with serving(settings) as (app, client):
+        service: Service = app.state.service
+        generous = service.settings
+        service.settings = generous.model_copy(update={"reload_timeout_s": 0.5})
+        release = threading.Event()
+        real_load = Service.load
+
+        def stuck(self: Service, path: Path) -> Any:
+            release.wait()
+            raise RuntimeError("released at the end of the test")
+
+        monkeypatch.setattr(Service, "load", stuck)
+        try:
+            response = await asyncio.wait_for(client.post("/admin/reload", json={}), 120)
+            assert response.status_code == 422, response.text
+            assert "FMREC_RELOAD_TIMEOUT_S" in response.json()["detail"][0]["msg"]
+            info = (await client.get("/model")).json()
+            assert info["model_id"] == small_bundle.model_id
+            assert "FMREC_RELOAD_TIMEOUT_S" in info["last_reload_error"]["error"]
+            assert metric((await client.get("/metrics")).text,
+                          'fmrec_reloads_total{outcome="failed"}') == 1
+            monkeypatch.setattr(Service, "load", real_load)
+            service.settings = generous  # a real load may take longer on a busy machine
+            again = await asyncio.wait_for(client.post("/admin/reload", json={}), 120)
+            assert again.status_code == 200, again.text
+        finally:
+            release.set()  # the abandoned thread ends; what it raises is dropped
+            for thread in threading.enumerate():
+                if thread.name.startswith("fmrec-load"):
+                    thread.join(30)
+
+
+async def test_each_reload_frees_the_replaced_model_by_itself(settings: Settings) -> None:
+    """Reloads of the same bundle: after each, the replaced Bundle, its SavedModel and its
+    engine are gone without anyone else collecting (a SavedModel sits in reference
+    cycles: left to the collector's schedule, several could pile up on a quiet server)."""
+    async with serving(settings) as (app, client):
+        service: Service = app.state.service
+        gc.disable()  # only the service's own collection may free them
+        try:
+            for _ in range(3):
+                assert service.scorer is not None
+                bundle = service.scorer.bundle
+                old = [weakref.ref(x) for x in (bundle, bundle.model, bundle.engine)]
+                del bundle
+                response = await client.post("/admin/reload", json={})
+                assert response.status_code == 200, response.text
+                assert [ref() is None for ref in old] == [True, True, True]
+        finally:
+            gc.enable()

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -171,3 +172,100 @@ def test_catalog_payloads_reproduce_the_precomputed_item_sums(small_bundle: Bund
     np.testing.assert_allclose(encoded.s, cat.sums.s, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(encoded.L, cat.sums.L, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(encoded.q, cat.sums.q, rtol=1e-5, atol=1e-6)
+
+
+def _merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`old` with `new`'s keys replaced, nested objects key by key."""
+    out = dict(old)
+    for key, value in new.items():
+        both = isinstance(value, dict) and isinstance(old.get(key), dict)
+        out[key] = _merged(old[key], value) if both else value
+    return out
+
+
+def _rehashed(source: Path, target: Path, metrics: dict[str, Any] | None = None,
+              catalog: dict[str, Any] | None = None) -> Path:
+    """A copy of `source` with metrics.json keys or catalog.npz arrays replaced, and its
+    model id recomputed: only the declared-content checks can catch it."""
+    shutil.copytree(source, target)
+    if metrics is not None:
+        meta = json.loads((target / "metrics.json").read_text())
+        (target / "metrics.json").write_text(json.dumps(_merged(meta, metrics)))
+    if catalog is not None:
+        with np.load(target / "catalog.npz") as z:
+            arrays = {name: z[name] for name in z.files}
+        np.savez(target / "catalog.npz", **{**arrays, **catalog})
+    (target / "model_id").write_text(content_hash(target) + "\n")
+    return target
+
+
+BAD_METRICS = [({"rating_range": [1]}, "rating_range"), ({"rating_range": ["a", "b"]},
+               "rating_range"), ({"rating_range": [5, 1]}, "rating_range"),
+               ({"rating_range": [3, 3]}, "rating_range"), ({"rating_range": [1, "5"]},
+               "rating_range"), ({"rating_range": [float("nan"), 5]}, "rating_range"),
+               ({"rating_range": [1, float("inf")]}, "rating_range"),
+               ({"rating_range": [True, 5]}, "rating_range"),
+               ({"rating_range": {"low": 1}}, "rating_range"),
+               ({"rating_range": None}, "rating_range"),
+               *(({"heads": {"rating": {"k": k}}}, "k of head rating must be")
+                 for k in ("4", 4.0, 0, None)),
+               ({"heads": {"relevance": {"k": 5}}}, "inconsistent k of head relevance"),
+               ({"heads": {"relevance": {"fields": "user.id"}}}, "fields of head relevance"),
+               ({"heads": {"relevance": None}}, "does not describe head 'relevance'"),
+               ({"heads": []}, "does not describe head 'rating'")]
+
+
+@pytest.mark.parametrize(("change", "words"), BAD_METRICS,
+                         ids=[json.dumps(c) for c, _ in BAD_METRICS])
+def test_bundle_declaring_impossible_metrics_is_refused(
+        small_bundle_path: Path, tmp_path: Path, change: dict[str, Any], words: str) -> None:
+    bad = _rehashed(small_bundle_path, tmp_path / "bad", metrics=change)
+    with pytest.raises(BundleError, match=words):
+        Bundle(bad)
+
+
+def _catalog_changes(bundle: Bundle) -> list[tuple[str, dict[str, Any], str]]:
+    cat = bundle.catalog
+    nan_s = cat.sums.s.copy()
+    nan_s[3, 1] = np.nan
+    inf_l = cat.sums.L.copy()
+    inf_l[0] = np.inf
+    dup = cat.ids.copy()
+    dup[1] = dup[0]
+    return [
+        ("short ids", {"ids": cat.ids[:-1]}, "disagree"),
+        ("short titles", {"titles": cat.titles[:-1]}, "disagree"),
+        ("short years", {"years": cat.years[:-1]}, "disagree"),
+        ("short L", {"L": cat.sums.L[:-1]}, "disagree"),
+        ("short q", {"q": cat.sums.q[:-1]}, "disagree"),
+        ("s too wide", {"s": np.hstack([cat.sums.s, cat.sums.s[:, :1]])},
+         "inconsistent k|disagree"),
+        ("s flat", {"s": cat.sums.s[:, 0]}, "inconsistent k|disagree"),
+        ("NaN in s", {"s": nan_s}, "not all finite"),
+        ("inf in L", {"L": inf_l}, "not all finite"),
+        ("text sums", {"q": cat.sums.q.astype(str)}, "dtype"),
+        ("duplicate ids", {"ids": dup}, "not unique"),
+        ("genre not named", {"genre_names": np.array(cat.genre_names[1:], dtype=str)},
+         "genres outside"),
+        ("empty", {name: a[:0] for name, a in (("ids", cat.ids), ("titles", cat.titles),
+                   ("years", cat.years), ("L", cat.sums.L), ("s", cat.sums.s),
+                   ("q", cat.sums.q), ("genres", np.array([], dtype=str)))}, "disagree"),
+    ]
+
+
+def test_bundle_with_an_inconsistent_catalog_is_refused(
+        small_bundle_path: Path, small_bundle: Bundle, tmp_path: Path) -> None:
+    for name, change, words in _catalog_changes(small_bundle):
+        bad = _rehashed(small_bundle_path, tmp_path / name.replace(" ", "-"), catalog=change)
+        with pytest.raises(BundleError, match=words):
+            Bundle(bad)
+
+
+def test_declared_content_of_a_good_bundle_passes(small_bundle_path: Path,
+                                                  tmp_path: Path) -> None:
+    """The checks refuse only what is wrong: an int range and the default range load."""
+    ints = Bundle(_rehashed(small_bundle_path, tmp_path / "ints",
+                            metrics={"rating_range": [1, 5]}))
+    assert ints.rating_range == (1, 5)
+    meta = json.loads((small_bundle_path / "metrics.json").read_text())
+    assert isinstance(meta["heads"]["rating"]["k"], int) and "rating_range" in meta

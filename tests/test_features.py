@@ -6,12 +6,16 @@ import json
 import os
 import subprocess
 import sys
+import tracemalloc
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 
 from model.features import (
+    DEFAULT_HASH_CACHE_BYTES,
+    HASH_CACHE_ENTRY_BYTES,
     FeatureError,
     FeatureMap,
     FeatureSpec,
@@ -19,8 +23,10 @@ from model.features import (
     SpecError,
     context_payload,
     feature_hash,
+    hash_cache_size,
     movielens_spec,
     session_of,
+    size_hash_cache,
     with_session,
 )
 
@@ -195,3 +201,55 @@ def test_training_contexts_are_the_payloads_the_service_builds(
     assert with_session({"time": 86400 * 3 + 5}, "u1")["session"] == "u1@3"
     assert "session" not in with_session({"time": 5}, None)
     assert with_session({}, "u1") == {}
+
+
+@pytest.fixture
+def hash_cache() -> Iterator[None]:
+    """A fresh cache of the default size, restored after the test."""
+    size_hash_cache(DEFAULT_HASH_CACHE_BYTES)
+    yield
+    size_hash_cache(DEFAULT_HASH_CACHE_BYTES)
+
+
+def test_new_users_and_sessions_do_not_grow_the_hash_cache(hash_cache: None) -> None:
+    """Every request of a new user brings a new user id and a new session: keys that are
+    never seen again. They are hashed, not cached (the issue: 2 entries per request)."""
+    fmap = FeatureMap(movielens_spec(hash_bits=18))
+    fmap.encode("user", [{"id": "warm", "age": 30}])
+    fmap.encode("context", [with_session({"time": 890_000_000}, "warm")])
+    before = hash_cache_size()
+    for n in range(2000):
+        uid = f"new-user-{n}"
+        fmap.encode("user", [{"id": uid, "age": 30}])
+        fmap.encode("context", [with_session({"time": 890_000_000 + n * 86400}, uid)])
+    assert hash_cache_size() == before
+    # the same buckets as the cached path
+    assert fmap.encode("user", [{"id": "new-user-7"}]).indices[0] == feature_hash(
+        "user.id=new-user-7", 18)
+
+
+def test_the_hash_cache_is_bounded_by_bytes(hash_cache: None) -> None:
+    """Keys callers can vary at will (rated movies, inline movie ids) are cached, within
+    the byte budget (FMREC_HASH_CACHE_BYTES)."""
+    size_hash_cache(100 * HASH_CACHE_ENTRY_BYTES)
+    fmap = FeatureMap(movielens_spec(hash_bits=18))
+    for n in range(50):
+        fmap.encode("user", [{"rated": [f"movie-{n}-{m}" for m in range(100)]}])
+        assert hash_cache_size() <= 100
+    assert hash_cache_size() == 100
+
+
+def test_a_cached_hash_costs_at_most_its_estimate(hash_cache: None) -> None:
+    """HASH_CACHE_ENTRY_BYTES is an upper bound of what one cached key really holds (keys
+    as long as ids allow), measured by the allocator's own count."""
+    keys = [f"user.rated={n:064d}" for n in range(20_000)]  # built before measuring
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for key in keys:
+            feature_hash(key, 18)
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert hash_cache_size() == len(keys)
+    assert used / len(keys) <= HASH_CACHE_ENTRY_BYTES

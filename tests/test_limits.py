@@ -127,7 +127,8 @@ async def test_limit_boundary(settings: Settings, route: str, at_limit: dict[str
         accepted = await client.post(route, json=at_limit)
         refused = await client.post(route, json=past_limit)
     if route == "/admin/reload":  # a valid request, refused by the loader (no such bundle)
-        assert accepted.status_code == 422 and isinstance(accepted.json()["detail"], str)
+        assert accepted.status_code == 422
+        assert accepted.json()["detail"][0]["type"] == "bundle_error"  # one 422 shape
     else:
         assert accepted.status_code == 200, accepted.text
     assert refused.status_code == 422, refused.text
@@ -257,3 +258,41 @@ async def test_malformed_bodies_are_4xx(settings: Settings) -> None:
         text = await client.post("/predict", content=json.dumps(predict()).encode(),
                                  headers={"content-type": "text/plain"})
         assert 400 <= text.status_code < 500
+
+
+BLANK_IDS = [
+    ("/predict", lambda v: predict(id=v), ["body", "user", "id"]),
+    ("/predict", lambda v: predict(rated=["1", v]), ["body", "user", "rated", 1]),
+    ("/predict", lambda v: {**predict(), "context": {"last_movie": v}},
+     ["body", "context", "last_movie"]),
+    ("/predict", lambda v: {"user": USER, "movies": [{"id": "1"}, {"id": v}]},
+     ["body", "movies", 1, "id"]),
+    ("/recommend", lambda v: recommend(candidates=["1", v]), ["body", "candidates", 1]),
+    ("/recommend", lambda v: {"user": {"id": v}, "n": 3}, ["body", "user", "id"]),
+    ("/ratings", lambda v: events(1, event_id=v), ["body", "events", 0, "event_id"]),
+    ("/ratings", lambda v: events(1, user_id=v), ["body", "events", 0, "user_id"]),
+    ("/ratings", lambda v: events(1, movie_id=v), ["body", "events", 0, "movie_id"]),
+]
+
+
+@pytest.mark.parametrize(("route", "body", "loc"), BLANK_IDS,
+                         ids=[".".join(map(str, b[2][1:])) for b in BLANK_IDS])
+async def test_whitespace_only_ids_are_refused(settings: Settings, redis_server: RedisServer,
+                                               route: str, body: Any, loc: list[Any]) -> None:
+    """Ids are stripped; one that strips to nothing is a 422 naming the field, never ""
+    (two different blank event ids would collide on one claim and one event be lost)."""
+    async with serving(settings) as (_, client):
+        before = redis_server.client().dbsize()
+        for blank in ("   ", "\t", "\n \r"):
+            response = await client.post(route, json=body(blank))
+            assert response.status_code == 422, (blank, response.text)
+            errors = [e for e in response.json()["detail"] if e["loc"] == loc]
+            assert errors and "whitespace" in errors[0]["msg"], response.text
+        assert redis_server.client().dbsize() == before  # nothing written
+
+
+async def test_two_blank_event_ids_are_not_one_duplicate(settings: Settings) -> None:
+    async with serving(settings) as (_, client):
+        response = await client.post("/ratings", json={"events": [
+            rating(event_id="   "), rating(1, event_id="\t")]})
+    assert response.status_code == 422, response.text

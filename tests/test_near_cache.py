@@ -4,15 +4,17 @@ workers through Redis pub/sub (two apps on one real redis-server)."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from app.near_cache import ALL, NearCache
+from app.near_cache import ALL, NearCache, record_bytes
 from app.settings import Settings
-from app.store import UserRecord
+from app.store import Rating, Store, UserRecord
 from app.user_sums import BaseSums, HistorySums
 from model.bundle import Bundle
 from model.data import Dataset
@@ -65,8 +67,8 @@ def test_invalidate_and_update_sums() -> None:
     near = _listening()
     for uid in ("a", "b"):
         near.put("m", uid, _record(version=3), near.epoch)
-    base = BaseSums(1.0, np.ones(2), 2.0)
-    history = HistorySums(1.0, np.ones(2), 1.0, 1)
+    base = (BaseSums(1.0, np.ones(2), 2.0), BaseSums(0.5, np.ones(3), 1.0))  # two heads
+    history = (HistorySums(1.0, np.ones(2), 1.0, 1), HistorySums(1.0, np.ones(3), 1.0, 1))
     near.update_sums("m", "a", base, history, version=2)  # history of an older version
     record = near.get("m", "a", with_ratings=False)
     assert record is not None and record.base is base and record.history is None
@@ -106,3 +108,64 @@ async def test_a_rating_on_one_worker_reaches_the_others_copy(
         while (await b.post("/predict", json=request)).json()["predictions"] != on_a:
             assert time.monotonic() < deadline, "the other worker kept its stale copy"
             await asyncio.sleep(0.01)
+
+
+def _big_record(n: int, k: int = 16, ratings: int = 50) -> UserRecord:
+    return UserRecord(
+        {"age": str(20 + n % 50), "gender": "F", "occupation": "writer", "zip": "55105"},
+        {f"movie-{n}-{m}": Rating(4.0, 890_000_000 + m) for m in range(ratings)},
+        (BaseSums(1.0, np.ones(k), 2.0), BaseSums(1.0, np.ones(2 * k), 2.0)),
+        (HistorySums(1.0, np.ones(k), 1.0, ratings), HistorySums(1.0, np.ones(2 * k), 1.0,
+                                                                 ratings)), n)
+
+
+def test_new_users_do_not_grow_the_copy_past_its_byte_bound() -> None:
+    """Callers choose how many new users come (and how long their histories are): the copy
+    stays within FMREC_NEAR_CACHE_BYTES whatever the count allows."""
+    one = record_bytes("user-0", _big_record(0))
+    near = NearCache(100_000, 60.0, max_bytes=20 * one)
+    near.listening = True
+    for n in range(500):
+        near.put("m", f"user-{n}", _big_record(n), near.epoch)
+        assert near.bytes <= near.max_bytes
+    assert 15 <= len(near) <= 20  # the newest, as many as fit
+    assert near.get("m", "user-499", with_ratings=True) is not None
+    assert near.get("m", "user-0", with_ratings=True) is None
+    near.update_sums("m", "user-499", (BaseSums(0.0, np.zeros(16), 0.0),
+                                       BaseSums(0.0, np.zeros(32), 0.0)), None, None)
+    near.invalidate(["user-498"])
+    held = [record_bytes(uid, entry[2]) for uid, entry in near._entries.items()]
+    assert near.bytes == sum(held)  # the count follows replacements and removals
+    near.invalidate([ALL])
+    assert near.bytes == 0
+
+
+def test_record_bytes_is_an_upper_estimate() -> None:
+    """What the allocator really holds for cached records is at most their estimate."""
+    records = [(f"user-{n}", _big_record(n)) for n in range(300)]
+    near = NearCache(100_000, 60.0, max_bytes=1 << 40)
+    near.listening = True
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [(uid, copy.deepcopy(record)) for uid, record in records]
+        for uid, record in kept:
+            near.put("m", uid, record, near.epoch)
+        del records
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert used <= near.bytes, (used, near.bytes)
+    assert near.bytes <= 3 * used  # and not so loose that the bound means little
+
+
+def test_settings_bound_the_copy_by_bytes(small_bundle_path: Path,
+                                          redis_server: RedisServer) -> None:
+    settings = service_settings(bundle=small_bundle_path, redis_url=redis_server.url,
+                                near_cache_bytes=12345)
+    store = Store.open(settings)
+    try:
+        assert store.near is not None and store.near.max_bytes == 12345
+    finally:
+        asyncio.run(store.close())
+    assert Settings().near_cache_bytes <= 64 << 20  # fits a small container by default

@@ -1,7 +1,8 @@
 """A short soak (bench/soak.py's code, ~25 s): a real `fmrec serve` and redis-server on
 loopback under a mix of /predict, /recommend and /ratings, with Redis paused and then
-filled up on the way. No 5xx (a /ratings batch refused with 503 while Redis cannot take
-it is resent, as a client must), no rating lost or counted twice, memory flat."""
+filled up on the way, and the model reloaded 4 times. No 5xx (a /ratings batch refused
+with 503 while Redis cannot take it is resent, as a client must), no rating lost or
+counted twice, memory flat (also across the reloads)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def test_soak(small_bundle_path: Path, small_bundle: Bundle, redis_server: Redis
                          "FMREC_REDIS_URL": redis_server.url, "FMREC_API_KEYS": KEY,
                          "FMREC_LOG_LEVEL": "warning"}, tmp_path / "serve.log").start()
     config = SoakConfig(seconds=SECONDS, concurrency=8, warmup_s=SECONDS / 3,
-                        fault_every_s=SECONDS / 3, fault_length_s=0.8)
+                        fault_every_s=SECONDS / 3, fault_length_s=0.8, reloads=4)
     try:
         result = run_soak(Target(server.url, server.rss_bytes, redis_server.url,
                                  sorted(set(map(str, data.train.user))),
@@ -49,3 +50,6 @@ def test_soak(small_bundle_path: Path, small_bundle: Bundle, redis_server: Redis
     assert ratings["stale"] == 0 and ratings["stored_never_acknowledged"] == 0, ratings
     assert ratings["events_stored"] == ratings["events_acknowledged"] == ratings["events_sent"]
     assert result["rss_mb"]["growth_after_warmup"] < 0.2, result["rss_mb"]
+    reloads = result["reloads"]
+    assert reloads["statuses"] == {"200": 4}, reloads  # served through, no failed request
+    assert reloads["rss_end_over_after_first"] < 1.2, reloads

@@ -143,6 +143,15 @@ def test_cli_errors_are_one_line(args: list[str], message: str,
     assert err.startswith("fmrec: error: ") and message in err and "Traceback" not in err
 
 
+def test_cli_train_falls_back_to_fmrec_data(monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The "give --data" case above holds because conftest clears the caller's FMREC_DATA;
+    a test that wants the variable sets it."""
+    monkeypatch.setenv("FMREC_DATA", "/no/such/dir")
+    assert main(["train"]) == 2
+    assert "no MovieLens folder" in capsys.readouterr().err
+
+
 def test_cli_bad_split_from_a_real_process(ml100k_dir: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "app.cli", "train", "--data", str(ml100k_dir),
                            "--split", "u9"], capture_output=True, text=True)

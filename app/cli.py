@@ -53,10 +53,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     from model.train import TrainConfig
 
     data, spec = _load_data(args)
-    config = TrainConfig(
+    given = dict(
         k=args.k, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
         learning_rate=args.lr, l2_w=args.l2_w, l2_v=args.l2_v, l2_context=args.l2_context,
         patience=args.patience, seed=args.seed, members=args.members)
+    # flags not given keep TrainConfig's defaults (the parser leaves them None so that
+    # building it does not import TensorFlow)
+    config = TrainConfig(**{k: v for k, v in given.items() if v is not None})
     model_id, metrics = fit_and_save(data, spec, config, args.out, progress=not args.quiet,
                                      refit=not args.no_refit)
     keep = ("data", "test_rmse", "test_mae", "best_epoch", "refit_epochs", "seconds_per_epoch",
@@ -225,25 +228,23 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from model.train import TrainConfig
-
-    d = TrainConfig()
+    """Imports nothing heavy: `fmrec --help` must not wait for TensorFlow."""
     parser = argparse.ArgumentParser(prog="fmrec", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model and write a bundle")
     _data_args(p)
     p.add_argument("--out", type=Path, default=Path("bundles/current"))
-    p.add_argument("--k", type=_positive(int), default=d.k)
-    p.add_argument("--epochs", type=_positive(int), default=d.epochs)
-    p.add_argument("--batch-size", type=_positive(int), default=d.batch_size)
-    p.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"), default=d.optimizer)
-    p.add_argument("--lr", type=_positive(float), default=d.learning_rate)
-    p.add_argument("--l2-w", type=float, default=d.l2_w)
-    p.add_argument("--l2-v", type=float, default=d.l2_v)
-    p.add_argument("--patience", type=_positive(int), default=d.patience)
-    p.add_argument("--l2-context", type=float, default=d.l2_context)
-    p.add_argument("--members", type=_positive(int), default=d.members,
+    p.add_argument("--k", type=_positive(int))
+    p.add_argument("--epochs", type=_positive(int))
+    p.add_argument("--batch-size", type=_positive(int))
+    p.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"))
+    p.add_argument("--lr", type=_positive(float))
+    p.add_argument("--l2-w", type=float)
+    p.add_argument("--l2-v", type=float)
+    p.add_argument("--patience", type=_positive(int))
+    p.add_argument("--l2-context", type=float)
+    p.add_argument("--members", type=_positive(int),
                    help="models trained from seeds seed.. and averaged into one FM "
                         "(its k is members x --k)")
     p.add_argument("--no-refit", action="store_true",
@@ -295,16 +296,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from model.bundle import BundleError
-    from model.data import DataError
-    from model.features import FeatureError, SpecError
+def _expected_errors() -> tuple[type[Exception], ...]:
+    """The errors reported on one line, of the modules imported so far: an exception can
+    only come from a module already imported, and importing model.bundle just to name
+    BundleError would load TensorFlow into every command."""
+    named = (("model.data", "DataError"), ("model.bundle", "BundleError"),
+             ("model.features", "SpecError"), ("model.features", "FeatureError"))
+    return (CliError, OSError, *(getattr(sys.modules[module], name) for module, name in named
+                                 if module in sys.modules))
 
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (CliError, DataError, BundleError, SpecError, FeatureError, OSError) as exc:
+    except _expected_errors() as exc:
         print(f"fmrec: error: {exc}", file=sys.stderr)
         return 2
     return 0

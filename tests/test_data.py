@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,14 @@ import pytest
 
 from model.data import DataError, Ratings
 from model.data.movielens import read_movielens
-from model.data.synthetic import synthetic, synthetic_encoded
+from model.data.synthetic import (
+    STAR_SHARES,
+    normal_cdf,
+    star_moments,
+    synthetic,
+    synthetic_encoded,
+    to_stars,
+)
 from model.dataset import encode_ratings, last_movies
 from model.features import FeatureMap, feature_hash, movielens_spec
 
@@ -118,6 +126,32 @@ def test_synthetic_is_seeded_and_sized() -> None:
     np.testing.assert_array_equal(a.train.rating, b.train.rating)
     assert not np.array_equal(a.train.rating, c.train.rating)
     assert spec.hash_bits == 12 and a.rating_range[0] < a.rating_range[1]
+
+
+def test_synthetic_ratings_are_stars_spread_like_movielens() -> None:
+    data, _ = synthetic(n_ratings=3000, seed=5, hash_bits=12)
+    stars = np.concatenate([data.train.rating, data.test.rating])
+    assert set(np.unique(stars).tolist()) == {1.0, 2.0, 3.0, 4.0, 5.0}
+    assert data.rating_range == (1.0, 5.0)
+    shares = np.bincount(stars.astype(int), minlength=6)[1:] / len(stars)
+    np.testing.assert_allclose(shares, STAR_SHARES, atol=2 / len(stars))
+    info = data.info
+    assert 0 < info["floor_rmse"] < 1 and 0 < info["planted_rmse"] < 1
+
+
+def test_star_moments_match_sampling_the_noise() -> None:
+    """E and Var of the stars given the planted score, against drawing the noise."""
+    x = np.linspace(-6, 6, 241)
+    np.testing.assert_allclose(normal_cdf(x), [0.5 * (1 + math.erf(v / math.sqrt(2)))
+                                               for v in x], atol=2e-7)
+    thresholds = np.array([2.0, 2.6, 3.4, 4.4])
+    truth = np.array([1.0, 2.5, 3.0, 3.9, 6.0])
+    mean, var = star_moments(truth, 0.4, thresholds)
+    draws = truth[:, None] + np.random.default_rng(0).normal(0, 0.4, (len(truth), 200_000))
+    stars = to_stars(draws.ravel(), thresholds).reshape(draws.shape)
+    np.testing.assert_allclose(mean, stars.mean(axis=1), atol=0.01)
+    np.testing.assert_allclose(var, stars.var(axis=1), atol=0.01)
+    assert to_stars(np.array([1.9, 2.0, 2.1, 9.0]), thresholds).tolist() == [1, 1, 2, 5]
 
 
 def test_synthetic_encoded_gives_the_training_encoding_encode_ratings_gives() -> None:

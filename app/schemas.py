@@ -107,9 +107,14 @@ class RecommendRequest(Strict):
     genres: Annotated[list[Text] | None, Field(max_length=MAX_GENRES)] = None
 
 
+KNOWN = Field(description="false: the movie is not in the catalog and came without "
+                         "attributes, so only its hashed id was scored")
+
+
 class Prediction(BaseModel):
     movie_id: str
     rating: float
+    known: Annotated[bool, KNOWN]
 
 
 class PredictResponse(BaseModel):
@@ -123,6 +128,7 @@ class Recommendation(BaseModel):
     title: str
     score: Annotated[float, Field(description="unclipped model output, the ranking key")]
     rating: Annotated[float, Field(description="score clipped to the rating range")]
+    known: Annotated[bool, KNOWN]
 
 
 class RecommendResponse(BaseModel):

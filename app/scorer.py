@@ -136,11 +136,15 @@ class Scorer:
                   [p for p, r in zip(movies, rows, strict=True) if r < 0])
         result = await self._run(job, store)
         ratings = self.bundle.clip(result.scores)
+        # unknown: by id only and not in the catalog (inline attributes describe a movie)
+        known = [r is not None or set(p) != {"id"} for p, r in zip(movies, found, strict=True)]
+        if not all(known):
+            self.metrics.unknown_movies.inc(known.count(False))
         # validated from dicts: pydantic-core does that 2-4x faster than model_construct
         return PredictResponse.model_validate({
             "model_id": self.model_id, "user_cached": user.cached, "predictions": [
-                {"movie_id": p["id"], "rating": r}
-                for p, r in zip(movies, ratings.tolist(), strict=True)]})
+                {"movie_id": p["id"], "rating": r, "known": k}
+                for p, r, k in zip(movies, ratings.tolist(), known, strict=True)]})
 
     async def recommend(self, request: RecommendRequest, store: Store) -> RecommendResponse:
         catalog = self.bundle.catalog
@@ -170,7 +174,7 @@ class Scorer:
         return RecommendResponse.model_validate({  # from dicts: see predict
             "model_id": self.model_id, "user_cached": user.cached, "items": [
                 {"movie_id": str(catalog.ids[row]), "title": str(catalog.titles[row]),
-                 "score": score, "rating": rating}
+                 "score": score, "rating": rating, "known": True}  # catalog movies only
                 for row, score, rating in zip(result.rows.tolist(), result.scores.tolist(),
                                               ratings.tolist(), strict=True)]})
 

@@ -76,7 +76,7 @@ class UserIn(Strict):
 class ContextIn(Strict):
     time: Annotated[float | None, Field(description="unix seconds (default: now)")] = None
     last_movie: Annotated[Id | None, Field(
-        description="default: the user's most recently rated movie")] = None
+        description="default: the user's latest movie rated before `time`; null: none")] = None
 
 
 class MovieIn(Strict):

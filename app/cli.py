@@ -29,21 +29,34 @@ class CliError(Exception):
 
 def _load_data(args: argparse.Namespace) -> tuple[Dataset, FeatureSpec]:
     from model.data import DataError
-    from model.data.movielens import read_movielens
+    from model.data.movielens import read_files, read_movielens
     from model.data.synthetic import synthetic
     from model.features import movielens_spec
 
+    if (args.train is None) != (args.test is None):
+        raise CliError("give --train FILE and --test FILE together")
+    if args.cutoff is not None and args.split != "temporal":
+        raise CliError("--cutoff needs --split temporal")
     if args.synthetic:
-        data, spec = synthetic(args.synthetic, seed=args.seed, hash_bits=args.hash_bits)
+        if args.train or args.split or args.cutoff is not None:
+            raise CliError("--synthetic makes its own split: drop --train/--test/--split")
+        data, spec = synthetic(args.synthetic, seed=args.seed, hash_bits=args.hash_bits,
+                               test_fraction=args.holdout)
         if args.features != "full":
             spec = movielens_spec(args.hash_bits, args.features)
         return data, spec
-    path = args.data or os.environ.get(DEFAULT_DATA_ENV)
-    if not path:
-        raise CliError("give --data DIR (a MovieLens folder) or --synthetic N")
     try:
-        return read_movielens(path, args.split, args.seed), movielens_spec(
-            args.hash_bits, args.features)
+        if args.train is not None:
+            if args.split:
+                raise CliError("--train/--test are the split: drop --split")
+            return read_files(args.train, args.test, args.data), movielens_spec(
+                args.hash_bits, args.features)
+        path = args.data or os.environ.get(DEFAULT_DATA_ENV)
+        if not path:
+            raise CliError("give --data DIR (a MovieLens folder), --train FILE --test FILE "
+                           "or --synthetic N")
+        return read_movielens(path, args.split, args.seed, args.holdout,
+                              args.cutoff), movielens_spec(args.hash_bits, args.features)
     except DataError as exc:
         raise CliError(str(exc)) from None
 
@@ -53,10 +66,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     from model.train import TrainConfig
 
     data, spec = _load_data(args)
-    config = TrainConfig(
+    given = dict(
         k=args.k, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
         learning_rate=args.lr, l2_w=args.l2_w, l2_v=args.l2_v, l2_context=args.l2_context,
         patience=args.patience, seed=args.seed, members=args.members)
+    # flags not given keep TrainConfig's defaults (the parser leaves them None so that
+    # building it does not import TensorFlow)
+    config = TrainConfig(**{k: v for k, v in given.items() if v is not None})
     model_id, metrics = fit_and_save(data, spec, config, args.out, progress=not args.quiet,
                                      refit=not args.no_refit)
     keep = ("data", "test_rmse", "test_mae", "test_ranking", "best_epoch", "refit_epochs",
@@ -206,15 +222,45 @@ def cmd_replay(args: argparse.Namespace) -> None:
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help=f"MovieLens folder (or ${DEFAULT_DATA_ENV})")
+    p.add_argument("--data", help=f"MovieLens folder (or ${DEFAULT_DATA_ENV}); with --train, "
+                   "where the user and movie attributes are (default: the train file's folder)")
     p.add_argument("--synthetic", type=int, metavar="N", help="planted-FM data with N ratings")
-    p.add_argument("--split", help="ua, ub, u1..u5 or random (default: ua for 100k)")
+    p.add_argument("--train", type=Path, metavar="FILE",
+                   help="training ratings in a MovieLens format (u.data, ratings.dat or "
+                        "ratings.csv style); needs --test")
+    p.add_argument("--test", type=Path, metavar="FILE", help="test ratings, as --train")
+    p.add_argument("--split", help="ua, ub, u1..u5 (100k only), random or temporal (train "
+                   "before a time, test after it); default: ua for 100k, else random")
+    p.add_argument("--holdout", type=_fraction, default=0.1, metavar="FRACTION",
+                   help="share of the ratings held out by the random and temporal splits "
+                        "(default: %(default)s)")
+    p.add_argument("--cutoff", type=_date, metavar="DATE",
+                   help="temporal split: test on the ratings from this date on (YYYY-MM-DD "
+                        "or an ISO date-time, UTC unless it says) instead of --holdout")
     p.add_argument("--features", default="full",
                    help="full, ids, or ids plus a comma list of implicit,time,last,"
                         "user_attrs,item_attrs")
     p.add_argument("--hash-bits", type=int, default=18, choices=range(10, 31),
                    metavar="{10..30}")
     p.add_argument("--seed", type=int, default=0)
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _date(text: str) -> int:
+    """Unix seconds of a date or ISO date-time (UTC unless it gives an offset)."""
+    from datetime import datetime, timezone
+
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+    return int((when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp())
 
 
 def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
@@ -227,25 +273,23 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from model.train import TrainConfig
-
-    d = TrainConfig()
+    """Imports nothing heavy: `fmrec --help` must not wait for TensorFlow."""
     parser = argparse.ArgumentParser(prog="fmrec", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model and write a bundle")
     _data_args(p)
     p.add_argument("--out", type=Path, default=Path("bundles/current"))
-    p.add_argument("--k", type=_positive(int), default=d.k)
-    p.add_argument("--epochs", type=_positive(int), default=d.epochs)
-    p.add_argument("--batch-size", type=_positive(int), default=d.batch_size)
-    p.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"), default=d.optimizer)
-    p.add_argument("--lr", type=_positive(float), default=d.learning_rate)
-    p.add_argument("--l2-w", type=float, default=d.l2_w)
-    p.add_argument("--l2-v", type=float, default=d.l2_v)
-    p.add_argument("--patience", type=_positive(int), default=d.patience)
-    p.add_argument("--l2-context", type=float, default=d.l2_context)
-    p.add_argument("--members", type=_positive(int), default=d.members,
+    p.add_argument("--k", type=_positive(int))
+    p.add_argument("--epochs", type=_positive(int))
+    p.add_argument("--batch-size", type=_positive(int))
+    p.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"))
+    p.add_argument("--lr", type=_positive(float))
+    p.add_argument("--l2-w", type=float)
+    p.add_argument("--l2-v", type=float)
+    p.add_argument("--patience", type=_positive(int))
+    p.add_argument("--l2-context", type=float)
+    p.add_argument("--members", type=_positive(int),
                    help="models trained from seeds seed.. and averaged into one FM "
                         "(its k is members x --k)")
     p.add_argument("--no-refit", action="store_true",
@@ -298,16 +342,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from model.bundle import BundleError
-    from model.data import DataError
-    from model.features import FeatureError, SpecError
+def _expected_errors() -> tuple[type[Exception], ...]:
+    """The errors reported on one line, of the modules imported so far: an exception can
+    only come from a module already imported, and importing model.bundle just to name
+    BundleError would load TensorFlow into every command."""
+    named = (("model.data", "DataError"), ("model.bundle", "BundleError"),
+             ("model.features", "SpecError"), ("model.features", "FeatureError"))
+    return (CliError, OSError, *(getattr(sys.modules[module], name) for module, name in named
+                                 if module in sys.modules))
 
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (CliError, DataError, BundleError, SpecError, FeatureError, OSError) as exc:
+    except _expected_errors() as exc:
         print(f"fmrec: error: {exc}", file=sys.stderr)
         return 2
     return 0

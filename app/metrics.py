@@ -38,6 +38,9 @@ class Metrics:
         self.cache_misses = Counter("fmrec_cache_misses",
                                     "user sums computed (not cached or cache not usable)",
                                     registry=r)
+        self.unknown_movies = Counter(
+            "fmrec_unknown_movies", "movies scored that are neither in the catalog nor "
+            "described inline (answered with known: false)", registry=r)
         self.redis_errors = Counter("fmrec_redis_errors", "failed Redis calls", registry=r)
         self.degraded = Counter("fmrec_degraded_requests",
                                 "requests answered without the store", registry=r)

@@ -122,7 +122,7 @@ class ContextIn(Strict):
     time: Annotated[Annotated[float, JsonNumber] | None, Field(
         description="unix seconds (default: now)")] = None
     last_movie: Annotated[Id | None, Field(
-        description="default: the user's most recently rated movie")] = None
+        description="default: the user's latest movie rated before `time`; null: none")] = None
 
 
 class MovieIn(Strict):
@@ -168,9 +168,14 @@ class RecommendRequest(Strict):
                                                "ranking head's)")] = False
 
 
+KNOWN = Field(description="false: the movie is not in the catalog and came without "
+                         "attributes, so only its hashed id was scored")
+
+
 class Prediction(BaseModel):
     movie_id: str
     rating: float
+    known: Annotated[bool, KNOWN]
 
 
 class PredictResponse(BaseModel):
@@ -195,6 +200,7 @@ class Recommendation(BaseModel):
                                                   "within one user's list only")]
     rating: Annotated[float, Field(description="predicted rating, clipped to the rating "
                                                "range")]
+    known: Annotated[bool, KNOWN]
     because: Annotated[list[Because] | None, Field(
         description="with `explain`: top rated movies by contribution to `score`")] = None
 

@@ -141,15 +141,19 @@ class Scorer:
         found = [catalog.row(p["id"]) if set(p) == {"id"} else None for p in movies]
         rows = np.array([-1 if r is None else r for r in found], dtype=np.int64)  # -1: inline
         user = await self._user(request.user, store, need_ratings=False)
-        job = Job(user, self._context(request.context, user), rows,
+        job = Job(user, await self._context(request.context, user, store), rows,
                   [p for p, r in zip(movies, rows, strict=True) if r < 0])
         result = await self._run(job, store)
         ratings = self.bundle.clip(result.scores["rating"])
+        # unknown: by id only and not in the catalog (inline attributes describe a movie)
+        known = [r is not None or set(p) != {"id"} for p, r in zip(movies, found, strict=True)]
+        if not all(known):
+            self.metrics.unknown_movies.inc(known.count(False))
         # validated from dicts: pydantic-core does that 2-4x faster than model_construct
         return PredictResponse.model_validate({
             "model_id": self.model_id, "user_cached": user.cached, "predictions": [
-                {"movie_id": p["id"], "rating": r}
-                for p, r in zip(movies, ratings.tolist(), strict=True)]})
+                {"movie_id": p["id"], "rating": r, "known": k}
+                for p, r, k in zip(movies, ratings.tolist(), known, strict=True)]})
 
     async def recommend(self, request: RecommendRequest, store: Store) -> RecommendResponse:
         catalog = self.bundle.catalog
@@ -173,7 +177,7 @@ class Scorer:
         exclude = np.zeros(0, np.int64)
         if request.exclude_rated and user.rated:
             exclude = self._rated_rows(user)
-        job = Job(user, self._context(request.context, user), candidates,
+        job = Job(user, await self._context(request.context, user, store), candidates,
                   ranking=Ranking(request.n, exclude, mask), head=request.rank_by)
         result = await self._run(job, store)
         ratings = self.bundle.clip(result.scores["rating"])
@@ -185,6 +189,7 @@ class Scorer:
             "items": [
                 {"movie_id": str(catalog.ids[row]), "title": str(catalog.titles[row]),
                  "score": score, "relevance": relevance, "rating": rating,
+                 "known": True,  # catalog movies only
                  "because": because and because[n]}
                 for n, (row, score, relevance, rating) in enumerate(zip(
                     result.rows.tolist(), result.scores[job.head].tolist(),
@@ -195,7 +200,7 @@ class Scorer:
         """The user (its history read) and the context payload a request scores with, for
         code that needs the features themselves rather than the cached sums (/explain)."""
         query = await self._user(user, store, need_ratings=True)
-        return query, self._context(context, query)
+        return query, await self._context(context, query, store)
 
     def _rated_rows(self, user: UserQuery) -> np.ndarray:
         """Catalog rows of the user's rated movies; remembered per (user, history version)
@@ -271,14 +276,26 @@ class Scorer:
             return None
         return record
 
-    @staticmethod
-    def _context(context: ContextIn | None, user: UserQuery) -> dict[str, Any]:
+    async def _context(self, context: ContextIn | None, user: UserQuery, store: Store
+                       ) -> dict[str, Any]:
         """Time defaults to now (the feature map clips it to the training range), the last
-        movie to the user's latest rated one."""
+        movie (unless sent, null meaning none) to the user's latest one rated strictly
+        before that time, as training defines it. The user's latest movie is that one
+        unless the time is not after it (a backfill): then the stored ratings say."""
         given = context or ContextIn()
-        last = given.last_movie if given.last_movie is not None else user.last_movie
-        return context_payload(user.uid, given.time if given.time is not None else time.time(),
-                               last)
+        at = given.time if given.time is not None else time.time()
+        last = user.last_movie
+        if "last_movie" in given.model_fields_set:
+            last = given.last_movie
+        elif user.history_from_store and last is not None and at <= user.last_time:
+            assert user.uid is not None  # history_from_store: read under its id
+            try:
+                ratings = await store.read_ratings(user.uid)
+            except StoreUnavailable:  # the store just answered: a blip, scored without
+                self.metrics.degraded.inc()
+                ratings = {}
+            last, _ = latest({m: r for m, r in ratings.items() if r.timestamp < at})
+        return context_payload(user.uid, at, last)
 
     # --- one micro-batch (in a worker thread, or inline: see app.batching) -------------
 

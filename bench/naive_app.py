@@ -143,44 +143,56 @@ class NaiveService:
         self.store = store
         self.settings = settings
 
-    async def user(self, user: UserIn) -> tuple[dict[str, Any], list[str], str | None]:
-        """(feature payload, rated movies, latest rated movie); inline fields win."""
+    async def user(self, user: UserIn
+                   ) -> tuple[dict[str, Any], list[str], str | None, dict[str, Any] | None]:
+        """(feature payload, rated movies, latest rated movie, stored ratings (None: the
+        history was sent inline)); inline fields win."""
         profile: dict[str, Any] = {}
         ratings: dict[str, Any] = {}
         if user.id is not None and self.store is not None:
             record = await self.store.read_user(NO_SUMS, user.id, widths=self.scorer.bundle.widths,
                                                 with_ratings=user.rated is None)
             profile, ratings = record.profile, record.ratings or {}
+        stored: dict[str, Any] | None = None
         if user.rated is not None:
             rated = list(user.rated)
             last = rated[-1] if rated else None
         else:
+            stored = ratings
             rated = list(ratings)
             last = latest(ratings)[0]
         payload = {**profile, **user.attributes(), "rated": rated}
         if user.id is not None:
             payload["id"] = user.id
-        return payload, rated, last
+        return payload, rated, last, stored
 
     @staticmethod
-    def context(given: ContextIn | None, user_id: str | None, last: str | None
-                ) -> dict[str, Any]:
+    def context(given: ContextIn | None, user_id: str | None, last: str | None,
+                stored: dict[str, Any] | None) -> dict[str, Any]:
+        """The last movie: as sent (null: none), else the latest stored one rated strictly
+        before the time, else (history inline, no times) the last one listed."""
         given = given or ContextIn()
-        last_movie = given.last_movie if given.last_movie is not None else last
-        return context_payload(user_id, given.time if given.time is not None else time.time(),
-                               last_movie)
+        at = given.time if given.time is not None else time.time()
+        if "last_movie" in given.model_fields_set:
+            last = given.last_movie
+        elif stored is not None:
+            last = latest({m: r for m, r in stored.items() if r.timestamp < at})[0]
+        return context_payload(user_id, at, last)
 
     async def predict(self, request: PredictRequest) -> PredictResponse:
         check_limits(request, self.settings)
         movies = [m.payload() for m in request.movies]
-        user, _, last = await self.user(request.user)
-        context = self.context(request.context, request.user.id, last)
+        user, _, last, stored = await self.user(request.user)
+        context = self.context(request.context, request.user.id, last, stored)
         scores = await asyncio.to_thread(
             lambda: self.scorer.scores(user, context, self.scorer.listed(movies)))
         ratings = self.scorer.bundle.clip(scores)
+        catalog = self.scorer.bundle.catalog
         return PredictResponse(model_id=self.scorer.bundle.model_id, user_cached=False,
-                               predictions=[Prediction(movie_id=m["id"], rating=float(r))
-                                            for m, r in zip(movies, ratings, strict=True)])
+                               predictions=[Prediction(
+                                   movie_id=m["id"], rating=float(r),
+                                   known=catalog.row(m["id"]) is not None or len(m) > 1)
+                                   for m, r in zip(movies, ratings, strict=True)])
 
     async def recommend(self, request: RecommendRequest) -> RecommendResponse:
         check_limits(request, self.settings)
@@ -196,8 +208,8 @@ class NaiveService:
             if None in found:
                 raise HTTPException(422, "a candidate is not in the catalog")
             rows = np.unique(np.array(found, dtype=np.int64))
-        user, rated, last = await self.user(request.user)
-        context = self.context(request.context, request.user.id, last)
+        user, rated, last, stored = await self.user(request.user)
+        context = self.context(request.context, request.user.id, last, stored)
         exclude = {r for r in map(catalog.row, rated) if r is not None} if (
             request.exclude_rated) else set()
 
@@ -216,7 +228,8 @@ class NaiveService:
         return RecommendResponse(
             model_id=self.scorer.bundle.model_id, user_cached=False, rank_by=head, items=[
                 Recommendation(movie_id=str(catalog.ids[r]), title=str(catalog.titles[r]),
-                               score=float(s), relevance=float(v), rating=float(c))
+                               score=float(s), relevance=float(v), rating=float(c),
+                               known=True)
                 for r, s, v, c in zip(best, scores[head], scores["relevance"], ratings,
                                       strict=True)])
 

@@ -118,11 +118,13 @@ class Contestant:
 
 
 def race(contestants: Sequence[Contestant], y_test: np.ndarray,
-         rating_range: tuple[float, float], budget: float) -> list[Curve]:
+         rating_range: tuple[float, float], budget: float,
+         epochs: int | None = None) -> list[Curve]:
     """Each trainer in turn runs one epoch, while its next (if as long as its last) fits.
 
     Taking turns spreads a shared machine's changing load evenly over the trainers.
-    Only the epochs are timed; scoring the test set after each is not.
+    Only the epochs are timed; scoring the test set after each is not. `epochs` also
+    stops each trainer after that many epochs (tests count epochs, not seconds).
     """
     running = list(contestants)
     while running:
@@ -135,7 +137,7 @@ def race(contestants: Sequence[Contestant], y_test: np.ndarray,
             curve.seconds.append((curve.seconds[-1] if curve.seconds else 0.0) + took)
             pred = np.clip(c.predict_test(), *rating_range)
             curve.test_rmse.append(rmse_mae(pred, y_test)[0])
-            if curve.seconds[-1] + took > budget:
+            if curve.seconds[-1] + took > budget or len(curve.seconds) == epochs:
                 running.remove(c)
     for c in contestants:
         print(f"  {c.curve.name}: {len(c.curve.seconds)} epochs in {c.curve.seconds[-1]:.1f} s, "
@@ -163,8 +165,9 @@ def full_batch_epoch(trainer: Trainer, batch: Batch) -> float:
 
 def compare(train: EncodedRatings, test: EncodedRatings, n_features: int,
             rating_range: tuple[float, float], config: TrainConfig, budget: float,
-            dense_lr: float) -> dict[str, Any]:
-    """fmrec's trainer vs the dense formulation (full-batch and mini-batch), same budget."""
+            dense_lr: float, epochs: int | None = None) -> dict[str, Any]:
+    """fmrec's trainer vs the dense formulation (full-batch and mini-batch), same budget
+    (and at most `epochs` epochs each)."""
     columns = used_columns(train, test)
     rows = rating_rows(train)
     t0 = time.perf_counter()
@@ -202,7 +205,7 @@ def compare(train: EncodedRatings, test: EncodedRatings, n_features: int,
         Contestant(Curve("dense mini-batch"),
                    lambda: mini.epoch(X, X2, y, rngs[2], config.batch_size),
                    lambda: mini.predict(X_test, X2_test).numpy()),
-    ], test.y, rating_range, budget)
+    ], test.y, rating_range, budget, epochs)
     return {
         "train_ratings": len(train), "test_ratings": len(test), "p": len(columns),
         "nnz_per_rating": train.nnz_per_rating, "nnz": rows.nnz,

@@ -2,3 +2,7 @@
 
 Never imports `app`: a model can be trained and evaluated without the service.
 """
+
+from model.quiet_tf import quiet_tensorflow
+
+quiet_tensorflow()  # before any model module imports TensorFlow (TF_CPP_MIN_LOG_LEVEL=0: logs)

@@ -27,12 +27,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
 
 from model.dataset import Batch, Block, EncodedRatings, used_columns
 from model.evaluate import rmse_mae
 from model.fm import FactorizationMachine, SideSums
 from model.optim import OptimizerName, TableOptimizer
+from model.progress import progress as progress_bar
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,7 @@ def train(
     result = TrainResult(trainer)
     best, best_values, waited = np.inf, trainer.snapshot(), 0
     start = time.perf_counter()
-    bar = tqdm(range(1, config.epochs + 1), desc="train", unit="epoch", disable=not progress)
+    bar = progress_bar(range(1, config.epochs + 1), "train", "epoch", enabled=progress)
     # full batch: one step per epoch whose rows' order changes nothing, so build it once
     whole = data.batch(np.arange(len(data))) if config.batch_size >= len(data) else None
     for epoch in bar:

@@ -70,9 +70,10 @@ def full_payload(data: Dataset, uid: str) -> dict[str, Any]:
     return user_payload(uid, data.users.get(uid, {}), rated)
 
 
-def latest_movie(data: Dataset, uid: str) -> str:
+def latest_movie(data: Dataset, uid: str, before: float = np.inf) -> str:
+    """The user's latest training movie (rated strictly `before` a time, if given)."""
     train = data.train
-    mine = np.flatnonzero(train.user == uid)
+    mine = np.flatnonzero((train.user == uid) & (train.timestamp < before))
     best = max(mine, key=lambda r: (int(train.timestamp[r]), str(train.item[r])))
     return str(train.item[best])
 

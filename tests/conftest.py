@@ -20,6 +20,14 @@ REPO = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("FMREC_DATA_DIR", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(autouse=True)
+def _no_fmrec_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts from fmrec's defaults, whatever FMREC_* the caller exported
+    (FMREC_DATA, FMREC_REDIS_URL...): a test that needs a setting sets it itself."""
+    for name in [n for n in os.environ if n.startswith("FMREC_")]:
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def ml100k_dir() -> Path:
     """The real ML-100k files (never committed); FMREC_DATA_DIR overrides the location."""

@@ -120,17 +120,50 @@ async def test_default_context_uses_latest_rated_movie(
     data, _ = small_data
     await load_users(settings, data)
     movies = _movies(small_bundle, 20)
+    later = int(data.train.timestamp.max()) + 1  # after every rating: the latest is before
     async with serving(settings) as (_, client):
         for _ in range(2):  # miss, then hit: both take the last movie from the store
             response = await client.post("/predict", json={
-                "user": {"id": "8"}, "context": {"time": CONTEXT["time"]}, "movies": movies})
-            context = {"time": CONTEXT["time"], "last_movie": latest_movie(data, "8")}
+                "user": {"id": "8"}, "context": {"time": later}, "movies": movies})
+            context = {"time": later, "last_movie": latest_movie(data, "8")}
             expected = small_bundle.predict(full_payload(data, "8"), movies, context)
             np.testing.assert_allclose(_ratings(response.json()), expected, rtol=1e-5,
                                        atol=1e-5)
-            without = small_bundle.predict(full_payload(data, "8"), movies,
-                                           {"time": CONTEXT["time"]})
+            without = small_bundle.predict(full_payload(data, "8"), movies, {"time": later})
             assert not np.allclose(_ratings(response.json()), without, atol=1e-4)
+
+
+async def test_default_last_movie_is_the_latest_rated_before_the_time(
+        settings: Settings, small_bundle: Bundle, small_data: tuple[Dataset, FeatureSpec]) -> None:
+    """A time before the user's latest rating (a backfill) takes the movie rated last
+    before it, as training does, from the store as from the cache; null means none."""
+    data, _ = small_data
+    await load_users(settings, data)
+    movies = _movies(small_bundle, 20)
+    train = data.train
+    mine = np.flatnonzero(train.user == "8")
+    at = int(np.sort(train.timestamp[mine])[len(mine) // 2])  # a rating of 8's is at `at`
+    before = [r for r in mine if train.timestamp[r] < at]  # strictly: not the one at `at`
+    earlier = str(train.item[max(before, key=lambda r: (int(train.timestamp[r]),
+                                                         str(train.item[r])))])
+    assert earlier != latest_movie(data, "8")
+    payload = full_payload(data, "8")
+    expected = small_bundle.predict(payload, movies, {"time": at, "last_movie": earlier})
+    latest = small_bundle.predict(payload, movies,
+                                  {"time": at, "last_movie": latest_movie(data, "8")})
+    assert not np.allclose(expected, latest, atol=1e-4)  # the test can tell them apart
+    async with serving(settings) as (_, client):
+        for cached in (False, True):
+            response = await client.post("/predict", json={
+                "user": {"id": "8"}, "context": {"time": at}, "movies": movies})
+            assert response.json()["user_cached"] is cached
+            np.testing.assert_allclose(_ratings(response.json()), expected, rtol=1e-5,
+                                       atol=1e-5)
+        none = await client.post("/predict", json={
+            "user": {"id": "8"}, "context": {"time": at, "last_movie": None}, "movies": movies})
+    np.testing.assert_allclose(_ratings(none.json()),
+                               small_bundle.predict(payload, movies, {"time": at}),
+                               rtol=1e-5, atol=1e-5)
 
 
 async def test_inline_fields_override_the_store(

@@ -114,11 +114,14 @@ async def test_naive_recommend_equals_brute_force_and_fmrec(
     data, _ = small_data
     await load_users(settings, data)
     histories = user_histories(data.train)
-    at = {"time": CONTEXT["time"]}  # no last_movie: both default it to the latest rating
+    # no last_movie: both default it to the latest rating, the time being after them all
+    at = {"time": int(data.train.timestamp.max()) + 1}
     bodies: list[dict[str, Any]] = [{"user": {"id": uid}, "n": 10, "context": at,
                                      "rank_by": "rating"} for uid in ("1", "2", "57")]
     bodies.append({"user": INLINE_USER, "n": 7, "context": CONTEXT, "genres": ["Comedy"],
                    "rank_by": "rating"})  # the naive FM has the rating head only
+    backfill = {"time": CONTEXT["time"]}  # before some of 8's ratings: the latest before it
+    bodies.append({"user": {"id": "8"}, "n": 10, "context": backfill, "rank_by": "rating"})
     async with asgi(naive_app(settings)) as client:
         naive = [(await client.post("/recommend", json=body)).json()["items"]
                  for body in bodies]
@@ -131,7 +134,8 @@ async def test_naive_recommend_equals_brute_force_and_fmrec(
             payload, rated, context = user, user["rated"], body["context"]
         else:
             payload, rated = full_payload(data, user["id"]), histories[user["id"]]
-            context = {**at, "last_movie": latest_movie(data, user["id"])}
+            context = {**body["context"], "last_movie": latest_movie(
+                data, user["id"], before=body["context"]["time"])}
         expected = brute_force(small_bundle, payload, context, body["n"], exclude=set(rated),
                                genres=body.get("genres"), head="rating")
         assert len(expected) == body["n"]

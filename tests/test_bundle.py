@@ -14,7 +14,8 @@ import pytest
 
 from app.cli import main
 from model.bundle import HEADS, Bundle, BundleError, content_hash
-from model.data import Dataset
+from model.data import Dataset, Ratings
+from model.data.synthetic import synthetic
 from model.dataset import encode_ratings, item_payload, item_raters, user_histories
 from model.evaluate import evaluate_bundle
 from model.features import FeatureSpec, with_session
@@ -137,16 +138,66 @@ def test_cli_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert evaluated["rmse"] == pytest.approx(trained["test_rmse"], abs=1e-5)
 
 
+def _write_ratings(path: Path, ratings: Ratings, sep: str) -> None:
+    path.write_text("".join(f"{u}{sep}{m}{sep}{r:g}{sep}{t}\n" for u, m, r, t in zip(
+        ratings.user, ratings.item, ratings.rating, ratings.timestamp, strict=True)))
+
+
+@pytest.mark.parametrize("how", ["files", "temporal"])
+def test_cli_train_then_evaluate_on_own_files_and_temporal_splits(
+        how: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--train/--test files and --split temporal, in train and in evaluate alike."""
+    data, _ = synthetic(3000, hash_bits=12)
+    if how == "files":
+        _write_ratings(tmp_path / "a.base", data.train, "\t")
+        _write_ratings(tmp_path / "a.test", data.test, "::")
+        source = ["--train", str(tmp_path / "a.base"), "--test", str(tmp_path / "a.test")]
+        name = "files/a.base+a.test"
+    else:  # an ML-1M-style folder; the cutoff a date inside the ratings' span
+        (tmp_path / "movies.dat").write_text("".join(
+            f"{m}::{a['title']}::{'|'.join(a['genres'])}\n" for m, a in data.items.items()))
+        _write_ratings(tmp_path / "ratings.dat", data.train, "::")
+        source = ["--data", str(tmp_path), "--split", "temporal", "--cutoff", "1998-01-01"]
+        name = f"{tmp_path.name}/temporal"
+    out = tmp_path / "b"
+    assert main(["train", *source, "--epochs", "2", "--k", "4", "--hash-bits", "12",
+                 "--members", "1", "--out", str(out), "--quiet"]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["data"] == name
+    assert main(["evaluate", *source, "--hash-bits", "12", "--bundle", str(out)]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["data"] == name
+    assert evaluated["rmse"] == pytest.approx(trained["test_rmse"], abs=1e-5)
+    if how == "temporal":
+        cutoff = 883_612_800  # 1998-01-01 UTC
+        assert Bundle(out).metrics["data_info"] == {"cutoff": cutoff}
+        later = int((data.train.timestamp >= cutoff).sum())
+        assert evaluated["ratings"] == later > 0
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["train", "--data", "/no/such/dir"], "no MovieLens folder"),
     (["train"], "give --data DIR"),
     (["evaluate", "--synthetic", "100", "--bundle", "/no/bundle"], "no model bundle"),
+    (["train", "--train", "/no/a.base"], "give --train FILE and --test FILE together"),
+    (["train", "--train", "/no/a.base", "--test", "/no/a.test"], "missing file /no/a.base"),
+    (["train", "--data", "/no/dir", "--cutoff", "1998-01-01"], "--cutoff needs --split temporal"),
+    (["train", "--synthetic", "100", "--split", "temporal"], "--synthetic makes its own split"),
 ])
 def test_cli_errors_are_one_line(args: list[str], message: str,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("fmrec: error: ") and message in err and "Traceback" not in err
+
+
+def test_cli_train_falls_back_to_fmrec_data(monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The "give --data" case above holds because conftest clears the caller's FMREC_DATA;
+    a test that wants the variable sets it."""
+    monkeypatch.setenv("FMREC_DATA", "/no/such/dir")
+    assert main(["train"]) == 2
+    assert "no MovieLens folder" in capsys.readouterr().err
 
 
 def test_cli_bad_split_from_a_real_process(ml100k_dir: Path) -> None:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from model.data import DataError, Ratings
-from model.data.movielens import read_movielens
-from model.data.synthetic import synthetic, synthetic_encoded
+from model.data.movielens import read_files, read_movielens
+from model.data.synthetic import (
+    STAR_SHARES,
+    normal_cdf,
+    star_moments,
+    synthetic,
+    synthetic_encoded,
+    to_stars,
+)
 from model.dataset import encode_ratings, last_movies
 from model.features import FeatureMap, feature_hash, movielens_spec
 
@@ -120,6 +128,32 @@ def test_synthetic_is_seeded_and_sized() -> None:
     assert spec.hash_bits == 12 and a.rating_range[0] < a.rating_range[1]
 
 
+def test_synthetic_ratings_are_stars_spread_like_movielens() -> None:
+    data, _ = synthetic(n_ratings=3000, seed=5, hash_bits=12)
+    stars = np.concatenate([data.train.rating, data.test.rating])
+    assert set(np.unique(stars).tolist()) == {1.0, 2.0, 3.0, 4.0, 5.0}
+    assert data.rating_range == (1.0, 5.0)
+    shares = np.bincount(stars.astype(int), minlength=6)[1:] / len(stars)
+    np.testing.assert_allclose(shares, STAR_SHARES, atol=2 / len(stars))
+    info = data.info
+    assert 0 < info["floor_rmse"] < 1 and 0 < info["planted_rmse"] < 1
+
+
+def test_star_moments_match_sampling_the_noise() -> None:
+    """E and Var of the stars given the planted score, against drawing the noise."""
+    x = np.linspace(-6, 6, 241)
+    np.testing.assert_allclose(normal_cdf(x), [0.5 * (1 + math.erf(v / math.sqrt(2)))
+                                               for v in x], atol=2e-7)
+    thresholds = np.array([2.0, 2.6, 3.4, 4.4])
+    truth = np.array([1.0, 2.5, 3.0, 3.9, 6.0])
+    mean, var = star_moments(truth, 0.4, thresholds)
+    draws = truth[:, None] + np.random.default_rng(0).normal(0, 0.4, (len(truth), 200_000))
+    stars = to_stars(draws.ravel(), thresholds).reshape(draws.shape)
+    np.testing.assert_allclose(mean, stars.mean(axis=1), atol=0.01)
+    np.testing.assert_allclose(var, stars.var(axis=1), atol=0.01)
+    assert to_stars(np.array([1.9, 2.0, 2.1, 9.0]), thresholds).tolist() == [1, 1, 2, 5]
+
+
 def test_synthetic_encoded_gives_the_training_encoding_encode_ratings_gives() -> None:
     data, spec, enc = synthetic_encoded(n_ratings=3000, seed=5, hash_bits=12)
     again = encode_ratings(FeatureMap(spec), data, data.train, data.train)
@@ -131,3 +165,69 @@ def test_synthetic_encoded_gives_the_training_encoding_encode_ratings_gives() ->
     np.testing.assert_array_equal(enc.row_item, again.row_item)
     np.testing.assert_array_equal(enc.y, data.train.rating)
     assert enc.y.std() > 0  # the planted ratings, not the zeros encoded before planting
+
+
+def _stamped(n: int) -> list[tuple[str, str, int, int]]:
+    """n ratings (user, movie, stars, time), times shuffled and some shared."""
+    times = np.random.default_rng(1).permutation(np.arange(n) // 2 * 100 + 1000)
+    return [(str(1 + i % 3), str(1 + i % 5), 1 + i % 5, int(t)) for i, t in enumerate(times)]
+
+
+def test_temporal_split_holds_out_the_latest_ratings_of_every_format(tmp_path: Path) -> None:
+    rows = _stamped(40)
+    (tmp_path / "100k").mkdir()
+    hundred = _tiny_100k(tmp_path / "100k", "".join(f"{u}\t{m}\t{r}\t{t}\n"
+                                                     for u, m, r, t in rows))
+    dat = tmp_path / "1m"
+    dat.mkdir()
+    (dat / "movies.dat").write_text("1::Toy Story (1995)::Animation|Comedy\n")
+    (dat / "ratings.dat").write_text("".join(f"{u}::{m}::{r}::{t}\n" for u, m, r, t in rows))
+    csv = tmp_path / "20m"
+    csv.mkdir()
+    (csv / "movies.csv").write_text("movieId,title,genres\n1,Toy Story (1995),Comedy\n")
+    (csv / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "".join(
+        f"{u},{m},{r},{t}\n" for u, m, r, t in rows))
+    stamps = sorted(t for *_, t in rows)
+    for folder in (hundred, dat, csv):
+        data = read_movielens(folder, "temporal")  # default: 10% held out
+        assert data.name.endswith("/temporal") and len(data.train) + len(data.test) == 40
+        cut = data.info["cutoff"]
+        assert cut == stamps[36] and len(data.test) == 4
+        assert data.train.timestamp.max() < cut <= data.test.timestamp.min()
+        data = read_movielens(folder, "temporal", holdout=0.25)
+        assert len(data.test) == 10 and data.info["cutoff"] == stamps[30]
+        assert stamps[19] < stamps[20] == stamps[21]  # two ratings in the cutoff second
+        data = read_movielens(folder, "temporal", cutoff=stamps[20])
+        assert len(data.test) == 20 and data.train.timestamp.max() == stamps[19]
+        with pytest.raises(DataError, match="leaves no test ratings"):
+            read_movielens(folder, "temporal", cutoff=stamps[-1] + 1)
+        with pytest.raises(DataError, match="leaves no training ratings"):
+            read_movielens(folder, "temporal", cutoff=stamps[0])
+        with pytest.raises(DataError, match="a cutoff needs the temporal split"):
+            read_movielens(folder, "random", cutoff=stamps[0])
+    assert len(read_movielens(dat, "random", holdout=0.25).test) == 10
+
+
+def test_train_and_test_files_in_any_format(tmp_path: Path) -> None:
+    rows = _stamped(12)
+    folder = _tiny_100k(tmp_path, "")
+    (tmp_path / "mine.base").write_text("".join(f"{u}\t{m}\t{r}\t{t}\n" for u, m, r, t in rows))
+    (tmp_path / "mine.test").write_text("2::1::4::5\n3::9::2::6\n")
+    data = read_files(tmp_path / "mine.base", tmp_path / "mine.test")
+    assert data.name == "files/mine.base+mine.test"
+    assert data.train.user.tolist() == [u for u, *_ in rows]
+    assert data.train.timestamp.tolist() == [t for *_, t in rows]
+    assert data.test.item.tolist() == ["1", "9"] and data.test.rating.tolist() == [4.0, 2.0]
+    assert data.items["1"]["title"] == "Toy Story (1995)"  # the folder's attributes
+    assert data.items["9"] == {"title": "9", "genres": [], "year": None}  # by id only
+    assert data.users["1"]["occupation"] == "technician"
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "r.csv").write_text("userId,movieId,rating,timestamp\n1,2,3.5,7\n")
+    from_csv = read_files(other / "r.csv", other / "r.csv", attributes=folder)
+    assert from_csv.train.rating.tolist() == [3.5] and from_csv.users == data.users
+    assert read_files(other / "r.csv", other / "r.csv").users == {}
+    with pytest.raises(DataError, match="holds no MovieLens movie attributes"):
+        read_files(other / "r.csv", other / "r.csv", attributes=other)
+    with pytest.raises(DataError, match="missing file"):
+        read_files(other / "nope", other / "r.csv")

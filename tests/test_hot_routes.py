@@ -179,3 +179,31 @@ async def test_both_paths_answer_alike_and_are_timed_under_the_route(
     timed = metric(page, 'fmrec_request_seconds_count{method="POST",route="/recommend",'
                          'status="200"}')
     assert timed == 3 * 3  # three /recommend bodies answered 200, three times each
+
+
+async def test_both_doors_flag_unknown_movies_and_count_them(
+        settings: Settings, small_bundle: Bundle, small_data: tuple[Dataset, FeatureSpec]
+) -> None:
+    """A movie by id that the catalog lacks is still scored (hashing) but flagged
+    known: false, by the hot route and FastAPI's alike, and /metrics counts it."""
+    await load_users(settings, small_data[0])
+    catalog_id = str(small_bundle.catalog.ids[0])
+    assert small_bundle.catalog.row("zzz") is None
+    movies = [{"id": catalog_id}, {"id": "zzz"}, {"id": "zzz", "genres": ["War"]},
+              {"id": catalog_id, "year": 1990}]
+    body = json.dumps({"user": {"id": "1"}, "context": CONTEXT, "movies": movies})
+    async with serving(settings) as (_, client):
+        answers = [await client.post("/predict", headers=headers, content=body)
+                   for headers in (JSON, VIA_FASTAPI)]
+        for answer in answers:
+            assert answer.status_code == 200, answer.text
+            assert [p["known"] for p in answer.json()["predictions"]] == [
+                True, False, True, True]
+        assert answers[0].json()["predictions"] == answers[1].json()["predictions"]
+        page = (await client.get("/metrics")).text
+        assert metric(page, "fmrec_unknown_movies_total") == 2
+        for headers in (JSON, VIA_FASTAPI):
+            items = (await client.post("/recommend", headers=headers, content=json.dumps(
+                {"user": {"id": "1"}, "n": 3}))).json()["items"]
+            assert [i["known"] for i in items] == [True] * 3
+        assert metric((await client.get("/metrics")).text, "fmrec_unknown_movies_total") == 2

@@ -34,7 +34,9 @@ from tests.redis_server import RedisServer
 pytestmark = pytest.mark.anyio
 
 T0 = 890_000_000
-TIME = {"time": T0 + 100}  # last_movie left to the service: the user's latest rating
+# last_movie left to the service: the user's latest rating before this time (the events
+# are before it, many of the users' training ratings after it)
+TIME = {"time": T0 + 100}
 
 
 @pytest.fixture
@@ -48,8 +50,10 @@ def payload(data: Dataset, uid: str, history: dict[str, Rating]) -> dict[str, An
 
 
 def context_of(history: dict[str, Rating]) -> dict[str, Any]:
-    last = max(history, key=lambda m: (history[m].timestamp, m))
-    return {**TIME, "last_movie": last}
+    before = [m for m in history if history[m].timestamp < TIME["time"]]
+    if not before:
+        return dict(TIME)
+    return {**TIME, "last_movie": max(before, key=lambda m: (history[m].timestamp, m))}
 
 
 async def post(client: httpx.AsyncClient, events: list[dict[str, Any]]) -> dict[str, Any]:

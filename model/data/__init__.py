@@ -53,3 +53,23 @@ def random_split(ratings: Ratings, test_fraction: float, seed: int) -> tuple[Rat
     order = np.random.default_rng(seed).permutation(len(ratings))
     n_test = max(1, round(len(ratings) * test_fraction))
     return ratings.subset(np.sort(order[n_test:])), ratings.subset(np.sort(order[:n_test]))
+
+
+def temporal_split(ratings: Ratings, cutoff: int | None, test_fraction: float
+                   ) -> tuple[Ratings, Ratings, int]:
+    """Train on the ratings before `cutoff` (unix seconds), test on those at or after it:
+    what a live service faces, predicting what comes after the model was trained.
+    Without a cutoff it is the time from which `test_fraction` of the ratings are held
+    out (ratings sharing that second all go to test). Returns (train, test, cutoff)."""
+    if cutoff is None:
+        if not 0.0 < test_fraction < 1.0:
+            raise DataError(f"test fraction must be in (0, 1), got {test_fraction}")
+        times = np.sort(ratings.timestamp)
+        cutoff = int(times[len(times) - max(1, round(len(times) * test_fraction))])
+    after = ratings.timestamp >= cutoff
+    if after.all() or not after.any():
+        first, last = int(ratings.timestamp.min()), int(ratings.timestamp.max())
+        empty = "training" if after.all() else "test"
+        raise DataError(f"temporal cutoff {cutoff} leaves no {empty} ratings: the ratings "
+                        f"span {first}..{last}")
+    return ratings.subset(np.flatnonzero(~after)), ratings.subset(np.flatnonzero(after)), cutoff

@@ -2,9 +2,12 @@
 
 Users get MovieLens-like attributes, movies get genres and years, each user rates a
 Zipf-skewed sample of movies over time, and every rating is the planted FM's output for
-the *same* features fmrec trains on (through the real feature map), plus Gaussian noise.
-A model that learns the planted FM reaches a test RMSE near `noise`: the floor the tests
-check against. No download needed, so demos and CI run on it.
+the *same* features fmrec trains on (through the real feature map), plus Gaussian noise,
+turned into 1-5 stars by thresholds placed so that the stars are spread like ML-100k's
+(the demo then answers ratings a user recognises, not scores around 6). Given the planted
+output t, a rating is star j with probability P(theta_{j-1} < t + noise <= theta_j), so no
+model can beat the RMSE of E[stars | t]: `info["floor_rmse"]` on the test split, the floor
+the tests check against. No download needed, so demos and CI run on it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,41 @@ def _attributes(rng: np.random.Generator, n_users: int, n_items: int
         year = int(rng.integers(1930, 1999))
         items[str(i)] = {"title": f"Movie {i} ({year})", "genres": genres, "year": year}
     return users, items
+
+
+# share of 1, 2, 3, 4 and 5 stars in ML-100k's u.data
+STAR_SHARES = np.array([6110, 11370, 27145, 34174, 21201]) / 100_000
+
+
+def star_thresholds(latent: np.ndarray) -> np.ndarray:
+    """The 4 cut points between stars that give `latent` scores ML-100k's star shares."""
+    return np.quantile(latent, np.cumsum(STAR_SHARES)[:-1])
+
+
+def to_stars(latent: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """1 + the number of thresholds below each score: integer stars 1..5."""
+    return (1 + np.searchsorted(thresholds, latent)).astype(np.float32)
+
+
+def normal_cdf(x: np.ndarray) -> np.ndarray:
+    """Phi(x), by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): NumPy has no erf."""
+    z = np.abs(x) / np.sqrt(2.0)
+    t = 1.0 / (1.0 + 0.3275911 * z)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741
+                + t * (-1.453152027 + t * 1.061405429))))
+    erf = 1.0 - poly * np.exp(-z * z)
+    return 0.5 * (1.0 + np.sign(x) * erf)
+
+
+def star_moments(truth: np.ndarray, noise: float, thresholds: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """E[stars | t] and Var[stars | t] when stars = to_stars(t + N(0, noise^2))."""
+    cdf = normal_cdf((thresholds[None, :] - truth[:, None]) / noise)
+    below = np.concatenate([np.zeros((len(truth), 1)), cdf, np.ones((len(truth), 1))], 1)
+    p = np.diff(below, axis=1)  # P(star j | t), j = 1..5
+    stars = np.arange(1, 6)
+    mean = p @ stars
+    return mean, p @ stars**2 - mean**2
 
 
 # every group but "session": random timestamps make most user-days unique, so a planted
@@ -94,13 +132,24 @@ def synthetic_encoded(n_ratings: int = 100_000, n_users: int | None = None,
     planted.w.assign(rng.normal(0.0, 0.25, spec.n_features).astype(np.float32))
     data = Dataset("synthetic", users, items, train, test, (1.0, 5.0))
     fmap = FeatureMap(spec)
-    encoded = []
+    encoded, truths, latents = [], [], []
     for part in (train, test):
         enc = encode_ratings(fmap, data, part, train)
-        truth = batch_scores(planted, enc.batch(np.arange(len(enc)))).numpy()
-        part.rating[:] = truth + rng.normal(0.0, noise, len(truth))
-        encoded.append(replace(enc, y=part.rating.astype(np.float32)))
-    low = float(min(train.rating.min(), test.rating.min()))
-    high = float(max(train.rating.max(), test.rating.max()))
-    info = {"noise": noise, "planted_k": k, "seed": seed}
-    return replace(data, rating_range=(low, high), info=info), spec, encoded[0]
+        truths.append(batch_scores(planted, enc.batch(np.arange(len(enc)))).numpy())
+        latents.append(truths[-1] + rng.normal(0.0, noise, len(enc)))
+        encoded.append(enc)
+    thresholds = star_thresholds(np.concatenate(latents))
+    for part, latent in zip((train, test), latents, strict=True):
+        part.rating[:] = to_stars(latent, thresholds)
+    _, variance = star_moments(truths[1], noise, thresholds)
+    # the planted FM itself, affinely rescaled to stars (an FM can express that exactly):
+    # what a model that recovered it scores, as `noise` was before the ratings were stars
+    slope, intercept = np.polyfit(truths[0], train.rating, 1) if len(train) > 1 else (1, 0)
+    planted_rmse = np.sqrt(np.mean((np.clip(intercept + slope * truths[1], 1, 5)
+                                    - test.rating) ** 2)) if len(test) else 0.0
+    info = {"noise": noise, "planted_k": k, "seed": seed,
+            "thresholds": [round(float(t), 6) for t in thresholds],
+            "floor_rmse": round(float(np.sqrt(variance.mean())), 6) if len(variance) else 0.0,
+            "planted_rmse": round(float(planted_rmse), 6)}
+    return (replace(data, info=info), spec,
+            replace(encoded[0], y=train.rating.astype(np.float32)))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from app.schemas import ExplainRequest, InvalidInput
+from app.schemas import ExplainRequest
 from app.store import Store
 from app.user_sums import (
     HISTORY_FIELD,
@@ -118,9 +118,6 @@ async def explain_request(scorer: Scorer, request: ExplainRequest, store: Store
                           ) -> ExplainResponse:
     """The score of /predict's request for its one movie under `request.head`, split over
     every feature the head reads."""
-    if len(request.movies) != 1:
-        raise InvalidInput(("movies",), "/explain takes exactly one movie",
-                           len(request.movies))
     bundle = scorer.bundle
     catalog, fmap = bundle.catalog, bundle.heads[request.head].fmap
     user, context = await scorer.user_and_context(request.user, request.context, store)

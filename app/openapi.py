@@ -25,9 +25,9 @@ from fastapi.openapi.utils import get_openapi
 
 from app.service import Service
 
-READS = {"/predict", "/recommend", "/model", "/metrics"}
+READS = {"/predict", "/recommend", "/explain", "/catalog", "/model", "/metrics"}
 WRITES = {"/ratings", "/admin/reload"}
-SCORING = {"/predict", "/recommend", "/ratings"}
+SCORING = {"/predict", "/recommend", "/explain", "/catalog", "/ratings"}
 MESSAGE = {"$ref": "#/components/schemas/Message"}
 VALIDATION = {"$ref": "#/components/schemas/HTTPValidationError"}
 

@@ -147,6 +147,9 @@ class PredictRequest(Strict):
 class ExplainRequest(PredictRequest):
     """/predict's body with one movie, and which head's score to take apart."""
 
+    movies: Annotated[list[MovieIn], Field(min_length=1, max_length=1,
+                                           description="exactly one movie")]
+
     head: Annotated[Literal["rating", "relevance"], Field(
         description="rating (default): the predicted rating of /predict; relevance: the "
                     "score /recommend ranks by")] = "rating"

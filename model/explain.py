@@ -131,8 +131,11 @@ def label(f: Field | None, value: Any, catalog: Catalog) -> str:
     if key in ("user.id", "item.raters"):
         return f"user {value}"
     if key == "context.time":
-        return dt.datetime.fromtimestamp(float(value), dt.timezone.utc).strftime(
-            "%Y-%m-%d %H:%M UTC")
+        try:
+            return dt.datetime.fromtimestamp(float(value), dt.timezone.utc).strftime(
+                "%Y-%m-%d %H:%M UTC")
+        except (OverflowError, OSError, ValueError):  # past year 9999 or before year 1
+            return f"{float(value):g} s"
     return str(value)
 
 

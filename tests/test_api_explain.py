@@ -199,3 +199,15 @@ async def test_because_you_rated_is_each_items_top_rated_contributions(
         nobody = (await client.post("/recommend", json={
             "user": {"id": "never-rated"}, "context": CONTEXT, "explain": True})).json()
         assert nobody["items"] and all(i["because"] == [] for i in nobody["items"])
+
+
+async def test_explain_labels_any_valid_time(settings: Settings) -> None:
+    """A time past year 9999 is valid input (the feature map clips it): its label must not
+    be a 500 (the fuzzer found one)."""
+    async with serving(settings) as (_, client):
+        for time in (1e12, 0, 253_402_300_800):
+            response = await client.post("/explain", json={
+                "user": {"id": "1", "rated": ["1", "1", "zz"]}, "movies": [{"id": "3"}],
+                "context": {"time": time, "last_movie": None}})
+            assert response.status_code == 200, response.text
+            _check_sum(response.json())

@@ -301,10 +301,15 @@ class Scorer:
 
     def run_batch(self, jobs: list[Job]) -> list[JobResult | Exception]:
         heads = self.bundle.heads
+        # a head no job scores with runs only to compute parts the cache lacks (for the
+        # write-back, which covers every head): /predict of cached users needs one head
+        cached = all(j.user.cached for j in jobs)
+        needed = {name: head for name, head in heads.items()
+                  if not cached or any(j.head == name or j.ranking is not None for j in jobs)}
         parts: list[tuple[list[BaseSums], list[HistorySums]]] = [([], []) for _ in jobs]
         scored: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
         views = {}
-        for name, head in heads.items():
+        for name, head in needed.items():
             bases, histories, inline = self._computed_sums(jobs, head)
             query = self._query(jobs, bases, histories, head, parts)
             contexts = head.fmap.encode("context", [j.context for j in jobs])
@@ -314,10 +319,15 @@ class Scorer:
             scored[name].update(self._score_catalog(jobs, mine, head, query, contexts))
         ranked = {n: rows_scores for by_head in scored.values()
                   for n, rows_scores in by_head.items()}
-        results = [JobResult(ranked[n][0], {job.head: ranked[n][1]}, tuple(parts[n][0]),
-                             tuple(parts[n][1])) for n, job in enumerate(jobs)]
-        for name, head in heads.items():  # the other heads' scores of ranked movies
-            query, contexts = views[name]
+        results = []
+        for n, job in enumerate(jobs):
+            base, history = job.user.base, job.user.history  # every head's, when cached
+            if len(needed) == len(heads):
+                base, history = tuple(parts[n][0]), tuple(parts[n][1])
+            assert base is not None and history is not None  # `needed` saw to it
+            results.append(JobResult(ranked[n][0], {job.head: ranked[n][1]}, base, history))
+        for name, (query, contexts) in views.items():  # other heads' scores of ranked movies
+            head = heads[name]
             self._score_ranked(jobs, results, name, head, query, contexts)
         return [*results]
 

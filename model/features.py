@@ -45,7 +45,7 @@ def _blake_bucket(key: str, hash_bits: int) -> int:
 
 
 # Memory of one cached key (the key string, the int, the LRU's link and dict slot), an
-# upper estimate: tracemalloc counts ~170 bytes for a 75-character key (tests/test_features).
+# upper estimate: tracemalloc counts ~170 bytes for a 75-character key (tests/model/test_features).
 HASH_CACHE_ENTRY_BYTES = 400
 DEFAULT_HASH_CACHE_BYTES = 16 << 20
 _cached_bucket = lru_cache(maxsize=DEFAULT_HASH_CACHE_BYTES // HASH_CACHE_ENTRY_BYTES)(

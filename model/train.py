@@ -94,7 +94,7 @@ class Tables(NamedTuple):
 def block_sums(tables: Tables, block: Block) -> tuple[SideSums, tf.Tensor]:
     """(side sums, sum of w_i^2 x_i^2) of each row of a block, by sparse matrix products.
 
-    Equal to `FactorizationMachine.side_sums` (tests/test_train.py); that one gathers
+    Equal to `FactorizationMachine.side_sums` (tests/model/test_train.py); that one gathers
     rows and suits small blocks against the full 2**hash_bits table (serving), this one
     suits large blocks against the compact training table.
     """

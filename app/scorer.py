@@ -41,8 +41,9 @@ from app.schemas import (
 from app.settings import Settings
 from app.store import Rating, Store, StoreUnavailable, UserRecord
 from app.user_sums import Bases, BaseSums, Histories, HistorySums, combine, history_weighting
-from model.bundle import Bundle, Head, Sums
+from model.bundle import Bundle, Head
 from model.features import Side, SparseRows, context_payload
+from model.sums import Sums
 
 EXCLUDED_CACHE = 10_000  # users whose rated catalog rows are remembered (`_rated_rows`)
 

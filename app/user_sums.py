@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.bundle import Sums
 from model.features import FeatureSpec
+from model.sums import Sums
 
 HISTORY_FIELD = "rated"
 

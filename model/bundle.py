@@ -38,10 +38,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from model.dataset import item_payload
+from model.blocks import item_payload
 from model.engine import Engine, EngineName, make_engine
 from model.features import FeatureMap, FeatureSpec, SparseRows, SpecError, with_session
 from model.fm import FactorizationMachine, SideSums, item_bias
+from model.sums import Sums
 
 FORMAT_VERSION = 2
 FILES = ("spec.json", "catalog.npz", "metrics.json")
@@ -56,28 +57,6 @@ def signature_name(head: str, name: str) -> str:
 
 class BundleError(RuntimeError):
     """A bundle that is missing, corrupt or incompatible with this code."""
-
-
-@dataclass(frozen=True)
-class Sums:
-    """Side sums as numpy arrays: L (n,), s (n, k), q (n,)."""
-
-    L: np.ndarray
-    s: np.ndarray
-    q: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.L)
-
-    def __add__(self, other: Sums) -> Sums:
-        return Sums(self.L + other.L, self.s + other.s, self.q + other.q)
-
-    def take(self, rows: np.ndarray) -> Sums:
-        return Sums(self.L[rows], self.s[rows], self.q[rows])
-
-    @staticmethod
-    def concat(parts: list[Sums]) -> Sums:
-        return Sums(*(np.concatenate([getattr(p, a) for p in parts]) for a in ("L", "s", "q")))
 
 
 _I32 = tf.TensorSpec([None], tf.int32)

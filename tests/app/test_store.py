@@ -22,11 +22,12 @@ from app.user_sums import (
     history_weighting,
     parse_fields,
 )
-from model.bundle import Bundle, Sums
+from model.blocks import user_histories, user_payload
+from model.bundle import Bundle
 from model.data import Dataset
-from model.dataset import user_histories, user_payload
 from model.features import FeatureMap, FeatureSpec, SparseRows, movielens_spec
 from model.fm import FactorizationMachine
+from model.sums import Sums
 from tests.support.api_client import service_settings
 from tests.support.redis_server import RedisServer
 

@@ -13,7 +13,8 @@ it returns. A user's cached parts cover every head, so either route warms the ca
 the other.
 
 Rankings are exactly those of scoring every candidate and sorting by score, ties by
-catalog row (tf.math.top_k keeps the lower index first among equals; numpy lexsort here).
+catalog row (tf.math.top_k keeps the lower index first among equals; `model.engine.rank`
+in NumPy, for the catalog and for candidate lists alike).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from app.settings import Settings
 from app.store import Rating, Store, StoreUnavailable, UserRecord
 from app.user_sums import Bases, BaseSums, Histories, HistorySums, combine, history_weighting
 from model.bundle import Bundle, Head
+from model.engine import rank
 from model.features import Side, SparseRows, context_payload
 from model.sums import Sums
 
@@ -448,10 +450,11 @@ class Scorer:
 
     def _rank(self, rows: np.ndarray, scores: np.ndarray, ranking: Ranking
               ) -> tuple[np.ndarray, np.ndarray]:
-        """Top n of scored candidates: what top_n does over the catalog, in numpy."""
-        allowed = ~np.isin(rows, ranking.exclude)
-        if ranking.genre_mask:
-            allowed &= (self.genre_bits[rows] & ranking.genre_mask) != 0
-        rows, scores = rows[allowed], scores[allowed]
-        order = np.lexsort((rows, -scores))[:ranking.n]
-        return rows[order], scores[order]
+        """Top n of scored candidates: what top_n does over the catalog (`model.engine.rank`;
+        candidates are sorted catalog rows, so ties still go to the lower row)."""
+        excluded = np.flatnonzero(np.isin(rows, ranking.exclude))
+        top, top_scores = rank(scores[None, :].copy(), self.genre_bits[rows],
+                               np.zeros(len(excluded), np.int64), excluded,
+                               np.array([ranking.genre_mask], np.int64), ranking.n)
+        keep = np.isfinite(top_scores[0])  # excluded / filtered score -inf
+        return rows[top[0][keep]], top_scores[0][keep]

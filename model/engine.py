@@ -130,11 +130,22 @@ class NumpyEngine:
         bias = self.w0 + L + 0.5 * (np.einsum("ij,ij->i", s, s) - q)
         scores = (s.astype(np.float32) @ self.item_s.T + bias.astype(np.float32)[:, None]
                   + self.item_bias[None, :])
-        if np.any(genre_mask != 0):
-            wanted = (genre_mask[:, None] & self.item_genres[None, :]) != 0
-            scores[~(wanted | (genre_mask[:, None] == 0))] = -np.inf
-        scores[exclude_row, exclude_item] = -np.inf
-        return top_rows(scores, min(n, scores.shape[1]))
+        return rank(scores, self.item_genres, exclude_row, exclude_item, genre_mask, n)
+
+
+def rank(scores: np.ndarray, item_genres: np.ndarray, exclude_row: np.ndarray,
+         exclude_item: np.ndarray, genre_mask: np.ndarray, n: int
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """The ranking every NumPy path shares (a catalog's top_n, a candidate list's top n):
+    per query row of `scores` (modified in place), columns excluded ((exclude_row,
+    exclude_item) pairs) or outside the row's genres (`genre_mask` & `item_genres`; mask 0:
+    no filter) score -inf, then the n best columns, ties by the lower column. The SavedModel's
+    top_n signature (`model.bundle.HeadModule`) is the same computation in TensorFlow."""
+    if np.any(genre_mask != 0):
+        wanted = (genre_mask[:, None] & item_genres[None, :]) != 0
+        scores[~(wanted | (genre_mask[:, None] == 0))] = -np.inf
+    scores[exclude_row, exclude_item] = -np.inf
+    return top_rows(scores, min(n, scores.shape[1]))
 
 
 def top_rows(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

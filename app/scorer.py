@@ -41,7 +41,15 @@ from app.schemas import (
 )
 from app.settings import Settings
 from app.store import Rating, Store, StoreUnavailable, UserRecord
-from app.user_sums import Bases, BaseSums, Histories, HistorySums, combine, history_weighting
+from app.user_sums import (
+    HISTORY_FIELD,
+    Bases,
+    BaseSums,
+    Histories,
+    HistorySums,
+    combine,
+    history_weighting,
+)
 from model.bundle import Bundle, Head
 from model.engine import rank
 from model.features import Side, SparseRows, context_payload
@@ -339,7 +347,7 @@ class Scorer:
         profiles, single-movie history rows (w_j, v_j, |v_j|^2) and inline movies."""
         payloads: list[tuple[Side, list[dict[str, Any]]]] = [
             ("user", [j.user.base_payload for j in jobs if j.user.base is None]),
-            ("user", [{"rated": [m]} for j in jobs if j.user.history is None
+            ("user", [{HISTORY_FIELD: [m]} for j in jobs if j.user.history is None
                       for m in j.user.rated or []]),
             ("item", [m for j in jobs for m in j.inline_movies]),
         ]

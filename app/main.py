@@ -1,7 +1,8 @@
 """The FastAPI app: `create_app(settings)` builds it; its lifespan loads, warms and opens.
 
-`uvicorn app.main:create_app --factory` (what `fmrec serve` runs) calls it with no
-arguments, so settings come from the environment.
+`fmrec serve` passes its settings object; `uvicorn app.main:create_app --factory` (what
+`fmrec serve` runs for more than one worker) calls it with no arguments, so settings come
+from the environment.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Why: they are the service's hot path, and FastAPI's per-request machinery (routing,
 dependency solving, its own middleware layers, JSON parsed to dicts and then validated)
-cost 0.07 ms of CPU per request in bench/serve.py, as much as all of fmrec's scoring.
+cost as much CPU per request as all of fmrec's scoring (docs/benchmarks.md,
+"Figures behind code comments").
 Here the same pydantic models validate the raw bytes (pydantic-core parses the JSON
 itself), the same scorer answers, and the same error handler shapes its refusals.
 

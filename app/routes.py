@@ -30,8 +30,8 @@ from app.store import StoreUnavailable
 
 
 # Dependencies are `async def` although they never wait: FastAPI runs a plain `def`
-# dependency in a worker thread, one thread hop per dependency per request (that was half
-# of /predict's CPU time in bench/serve.py). Each dependency still costs ~10 us, so the
+# dependency in a worker thread, one thread hop per dependency per request (a large share
+# of /predict's CPU time: docs/benchmarks.md). Each dependency still costs CPU, so the
 # scoring routes take everything from one (`Scoring`).
 async def get_service(request: Request) -> Service:
     service: Service = request.app.state.service

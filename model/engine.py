@@ -3,9 +3,9 @@
 `SavedModelEngine` calls the SavedModel's signatures: TensorFlow places them on a GPU
 when one is visible, which is what a large catalog and big batches want. `NumpyEngine`
 computes the same numbers in NumPy from the SavedModel's own variables: a signature call
-costs ~0.4 ms of fixed TensorFlow overhead on CPU, the same small computation ~0.03 ms in
-NumPy, and a request usually is that small. "auto" takes NumPy unless a GPU is visible.
-Both are tested against each other and against the pairwise definition.
+has a fixed TensorFlow overhead on CPU, many times what the same small computation costs
+in NumPy (docs/benchmarks.md), and a request usually is that small. "auto" takes NumPy
+unless a GPU is visible. Both are tested against each other and against the pairwise definition.
 
 Rankings: by score, ties by the lower catalog row (what tf.math.top_k does).
 """

@@ -9,14 +9,14 @@ Compact table: the trainer's w and V hold only the columns its training data use
 into a full-size model with zeros elsewhere. On a small table, a block's side sums are a
 sparse-dense matrix product (one multithreaded op, whose gradient is a small dense
 table) instead of a gather plus segment sum per block and a `tf.unique` over every
-occurrence in the gradient: 5x less time per step.
+occurrence in the gradient: several times less time per step (docs/benchmarks.md).
 
 L2 is per parameter group (w0, w, V) and per feature occurrence, as in libFM's SGD: each
 rating adds lambda_w * sum_i w_i^2 x_i^2 + lambda_V * sum_i |v_i|^2 x_i^2, so a feature is
 shrunk in proportion to how often (and how strongly) it appears, and rare features are
 not shrunk by every step of everyone else. The V part is exactly the `q` side sum the
 score already computes, so it costs nothing extra. On ML-100k this beat L2 on the
-touched rows by 0.006 RMSE (README, "Accuracy").
+touched rows (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from model.blocks import (
     user_payload,
 )
 from model.data import Dataset, Ratings
-from model.engine import segment_sum, top_rows
+from model.engine import rank, segment_sum
 from model.evaluate import ranking_metrics
 from model.features import FeatureMap, FeatureSpec, SparseRows, context_payload
 from model.fm import FactorizationMachine, average_of
@@ -130,8 +130,9 @@ def rank_catalog(query_s: np.ndarray, item_s: np.ndarray, item_b: np.ndarray,
     """Top n catalog rows per query by <a, s_j> + b_j, rated rows left out (offline;
     ties by the lower row, as the engines rank)."""
     scores = (query_s @ item_s.T + item_b[None, :]).astype(np.float32)
-    scores[exclude.row_ids(), exclude.indices] = -np.inf
-    return top_rows(scores, min(n, scores.shape[1]))[0]
+    no_filter = np.zeros(len(scores), np.int64)  # offline: no genre filter
+    return rank(scores, np.zeros(scores.shape[1], np.int64), exclude.row_ids(),
+                exclude.indices, no_filter, n)[0]
 
 
 class RelevanceTrainer:

@@ -1,11 +1,6 @@
 """Redis: user profiles and rating histories (primary data) and cached user sums (derived).
 
-    fmrec:user:{uid}                 hash  age, gender, occupation, zip
-    fmrec:user:{uid}:ratings         hash  movie id -> "rating:timestamp"
-    fmrec:user:{uid}:version         int   bumped by every change of the ratings hash
-    fmrec:{model_id}:sums:{uid}      hash  base / hist (packed <f8), n, last, last_time,
-                                           ver (the history version hist reflects); TTL
-    fmrec:changes                    pub/sub  JSON list of user ids whose data changed
+The keys, value encodings and Lua scripts are in `app.redis_layout`.
 
 Each worker keeps a near copy of the records it read (`app.near_cache`), kept right by
 the changes channel.
@@ -25,7 +20,6 @@ request.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
@@ -42,23 +36,33 @@ from redis.exceptions import RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
 from app.near_cache import ALL, NearCache
+from app.redis_layout import (
+    CHANGES,
+    PROFILE_FIELDS,
+    SUMS_PATTERN,
+    USER_PREFIX,
+    WRITE_HISTORY,
+    Rating,
+    base_fields,
+    cached_version,
+    changed_users,
+    changes_message,
+    history_fields,
+    parse_fields,
+    parse_ratings,
+    rating_value,
+    ratings_key,
+    sums_key,
+    user_key,
+    version_key,
+)
 from app.settings import Settings
-from app.user_sums import Bases, Histories, base_fields, history_fields, parse_fields
+from app.user_sums import Bases, Histories
 from model.data import Dataset
-
-PREFIX = "fmrec"
-CHANGES = f"{PREFIX}:changes"
-PROFILE_FIELDS = ("age", "gender", "occupation", "zip")
 
 
 class StoreUnavailable(Exception):
     """Redis could not answer (or was skipped after a recent failure)."""
-
-
-@dataclass(frozen=True)
-class Rating:
-    rating: float
-    timestamp: int
 
 
 @dataclass(frozen=True)
@@ -74,45 +78,6 @@ class UserRecord:
     @property
     def known(self) -> bool:
         return bool(self.profile) or bool(self.ratings) or self.history is not None
-
-
-def _changed_users(data: bytes | str) -> list[str]:
-    """User ids of one changes message (a JSON list); anything else means everyone."""
-    try:
-        uids = json.loads(data)
-    except ValueError:
-        return [ALL]
-    return [str(u) for u in uids] if isinstance(uids, list) else [ALL]
-
-
-def user_key(uid: str) -> str:
-    return f"{PREFIX}:user:{uid}"
-
-
-def ratings_key(uid: str) -> str:
-    return f"{PREFIX}:user:{uid}:ratings"
-
-
-def version_key(uid: str) -> str:
-    return f"{PREFIX}:user:{uid}:version"
-
-
-def sums_key(model_id: str, uid: str) -> str:
-    return f"{PREFIX}:{model_id}:sums:{uid}"
-
-
-# KEYS[1] sums hash, KEYS[2] the user's history version; ARGV[1] TTL, ARGV[2] the version
-# the history part was computed at ('' = take it as current), ARGV[3..] its field/value
-# pairs. Refused (0) when an event changed the history since: it must not be undone.
-WRITE_HISTORY = """
-local current = redis.call('GET', KEYS[2]) or '0'
-if ARGV[2] ~= '' and ARGV[2] ~= current then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'ver', current, unpack(ARGV, 3))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
-"""
 
 
 UserData = tuple[str, Mapping[str, Any], Mapping[str, "Rating"]]
@@ -155,14 +120,6 @@ def _chunks(items: Iterable[UserData], size: int) -> Iterator[list[UserData]]:
             batch = []
     if batch:
         yield batch
-
-
-def _parse_ratings(raw: Mapping[bytes, bytes]) -> dict[str, Rating]:
-    out = {}
-    for movie, value in raw.items():
-        rating, _, stamp = value.decode().partition(":")
-        out[movie.decode()] = Rating(float(rating), int(stamp or 0))
-    return out
 
 
 class Store:
@@ -247,7 +204,7 @@ class Store:
                 while not self._closing:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
-                        near.invalidate(_changed_users(message["data"]))
+                        near.invalidate(changed_users(message["data"]))
             except (RedisError, OSError, asyncio.TimeoutError):
                 pass  # Redis down or restarted: stop using the copy, try again shortly
             finally:
@@ -261,7 +218,7 @@ class Store:
         if self.near is not None:
             self.near.invalidate(uids)
         with suppress(StoreUnavailable):  # the others' copies expire after their TTL
-            await self._run(lambda: self._client.publish(CHANGES, json.dumps(list(uids))))
+            await self._run(lambda: self._client.publish(CHANGES, changes_message(uids)))
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -347,17 +304,17 @@ class Store:
         replies = await self._run(call)
         version = int(replies[0] or 0)
         base, history = parse_fields(replies[1], widths)
-        if replies[1].get(b"ver", b"0") != str(version).encode():
+        if cached_version(replies[1]) != str(version).encode():
             history = None  # computed before the latest change of the history
         profile = {f.decode(): v.decode() for f, v in replies[2].items()}
-        ratings = _parse_ratings(replies[3]) if with_ratings else None
+        ratings = parse_ratings(replies[3]) if with_ratings else None
         record = UserRecord(profile, ratings, base, history, version)
         if near is not None:
             near.put(model_id, uid, record, epoch)
         return record
 
     async def read_ratings(self, uid: str) -> dict[str, Rating]:
-        return _parse_ratings(await self._run(lambda: self._client.hgetall(ratings_key(uid))))
+        return parse_ratings(await self._run(lambda: self._client.hgetall(ratings_key(uid))))
 
     async def write_sums(self, model_id: str, uid: str, base: Bases | None,
                          history: Histories | None, version: int | None = None) -> None:
@@ -400,7 +357,7 @@ class Store:
                 profile: dict[FieldT, EncodableT] = {
                     f: str(attrs[f]) for f in PROFILE_FIELDS if attrs.get(f) is not None}
                 rated: dict[FieldT, EncodableT] = {
-                    m: f"{r.rating!r}:{r.timestamp}" for m, r in history.items()}
+                    m: rating_value(r.rating, r.timestamp) for m, r in history.items()}
                 pipe.delete(user_key(uid), ratings_key(uid))
                 pipe.incr(version_key(uid))  # sums computed from the old history: stale
                 if profile:
@@ -414,11 +371,11 @@ class Store:
 
     async def drop_cached_sums(self) -> int:
         """Delete every model's cached sums (they derive from the histories just replaced)."""
-        profiles = f"{PREFIX}:user:".encode()  # a user id may itself contain ":sums:"
+        profiles = USER_PREFIX.encode()  # a user id may itself contain ":sums:"
 
         async def call() -> int:
             keys = [key async for key in self._client.scan_iter(
-                match=f"{PREFIX}:*:sums:*", count=1000) if not key.startswith(profiles)]
+                match=SUMS_PATTERN, count=1000) if not key.startswith(profiles)]
             for start in range(0, len(keys), 1000):
                 await self._client.unlink(*keys[start:start + 1000])
             return len(keys)

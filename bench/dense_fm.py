@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from model.dataset import EncodedRatings, sorted_unique
+from model.blocks import EncodedRatings, sorted_unique
 from model.features import SparseRows
 from model.optim import OptimizerName
 from model.train import TrainConfig

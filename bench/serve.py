@@ -49,11 +49,11 @@ import numpy as np
 
 from bench import spy
 from bench.common import REPO, RESULTS, Table, ratio, update_docs, write_json
+from model.blocks import user_histories, user_payload
 from model.bundle import Bundle
 from model.data import Dataset
 from model.data.movielens import read_movielens
 from model.data.synthetic import synthetic
-from model.dataset import user_histories, user_payload
 from model.features import FeatureSpec, movielens_spec
 
 LUA = Path(__file__).resolve().parent / "wrk" / "post.lua"

@@ -46,9 +46,9 @@ from bench.dense_fm import (
     rating_rows,
     repeated_index_rows,
 )
+from model.blocks import Batch, EncodedRatings, encode_ratings, used_columns
 from model.data.movielens import read_movielens
 from model.data.synthetic import synthetic_encoded
-from model.dataset import Batch, EncodedRatings, encode_ratings, used_columns
 from model.evaluate import rmse_mae
 from model.features import FeatureMap, FeatureSpec, movielens_spec
 from model.train import TrainConfig, Trainer

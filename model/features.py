@@ -193,7 +193,10 @@ class SparseRows:
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Fields, hash size and latent size: everything needed to rebuild the feature map.
+    """Fields and hash size: everything needed to rebuild the feature map.
+
+    The latent size k is not here: it is a property of each head (its FM, and its entry
+    in the bundle's metrics.json), and two heads may differ in it.
 
     Saved in the bundle as JSON with golden hashes; `check_golden` refuses a spec whose
     hashes this code does not reproduce (a changed hash function would silently scramble

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from app.settings import Settings
+from model.blocks import user_histories
 from model.bundle import Bundle
 from model.data import Dataset
-from model.dataset import user_histories
 from model.features import FeatureSpec
 from tests.support.api_client import (
     CONTEXT,

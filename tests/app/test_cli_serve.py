@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from app.cli import main
+from model.blocks import user_histories, user_payload
 from model.bundle import Bundle
 from model.data.synthetic import synthetic
-from model.dataset import user_histories, user_payload
 from tests.support.api_client import CONTEXT, service_settings, serving
 from tests.support.redis_server import RedisServer, free_port
 

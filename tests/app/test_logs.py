@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
+from model.blocks import encode_ratings
 from model.data import Dataset
-from model.dataset import encode_ratings
 from model.features import FeatureMap, FeatureSpec
 from model.progress import LineProgress, progress
 from model.quiet_tf import filter_startup

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from app.store import sums_key
+from app.redis_layout import sums_key
 from model.bundle import Bundle
 from model.data import Dataset
 from model.features import FeatureSpec

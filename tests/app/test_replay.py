@@ -18,8 +18,8 @@ import uvicorn
 
 from app.cli import main
 from app.main import create_app
+from app.redis_layout import sums_key
 from app.settings import Settings
-from app.store import sums_key
 from model.bundle import Bundle
 from model.data import Dataset
 from model.features import FeatureSpec

@@ -11,22 +11,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from app.redis_layout import base_fields, history_fields, parse_fields, sums_key
 from app.settings import Settings
-from app.store import Rating, Store, StoreUnavailable, sums_key, user_records
-from app.user_sums import (
-    BaseSums,
-    HistorySums,
-    base_fields,
-    combine,
-    history_fields,
-    history_weighting,
-    parse_fields,
-)
-from model.bundle import Bundle, Sums
+from app.store import Rating, Store, StoreUnavailable, user_records
+from app.user_sums import BaseSums, HistorySums, combine, history_weighting
+from model.blocks import user_histories, user_payload
+from model.bundle import Bundle
 from model.data import Dataset
-from model.dataset import user_histories, user_payload
 from model.features import FeatureMap, FeatureSpec, SparseRows, movielens_spec
 from model.fm import FactorizationMachine
+from model.sums import Sums
 from tests.support.api_client import service_settings
 from tests.support.redis_server import RedisServer
 

@@ -18,9 +18,9 @@ from app.settings import Settings
 from bench import bare_app, bare_asgi
 from bench.naive_app import create_app as naive_app
 from bench.serve import prometheus_totals
+from model.blocks import user_histories
 from model.bundle import Bundle
 from model.data import Dataset
-from model.dataset import user_histories
 from model.features import FeatureSpec
 from tests.support.api_client import (
     CONTEXT,

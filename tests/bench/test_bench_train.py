@@ -25,8 +25,8 @@ from bench.dense_fm import (
     repeated_index_rows,
 )
 from bench.train import Curve, compare, plot, report, scaling, verdicts
+from model.blocks import EncodedRatings, encode_ratings, sorted_unique, used_columns
 from model.data.synthetic import synthetic
-from model.dataset import EncodedRatings, encode_ratings, sorted_unique, used_columns
 from model.features import FeatureMap, FeatureSpec
 from model.fm import FactorizationMachine
 from model.train import TrainConfig, Trainer, batch_scores

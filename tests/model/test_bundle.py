@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from app.cli import main
+from model.blocks import encode_ratings, item_payload, item_raters, user_histories
 from model.bundle import HEADS, Bundle, BundleError, content_hash
 from model.data import Dataset, Ratings
 from model.data.synthetic import synthetic
-from model.dataset import encode_ratings, item_payload, item_raters, user_histories
 from model.evaluate import evaluate_bundle
 from model.features import FeatureSpec, with_session
 from tests.support.reference import fm_pairwise

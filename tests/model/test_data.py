@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model.blocks import encode_ratings, last_movies
 from model.data import DataError, Ratings
 from model.data.movielens import read_files, read_movielens
 from model.data.synthetic import (
@@ -18,7 +19,6 @@ from model.data.synthetic import (
     synthetic_encoded,
     to_stars,
 )
-from model.dataset import encode_ratings, last_movies
 from model.features import FeatureMap, feature_hash, movielens_spec
 
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.bundle import Bundle, Sums
+from model.bundle import Bundle
 from model.engine import NumpyEngine, SavedModelEngine, segment_sum, top_rows
 from model.features import SparseRows
+from model.sums import Sums
 from tests.support.reference import fm_pairwise
 
 

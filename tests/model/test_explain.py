@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from model.bundle import Bundle, Catalog, Sums
+from model.bundle import Bundle, Catalog
 from model.explain import (
     FMParams,
     contributions,
@@ -19,6 +19,7 @@ from model.explain import (
     top_columns,
 )
 from model.features import FeatureMap, feature_hash, movielens_spec, with_session
+from model.sums import Sums
 from tests.support.reference import fm_pairwise
 
 USER = {"id": "7", "age": 31, "gender": "F", "occupation": "writer", "zip": "94110",

@@ -181,7 +181,7 @@ def test_remap_gives_positions_and_drops_unknown_columns() -> None:
 def test_training_contexts_are_the_payloads_the_service_builds(
         small_data: tuple[Any, FeatureSpec]) -> None:
     """encode_ratings' context column == context_payload(user, time, last) per event."""
-    from model.dataset import encode_ratings, last_movies
+    from model.blocks import encode_ratings, last_movies
 
     data, _ = small_data
     spec = movielens_spec(16, "full").fit_numeric(

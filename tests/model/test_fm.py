@@ -92,8 +92,8 @@ def test_gradient_matches_numeric_difference(fm: FactorizationMachine) -> None:
 
 def test_training_block_sums_equal_side_sums_and_pairwise(fm: FactorizationMachine) -> None:
     """The trainer's sparse-matmul side sums == the gather ones == the definition."""
-    from model.dataset import Block
-    from model.train import Tables, block_sums
+    from model.batch_sums import Tables, block_sums
+    from model.blocks import Block
 
     rows = random_rows(np.random.default_rng(4), 30, 9)
     row_ids = np.concatenate([np.full(len(i), n, np.int32) for n, (i, _) in enumerate(rows)])

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model.blocks import Block, encode_ratings
 from model.bundle import Bundle
 from model.data import Dataset, Ratings
 from model.data.movielens import read_movielens
-from model.dataset import Block, encode_ratings
 from model.evaluate import rank_bundle, ranking_metrics, ranking_summary
 from model.features import FeatureMap, FeatureSpec
 from model.relevance import (

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from model.blocks import EncodedRatings, encode_ratings
 from model.data import Dataset
-from model.dataset import EncodedRatings, encode_ratings
 from model.evaluate import rmse_mae
 from model.features import FeatureMap, FeatureSpec
 from model.optim import TableOptimizer

@@ -16,9 +16,9 @@ from fastapi import FastAPI
 from app.main import create_app
 from app.settings import Settings
 from app.store import Store, user_records
+from model.blocks import user_histories, user_payload
 from model.bundle import Bundle
 from model.data import Dataset
-from model.dataset import user_histories, user_payload
 
 CONTEXT = {"time": 890_000_000, "last_movie": "7"}
 

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import redis
 
-from app.store import Rating, ratings_key, sums_key, version_key
-from app.user_sums import Histories, HistorySums, parse_fields
+from app.redis_layout import Rating, parse_fields, ratings_key, sums_key, version_key
+from app.user_sums import Histories, HistorySums
 from model.bundle import Bundle
 
 

@@ -97,7 +97,7 @@ class EncodedRatings:
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:
-    """np.unique(values) by sorting: NumPy >= 2.3's hash path is ~100x slower here."""
+    """np.unique(values) by sorting: NumPy >= 2.3's hash path is far slower here."""
     ordered = np.sort(values)
     first = np.ones(len(ordered), dtype=bool)
     first[1:] = ordered[1:] != ordered[:-1]

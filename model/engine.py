@@ -81,10 +81,15 @@ class SavedModelEngine:
 
 def segment_sum(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
     """Sum of values[indptr[r]:indptr[r+1]] for every row r (empty rows give 0)."""
-    out = np.zeros((len(indptr) - 1, *values.shape[1:]), dtype=values.dtype)
-    nonempty = np.flatnonzero(np.diff(indptr) > 0)
-    if len(nonempty):
-        out[nonempty] = np.add.reduceat(values, indptr[nonempty], axis=0)
+    n_rows = len(indptr) - 1
+    nonempty = indptr[1:] > indptr[:-1]
+    if nonempty.all():  # the common case of serving: one reduceat, nothing to scatter
+        return np.add.reduceat(values, indptr[:-1], axis=0) if n_rows else \
+            np.zeros((0, *values.shape[1:]), dtype=values.dtype)
+    out = np.zeros((n_rows, *values.shape[1:]), dtype=values.dtype)
+    if nonempty.any():
+        rows = np.flatnonzero(nonempty)
+        out[rows] = np.add.reduceat(values, indptr[rows], axis=0)
     return out
 
 
@@ -112,6 +117,8 @@ class NumpyEngine:
 
     def _query(self, query: Sums, contexts: SparseRows
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if contexts.nnz == 0:  # a head that reads no context field (the relevance head)
+            return query.L, query.s, query.q
         L, s, q = self.side_sums(contexts)
         return query.L + L, query.s + s, query.q + q
 

@@ -97,6 +97,18 @@ def test_segment_sum_handles_empty_rows() -> None:
     assert segment_sum(np.zeros(0, np.float32), np.array([0, 0])).tolist() == [0.0]
 
 
+@pytest.mark.parametrize("empty_share", [0.0, 0.5])
+def test_segment_sum_equals_a_loop_over_rows(empty_share: float) -> None:
+    """Both paths (every row non-empty; some empty) against the obvious loop."""
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 5, 40) * (rng.random(40) >= empty_share)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    values = rng.normal(size=(indptr[-1], 3)).astype(np.float32)
+    expected = np.array([values[a:b].sum(axis=0) for a, b in zip(indptr[:-1], indptr[1:])])
+    np.testing.assert_allclose(segment_sum(values, indptr), expected, rtol=1e-6, atol=1e-6)
+    assert segment_sum(values[:0], np.zeros(1, np.int64)).shape == (0, 3)
+
+
 def test_bundle_round_trip_is_identical_across_engines(engines: tuple[Bundle, Bundle]) -> None:
     tf_bundle, np_bundle = engines
     movies = [{"id": str(m)} for m in tf_bundle.catalog.ids[:30]] + [{"id": "new",

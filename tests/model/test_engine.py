@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,8 @@ def test_segment_sum_equals_a_loop_over_rows(empty_share: float) -> None:
     lengths = rng.integers(1, 5, 40) * (rng.random(40) >= empty_share)
     indptr = np.concatenate([[0], np.cumsum(lengths)])
     values = rng.normal(size=(indptr[-1], 3)).astype(np.float32)
-    expected = np.array([values[a:b].sum(axis=0) for a, b in zip(indptr[:-1], indptr[1:])])
+    expected = np.array([values[a:b].sum(axis=0)
+                         for a, b in itertools.pairwise(indptr)])
     np.testing.assert_allclose(segment_sum(values, indptr), expected, rtol=1e-6, atol=1e-6)
     assert segment_sum(values[:0], np.zeros(1, np.int64)).shape == (0, 3)
 

@@ -73,8 +73,8 @@ class ApproximateTopN:
         share = self.share(wanted.genre_mask)
         if share == 0:
             return None
-        m = math.ceil((self.per_n * wanted.n + len(wanted.exclude)) / share)
-        return min(m, size) if m <= self.max_share * size else None
+        m = min(math.ceil((self.per_n * wanted.n + len(wanted.exclude)) / share), size)
+        return m if m <= self.max_share * size else None
 
     def rank(self, head: Head, query: Sums, contexts: SparseRows, wanted: list[W],
              ranker: Callable[[np.ndarray, np.ndarray, W], tuple[np.ndarray, np.ndarray]]

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     # ann_max_share of the catalog, or a candidates list, take the exact path
     ann: bool = True
     ann_candidates: Annotated[int, Field(ge=1)] = 20
-    ann_ef_search: Annotated[int, Field(ge=1)] = 128
+    ann_ef_search: Annotated[int, Field(ge=1)] = 512
     ann_max_share: Annotated[float, Field(gt=0, le=1)] = 0.05
 
     max_movies: Annotated[int, Field(ge=1)] = 1000

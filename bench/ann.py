@@ -47,6 +47,7 @@ CONNECTIONS = 16
 USERS = 1200
 RATINGS = 20_000
 BASE_MOVIES = 20_000  # the catalog the base model is trained on
+EF_SWEEP = (128, 1024)  # index search breadths measured beside the default
 RECALL_CHUNK = 32  # users ranked exactly per top_n call (a 1M-movie score matrix each)
 
 
@@ -81,31 +82,36 @@ def heads_of(bundle: Bundle) -> dict[str, HeadModel]:
 def build(size: int, base: Bundle, data: Dataset, folder: Path) -> tuple[Path, dict[str, Any]]:
     """A bundle of the base model over a synthetic catalog of `size` movies, with indexes
     on both heads (`ann_threshold` 1)."""
+    out = folder / f"ann-{size}"
+    if (out / "model_id").is_file():  # built by an earlier run over the same base model
+        print(f"  reusing {out}", flush=True)
+        return out, describe(out, size, {"reused": True})
     started = time.perf_counter()
     raters = item_raters(data.train)
     items = {i: {**attrs, "raters": raters.get(i, [])}
              for i, attrs in synthetic_catalog(size, seed=1).items()}
     generated = time.perf_counter() - started
-    out = folder / f"ann-{size}"
     metrics = {k: v for k, v in base.metrics.items() if k not in ("heads", "format_version")}
     started = time.perf_counter()
     save_bundle(out, heads_of(base), base.spec, items, metrics, ann_threshold=1)
     exported = time.perf_counter() - started
-    files = {p.name: p.stat().st_size for p in out.rglob("*") if p.is_file()}
-    described = json.loads((out / "metrics.json").read_text())["heads"]
-    info: dict[str, Any] = {
-        "movies": size, "generate_seconds": round(generated, 1),
-        "export_seconds": round(exported, 1),
-        "bundle_bytes": sum(files.values()),
-        "index_bytes": {h: files[f"ann_{h}.faiss"] for h in HEADS},
-        "index_build_seconds": {h: described[h]["ann"]["build_seconds"] for h in HEADS},
-        "k": {h: described[h]["k"] for h in HEADS},
-    }
+    info = describe(out, size, {"generate_seconds": round(generated, 1),
+                                "export_seconds": round(exported, 1)})
     print(f"  {size:,} movies: catalog in {generated:.0f} s, exported in {exported:.0f} s, "
           f"bundle {info['bundle_bytes'] / 2**20:,.0f} MiB, index build "
           + ", ".join(f"{h} {s:.0f} s" for h, s in info["index_build_seconds"].items()),
           flush=True)
     return out, info
+
+
+def describe(bundle: Path, size: int, extra: dict[str, Any]) -> dict[str, Any]:
+    """Sizes and index build times of an exported bundle (from its metrics.json)."""
+    files = {p.name: p.stat().st_size for p in bundle.rglob("*") if p.is_file()}
+    described = json.loads((bundle / "metrics.json").read_text())["heads"]
+    return {"movies": size, **extra, "bundle_bytes": sum(files.values()),
+            "index_bytes": {h: files[f"ann_{h}.faiss"] for h in HEADS},
+            "index_build_seconds": {h: described[h]["ann"]["build_seconds"] for h in HEADS},
+            "k": {h: described[h]["k"] for h in HEADS}}
 
 
 def rank(rows: np.ndarray, scores: np.ndarray, wanted: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +131,9 @@ def recall(bundle: Bundle, data: Dataset, n: int = 10) -> dict[str, Any]:
     from model.features import context_payload
 
     settings = Settings()
-    approximate = ApproximateTopN(settings, bundle.catalog.genre_bits())
+    bits = bundle.catalog.genre_bits()
+    breadths = sorted({settings.ann_ef_search, *EF_SWEEP})
+    approximate = {ef: ApproximateTopN(Settings(ann_ef_search=ef), bits) for ef in breadths}
     histories = user_histories(data.train)
     users = sorted(histories)
     at = int(data.train.timestamp.max()) + 1
@@ -134,7 +142,9 @@ def recall(bundle: Bundle, data: Dataset, n: int = 10) -> dict[str, Any]:
                                         "ann_ef_search": settings.ann_ef_search}}
     for name in HEADS:
         head = bundle.heads[name]
-        hits, served, seconds = [], 0, {"exact": 0.0, "approximate": 0.0}
+        hits: dict[int, list[float]] = {ef: [] for ef in breadths}
+        served = 0
+        seconds: dict[int | str, float] = {"exact": 0.0, **{ef: 0.0 for ef in breadths}}
         for start in range(0, len(users), RECALL_CHUNK):
             chunk = users[start:start + RECALL_CHUNK]
             queries = [head.query(user_payload(u, data.users.get(u, {}), histories[u]),
@@ -151,21 +161,23 @@ def recall(bundle: Bundle, data: Dataset, n: int = 10) -> dict[str, Any]:
             exact_rows, _ = head.top_n(query, contexts, exclude_row,
                                        np.concatenate([w.exclude for w in wanted]).astype(
                                            np.int32), np.zeros(len(chunk), np.int64), n)
-            t1 = time.perf_counter()
-            found = approximate.rank(head, query, contexts, wanted, rank)
-            t2 = time.perf_counter()
-            seconds["exact"] += t1 - t0
-            seconds["approximate"] += t2 - t1
-            served += len(found)
-            for p in range(len(chunk)):
-                got = found[p][0] if p in found else exact_rows[p]
-                hits.append(len(set(got.tolist()) & set(exact_rows[p].tolist())) / n)
-        out[name] = {"recall": round(float(np.mean(hits)), 4),
-                     "min_recall": round(float(np.min(hits)), 2),
+            seconds["exact"] += time.perf_counter() - t0
+            for ef, path in approximate.items():
+                t1 = time.perf_counter()
+                found = path.rank(head, query, contexts, wanted, rank)
+                seconds[ef] += time.perf_counter() - t1
+                served += len(found) if ef == settings.ann_ef_search else 0
+                for p in range(len(chunk)):
+                    got = found[p][0] if p in found else exact_rows[p]
+                    hits[ef].append(len(set(got.tolist()) & set(exact_rows[p].tolist())) / n)
+        ms = {key: round(1000 * s / len(users), 3) for key, s in seconds.items()}
+        out[name] = {"recall": round(float(np.mean(hits[settings.ann_ef_search])), 4),
+                     "min_recall": round(float(np.min(hits[settings.ann_ef_search])), 2),
                      "served_approximate": served,
-                     "exact_ms_per_user": round(1000 * seconds["exact"] / len(users), 3),
-                     "approximate_ms_per_user": round(
-                         1000 * seconds["approximate"] / len(users), 3)}
+                     "exact_ms_per_user": ms["exact"],
+                     "approximate_ms_per_user": ms[settings.ann_ef_search],
+                     "by_ef_search": {str(ef): {"recall": round(float(np.mean(hits[ef])), 4),
+                                                "ms_per_user": ms[ef]} for ef in breadths}}
         print(f"  {name}: recall@{n} {out[name]['recall']:.4f} over {len(users)} users "
               f"({served} served approximately)", flush=True)
     return out
@@ -210,6 +222,16 @@ def serve(bundle: Path, data: Dataset, folder: Path, seconds: float) -> dict[str
     return out
 
 
+def sweep_table(results: dict[str, Any]) -> Table:
+    rows = []
+    for s in results["sizes"]:
+        for name in HEADS:
+            for ef, r in s["recall"][name]["by_ef_search"].items():
+                rows.append([s["movies"], name, ef, r["recall"], r["ms_per_user"]])
+    return Table("recall@10 by index search breadth (FMREC_ANN_EF_SEARCH)", [
+        "movies", "head", "ef_search", "recall@10", "ms/user (batches of 32)"], rows)
+
+
 def tables(results: dict[str, Any]) -> list[Table]:
     sizes = results["sizes"]
     out = [Table("Index build and bundle size", [
@@ -224,6 +246,7 @@ def tables(results: dict[str, Any]) -> list[Table]:
         [s["movies"], s["recall"]["users"], s["recall"]["relevance"]["recall"],
          s["recall"]["rating"]["recall"], s["recall"]["relevance"]["exact_ms_per_user"],
          s["recall"]["relevance"]["approximate_ms_per_user"]] for s in sizes]))
+    out.append(sweep_table(results))
     if "serve" in results:
         serve = results["serve"]
         out.append(Table(f"/recommend top-10, {serve['movies']:,} movies, "

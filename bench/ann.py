@@ -23,6 +23,7 @@ The machine is shared: compare the approximate path to the exact one of the same
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import tempfile
 import time
@@ -33,8 +34,10 @@ from typing import Any
 import httpx
 import numpy as np
 
+from app.settings import Settings
+from app.store import load_dataset_users
 from bench.common import RESULTS, Table, ratio, write_json
-from bench.serve import Redis, fmrec_server, load_users, prime, write_bodies, wrk
+from bench.serve import Redis, fmrec_server, prime, write_bodies, wrk
 from model.bundle import HEADS, Bundle, HeadModel, Sums, save_bundle
 from model.data import Dataset
 from model.data.synthetic import synthetic, synthetic_catalog
@@ -127,7 +130,6 @@ def recall(bundle: Bundle, data: Dataset, n: int = 10) -> dict[str, Any]:
     with a history (their rated movies excluded, as /recommend's default)."""
     from app.approximate import ApproximateTopN
     from app.scorer import Ranking, stack_rows
-    from app.settings import Settings
     from model.features import context_payload
 
     settings = Settings()
@@ -190,7 +192,9 @@ def serve(bundle: Path, data: Dataset, folder: Path, seconds: float) -> dict[str
     redis = Redis(folder)
     out: dict[str, Any] = {"connections": CONNECTIONS, "seconds": seconds}
     try:
-        load_users(redis.url(0), data)
+        # a generous timeout: the bulk load is one big pipeline on a busy machine
+        asyncio.run(load_dataset_users(Settings(redis_url=redis.url(0), redis_timeout_s=30),
+                                       data))
         for path, enabled in (("approximate", True), ("exact", False)):
             server = fmrec_server(f"ann-{path}", bundle, redis.url(0), folder, batching=True)
             server.env["FMREC_ANN"] = str(enabled).lower()

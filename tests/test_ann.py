@@ -237,3 +237,20 @@ async def test_reload_to_a_broken_index_keeps_the_old_model(
             assert message in response.json()["detail"][0]["msg"]
             assert (await client.post("/recommend", json=body)).json() == before
         assert before["path"] == "approximate"
+
+
+def test_synthetic_catalog_draws_movies_as_synthetic_does() -> None:
+    """Ids 1..n, 1-3 distinct known genres (sorted), years 1930-1998, titles with the year;
+    the same seed gives the same catalog."""
+    from model.data.synthetic import GENRES, synthetic_catalog
+
+    items = synthetic_catalog(5000, seed=3)
+    assert list(items) == [str(i) for i in range(1, 5001)]
+    genres = [m["genres"] for m in items.values()]
+    assert all(1 <= len(g) <= 3 and g == sorted(set(g)) and set(g) <= set(GENRES)
+               for g in genres)
+    assert {len(g) for g in genres} == {1, 2, 3}
+    years = np.array([m["year"] for m in items.values()])
+    assert years.min() >= 1930 and years.max() <= 1998
+    assert all(m["title"] == f"Movie {i} ({m['year']})" for i, m in items.items())
+    assert synthetic_catalog(5000, seed=3) == items != synthetic_catalog(5000, seed=4)

@@ -32,7 +32,7 @@ GRAPH_DEGREE = 32  # HNSW links per node (faiss's M)
 EF_CONSTRUCTION = 80  # candidate list while building: recall against build time
 
 
-class IndexError_(ValueError):
+class AnnIndexError(ValueError):
     """An index file that does not match its catalog (or is not an index at all)."""
 
 
@@ -102,40 +102,40 @@ def write(items: SumsLike, folder: Path, head: str) -> dict[str, Any]:
 
 def read(root: Path, head: str, declared: Any, items: SumsLike) -> faiss.Index | None:
     """The index metrics.json declares for a head (None when it declares none), checked
-    against the catalog's sums. Raises IndexError_ for a missing, undeclared, unreadable
+    against the catalog's sums. Raises AnnIndexError for a missing, undeclared, unreadable
     or mismatched index."""
     path = root / index_file(head)
     if declared is None:
         if path.exists():
-            raise IndexError_(f"{path.name} is present but metrics.json declares no index")
+            raise AnnIndexError(f"{path.name} is present but metrics.json declares no index")
         return None
     if not isinstance(declared, dict) or declared.get("file") != path.name:
-        raise IndexError_(f"metrics.json must declare the index as {{\"file\": "
+        raise AnnIndexError(f"metrics.json must declare the index as {{\"file\": "
                           f"\"{path.name}\", ...}}, not {declared!r}")
     if not path.is_file():
-        raise IndexError_(f"{path.name} is missing")
+        raise AnnIndexError(f"{path.name} is missing")
     return load(path, items)
 
 
 def load(path: Path, items: SumsLike) -> faiss.Index:
     """Read a head's index and check it holds exactly this catalog's item vectors (so an
     index of another catalog, or of other sums, is refused rather than serving the wrong
-    movies). Raises IndexError_."""
+    movies). Raises AnnIndexError."""
     try:
         index = faiss.read_index(str(path))
     except RuntimeError as exc:  # faiss reports unreadable files as RuntimeError
-        raise IndexError_(f"{path.name} is not a readable index ({first_line(exc)})") from None
+        raise AnnIndexError(f"{path.name} is not a readable index ({first_line(exc)})") from None
     expected = item_vectors(items)
     if not isinstance(index, faiss.IndexHNSWFlat) or index.metric_type != (
             faiss.METRIC_INNER_PRODUCT):
-        raise IndexError_(f"{path.name} is not an HNSW inner-product index")
+        raise AnnIndexError(f"{path.name} is not an HNSW inner-product index")
     if (index.ntotal, index.d) != expected.shape:
-        raise IndexError_(f"{path.name} holds {index.ntotal} vectors of width {index.d}, the "
+        raise AnnIndexError(f"{path.name} holds {index.ntotal} vectors of width {index.d}, the "
                           f"catalog {expected.shape[0]} of width {expected.shape[1]}")
     storage: Any = faiss.downcast_index(index.storage)  # the flat vectors, not copied
     stored = faiss.rev_swig_ptr(storage.get_xb(), index.ntotal * index.d)
     if not np.allclose(stored.reshape(expected.shape), expected, rtol=1e-5, atol=1e-6):
-        raise IndexError_(f"{path.name} does not hold this catalog's item vectors")
+        raise AnnIndexError(f"{path.name} does not hold this catalog's item vectors")
     return index
 
 

@@ -285,8 +285,9 @@ def save_bundle(path: str | Path, heads: dict[str, HeadModel], spec: FeatureSpec
                  **head_arrays)
         described = {h: {**metrics.get("heads", {}).get(h, {}), "k": m.fm.k,
                          "fields": list(m.fields)} for h, m in heads.items()}
-        if 0 < ann_threshold <= len(catalog):
-            for h in HEADS:
+        for h in HEADS:  # an index is declared only where this export built one
+            described[h].pop("ann", None)
+            if 0 < ann_threshold <= len(catalog):
                 described[h]["ann"] = ann.write(sums[h], tmp, h)
         meta = {"format_version": FORMAT_VERSION, **metrics, "heads": described}
         (tmp / "metrics.json").write_text(json.dumps(meta, indent=2, default=float))
@@ -478,7 +479,7 @@ class Bundle:
         fmap = FeatureMap(self.spec.only(described["fields"]))
         try:
             index = ann.read(root, name, described.get("ann"), items)
-        except ann.IndexError_ as exc:
+        except ann.AnnIndexError as exc:
             raise BundleError(f"bundle {root}: index of head {name}: {exc}") from None
         return Head(name, fmap, widths["catalog"], make_engine(self.model, name, engine), items,
                     index)

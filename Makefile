@@ -65,6 +65,13 @@ wrk:
 bench-serve: $(BENCH_STAMP) redis wrk
 	$(BIN)/python -m bench.serve $(if $(DATA),--data $(DATA))
 
+# Approximate top-N benchmark (docs/ann.md): synthetic 100k and 1M-movie catalogs, index
+# build time and bundle size, recall@10 against the exact path, /recommend p99 under wrk
+# for both paths; writes bench/results/ann.json. Slow: the 1M indexes take many minutes.
+.PHONY: bench-ann
+bench-ann: $(BENCH_STAMP) redis wrk
+	$(BIN)/python -m bench.ann
+
 # `docker compose up`, for real (README, Docker): the CPU stack on this host's Docker daemon,
 # checked end to end; writes bench/results/compose.json and README's table. Base images the
 # host cannot pull are built from Debian packages (debootstrap), once. Exit status 3: this

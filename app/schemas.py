@@ -211,6 +211,10 @@ class Recommendation(BaseModel):
 class RecommendResponse(BaseModel):
     model_id: str
     rank_by: Literal["relevance", "rating"]
+    path: Annotated[Literal["exact", "approximate"], Field(
+        description="how the ranking was served: exact (the whole catalog scored) or "
+                    "approximate (a catalog large enough to have an index: its best "
+                    "candidates, re-scored exactly; see docs/ann.md)")]
     items: list[Recommendation]
     user_cached: bool
 

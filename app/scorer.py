@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from app.approximate import ApproximateTopN
 from app.batching import MicroBatcher
 from app.explain import because_you_rated
 from app.metrics import Metrics
@@ -56,7 +57,8 @@ class Scorer:
         self.metrics = metrics
         self.rated_rows = RatedRows(bundle.catalog)
         self.batcher: MicroBatcher[Job, JobResult] = MicroBatcher(
-            BatchScorer(bundle).run_batch, max_batch_size=settings.max_batch_size,
+            BatchScorer(bundle, ApproximateTopN(settings, bundle.catalog.genre_bits())
+                        ).run_batch, max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue,
             enabled=settings.batching, observe=metrics.observe_batch,
             inline=bundle.engine.name == "numpy"
@@ -119,6 +121,7 @@ class Scorer:
             job.context, result.rows) if request.explain else None
         return RecommendResponse.model_validate({  # from dicts: see predict
             "model_id": self.model_id, "user_cached": user.cached, "rank_by": job.head,
+            "path": result.path,
             "items": [
                 {"movie_id": str(catalog.ids[row]), "title": str(catalog.titles[row]),
                  "score": score, "relevance": relevance, "rating": rating,

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from app.approximate import ApproximateTopN
 from app.user_sums import (
     HISTORY_FIELD,
     Bases,
@@ -80,6 +81,7 @@ class JobResult:
     scores: dict[str, np.ndarray]  # per head: unclipped, aligned with rows
     base: Bases  # the user's parts as used (cached or just computed), per head
     history: Histories
+    path: str = "exact"  # /recommend: "approximate" when the head's index chose candidates
 
 
 def stack_rows(blocks: list[SparseRows]) -> SparseRows:
@@ -94,8 +96,9 @@ def stack_rows(blocks: list[SparseRows]) -> SparseRows:
 class BatchScorer:
     """The maths of one micro-batch (in a worker thread, or inline: see app.batching)."""
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, approximate: ApproximateTopN) -> None:
         self.bundle = bundle
+        self.approximate = approximate
         self.weighting = {h: history_weighting(head.fmap.spec)
                           for h, head in bundle.heads.items()}
         self.genre_bits = bundle.catalog.genre_bits()
@@ -109,6 +112,7 @@ class BatchScorer:
                   if not cached or any(j.head == name or j.ranking is not None for j in jobs)}
         parts: list[tuple[list[BaseSums], list[HistorySums]]] = [([], []) for _ in jobs]
         scored: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        approximate: set[int] = set()  # jobs the approximate path ranked
         views = {}
         for name, head in needed.items():
             bases, histories, inline = self._computed_sums(jobs, head)
@@ -117,7 +121,8 @@ class BatchScorer:
             views[name] = (query, contexts)
             mine = [n for n, j in enumerate(jobs) if j.head == name]
             scored[name] = self._score_listed(jobs, mine, head, query, contexts, inline)
-            scored[name].update(self._score_catalog(jobs, mine, head, query, contexts))
+            scored[name].update(self._score_catalog(jobs, mine, head, query, contexts,
+                                                    approximate))
         ranked = {n: rows_scores for by_head in scored.values()
                   for n, rows_scores in by_head.items()}
         results = []
@@ -126,7 +131,8 @@ class BatchScorer:
             if len(needed) == len(heads):
                 base, history = tuple(parts[n][0]), tuple(parts[n][1])
             assert base is not None and history is not None  # `needed` saw to it
-            results.append(JobResult(ranked[n][0], {job.head: ranked[n][1]}, base, history))
+            results.append(JobResult(ranked[n][0], {job.head: ranked[n][1]}, base, history,
+                                     "approximate" if n in approximate else "exact"))
         for name, (query, contexts) in views.items():  # other heads' scores of ranked movies
             head = heads[name]
             self._score_ranked(jobs, results, name, head, query, contexts)
@@ -210,13 +216,23 @@ class BatchScorer:
         return out
 
     def _score_catalog(self, jobs: list[Job], mine: list[int], head: Head, query: Sums,
-                       contexts: SparseRows) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """Whole-catalog rankings by this head: one top_n call with each job's exclusions
-        and genres."""
+                       contexts: SparseRows, approximate: set[int]
+                       ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Whole-catalog rankings by this head: the approximate path for those it can
+        serve (adds them to `approximate`), then one top_n call with each other job's
+        exclusions and genres."""
         ranked = [(n, r) for n in mine
                   if jobs[n].pair_rows is None and (r := jobs[n].ranking) is not None]
+        out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if ranked and self.approximate.serves(head):
+            which = np.array([n for n, _ in ranked], dtype=np.int64)
+            out = {ranked[p][0]: rows_scores for p, rows_scores in self.approximate.rank(
+                head, query.take(which), contexts.take(which), [r for _, r in ranked],
+                self._rank).items()}
+            approximate.update(out)
+            ranked = [(n, r) for n, r in ranked if n not in out]
         if not ranked:
-            return {}
+            return out
         which = np.array([n for n, _ in ranked])
         exclude_item = np.concatenate([r.exclude for _, r in ranked]).astype(np.int32)
         exclude_row = np.concatenate(
@@ -225,7 +241,6 @@ class BatchScorer:
         size = min(max(r.n for _, r in ranked), len(self.bundle.catalog))
         rows, scores = head.top_n(query.take(which), contexts.take(which),
                                   exclude_row, exclude_item, masks, size)
-        out = {}
         for p, (n, ranking) in enumerate(ranked):
             keep = np.isfinite(scores[p, :ranking.n])  # excluded / filtered score -inf
             out[n] = rows[p, :ranking.n][keep].astype(np.int64), scores[p, :ranking.n][keep]

@@ -226,7 +226,8 @@ class NaiveService:
         best, scores = await asyncio.to_thread(ranked)
         ratings = self.scorer.bundle.clip(scores["rating"])
         return RecommendResponse(
-            model_id=self.scorer.bundle.model_id, user_cached=False, rank_by=head, items=[
+            model_id=self.scorer.bundle.model_id, user_cached=False, rank_by=head,
+            path="exact", items=[
                 Recommendation(movie_id=str(catalog.ids[r]), title=str(catalog.titles[r]),
                                score=float(s), relevance=float(v), rating=float(c),
                                known=True)

@@ -6,7 +6,9 @@
       spec.json      feature spec with golden hashes
       catalog.npz    movie ids, titles, genres, years, raters, each head's item side sums
       metrics.json   data set, split, RMSE/MAE, ranking metrics, rating range, config,
-                     per head its k and the fields it reads
+                     per head its k, the fields it reads and its index (if any)
+      ann_<head>.faiss  catalogs of `ann_threshold` movies or more: per head an
+                     inner-product index over the item sums (`model.ann`)
       model_id       content hash of the files above; namespaces every cache key
 
 Two heads, two FMs over the same feature map (DESIGN.md section 8): "rating" predicts
@@ -35,6 +37,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from model import ann
 from model.blocks import item_payload
 from model.engine import Engine, EngineName, make_engine
 from model.features import FeatureMap, FeatureSpec, SparseRows, with_session
@@ -214,8 +217,13 @@ def build_catalog(fm: FactorizationMachine, fmap: FeatureMap,
 
 
 def save_bundle(path: str | Path, heads: dict[str, HeadModel], spec: FeatureSpec,
-                items: dict[str, dict[str, Any]], metrics: dict[str, Any]) -> str:
-    """Write a bundle atomically (to a temp dir, then rename); returns its model id."""
+                items: dict[str, dict[str, Any]], metrics: dict[str, Any],
+                ann_threshold: int = ann.DEFAULT_THRESHOLD) -> str:
+    """Write a bundle atomically (to a temp dir, then rename); returns its model id.
+
+    A catalog of `ann_threshold` movies or more (0: never) also gets each head's
+    approximate top-N index.
+    """
     target = Path(path)
     if set(heads) != set(HEADS):
         raise BundleError(f"a bundle needs the heads {', '.join(HEADS)}; got {sorted(heads)}")
@@ -244,6 +252,10 @@ def save_bundle(path: str | Path, heads: dict[str, HeadModel], spec: FeatureSpec
                  **head_arrays)
         described = {h: {**metrics.get("heads", {}).get(h, {}), "k": m.fm.k,
                          "fields": list(m.fields)} for h, m in heads.items()}
+        for h in HEADS:  # an index is declared only where this export built one
+            described[h].pop("ann", None)
+            if 0 < ann_threshold <= len(catalog):
+                described[h]["ann"] = ann.write(sums[h], tmp, h)
         meta = {"format_version": FORMAT_VERSION, **metrics, "heads": described}
         (tmp / "metrics.json").write_text(json.dumps(meta, indent=2, default=float))
         model_id = content_hash(tmp)
@@ -263,12 +275,13 @@ class Head:
     """
 
     def __init__(self, name: str, fmap: FeatureMap, k: int, engine: Engine,
-                 items: Sums) -> None:
+                 items: Sums, index: ann.Index | None = None) -> None:
         self.name = name
         self.fmap = fmap
         self.k = k
         self.engine = engine
         self.items = items
+        self.ann = index  # approximate top-N over `items` (large catalogs only)
 
     def side_sums(self, rows: SparseRows) -> Sums:
         return Sums(*self.engine.side_sums(rows))
@@ -373,7 +386,12 @@ class Bundle:
             raise BundleError(f"bundle {root}: catalog sums of head {name}: arrays disagree "
                               f"with its {n} movies or are not all finite floats")
         fmap = FeatureMap(self.spec.only(described["fields"]))
-        return Head(name, fmap, widths["catalog"], make_engine(self.model, name, engine), items)
+        try:
+            index = ann.read(root, name, described.get("ann"), items)
+        except ann.AnnIndexError as exc:
+            raise BundleError(f"bundle {root}: index of head {name}: {exc}") from None
+        return Head(name, fmap, widths["catalog"], make_engine(self.model, name, engine), items,
+                    index)
 
     # --- the rating head's three signatures, numpy in and out, through its engine ------
 

@@ -68,7 +68,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     # building it does not import TensorFlow)
     config = TrainConfig(**{k: v for k, v in given.items() if v is not None})
     model_id, metrics = fit_and_save(data, spec, config, args.out, progress=not args.quiet,
-                                     refit=not args.no_refit)
+                                     refit=not args.no_refit, **(
+                                         {} if args.ann_threshold is None
+                                         else {"ann_threshold": args.ann_threshold}))
     keep = ("data", "test_rmse", "test_mae", "test_ranking", "best_epoch", "refit_epochs",
             "seconds_per_epoch", "train_seconds", "nnz_per_rating", "collisions")
     print(json.dumps({"model_id": model_id, "bundle": str(args.out),
@@ -139,6 +141,16 @@ def positive(kind: Callable[[str], float]) -> Callable[[str], float]:
     return parse
 
 
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def add_model_commands(sub: Any) -> None:
     """`train` and `evaluate` as subcommands of `sub` (argparse's subparsers)."""
     p = sub.add_parser("train", help="train a model and write a bundle")
@@ -158,6 +170,9 @@ def add_model_commands(sub: Any) -> None:
                         "(its k is members x --k)")
     p.add_argument("--no-refit", action="store_true",
                    help="keep the early-stopped model instead of retraining on all ratings")
+    p.add_argument("--ann-threshold", type=nonnegative_int, metavar="MOVIES",
+                   help="catalogs of this many movies or more get an approximate top-N "
+                        "index (0: never; default 200,000; docs/ann.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

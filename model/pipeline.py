@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from model.ann import DEFAULT_THRESHOLD
 from model.blocks import (
     EncodedRatings,
     encode_ratings,
@@ -156,7 +157,8 @@ def fit_relevance(data: Dataset, spec: FeatureSpec, config: RelevanceConfig,
 
 def fit_and_save(data: Dataset, spec: FeatureSpec, config: TrainConfig, out: str | Path,
                  progress: bool = True, refit: bool = True,
-                 relevance: RelevanceConfig | None = None) -> tuple[str, dict[str, Any]]:
+                 relevance: RelevanceConfig | None = None,
+                 ann_threshold: int = DEFAULT_THRESHOLD) -> tuple[str, dict[str, Any]]:
     """Train both heads, then write the bundle; returns (model id, metrics).
 
     `metrics["test_ranking"]` is how each head ranks the test split (top 10).
@@ -175,5 +177,5 @@ def fit_and_save(data: Dataset, spec: FeatureSpec, config: TrainConfig, out: str
     items = {i: {**attrs, "raters": raters.get(i, [])} for i, attrs in data.items.items()}
     heads = {"rating": HeadModel(report.model, rating_fields),
              "relevance": HeadModel(relevance_fm, relevance.fields)}
-    model_id = save_bundle(out, heads, fitted, items, report.metrics)
+    model_id = save_bundle(out, heads, fitted, items, report.metrics, ann_threshold)
     return model_id, report.metrics

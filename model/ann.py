@@ -1,0 +1,154 @@
+"""Approximate top-N over large catalogs: a maximum-inner-product index per head.
+
+For a fixed query side (user + context) with side sums (L_Q, a, q_Q), the FM score of
+movie i is
+
+    score(i) = [w0 + L_Q + (|a|^2 - q_Q)/2] + <a, s_i> + [L_i + (|s_i|^2 - q_i)/2]
+
+so the ranking of the catalog is that of <[a, 1], [s_i, b_i]> with b_i the item bias
+(`model.fm.item_bias`): maximum-inner-product search. An HNSW graph over the vectors
+[s_i, b_i] (faiss, inner-product metric: measured against usearch in docs/ann.md) finds
+the best M movies of a query in a few hundred vector products instead of the catalog's
+N; the caller re-scores those M exactly with its engine, so every number it answers is
+the exact score and only the choice of candidates is approximate.
+
+The index depends on the catalog's item sums only, never on users: online updates
+change the query side, so the index lives as long as the bundle.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Protocol, TypeAlias
+
+import faiss
+import numpy as np
+
+Index: TypeAlias = faiss.Index
+LIBRARY = f"faiss {faiss.__version__}"
+DEFAULT_THRESHOLD = 200_000  # catalogs with at least this many movies get an index
+GRAPH_DEGREE = 32  # HNSW links per node (faiss's M)
+EF_CONSTRUCTION = 80  # candidate list while building: recall against build time
+
+
+class AnnIndexError(ValueError):
+    """An index file that does not match its catalog (or is not an index at all)."""
+
+
+class SumsLike(Protocol):
+    @property
+    def L(self) -> np.ndarray: ...
+
+    @property
+    def s(self) -> np.ndarray: ...
+
+    @property
+    def q(self) -> np.ndarray: ...
+
+
+def index_file(head: str) -> str:
+    """The bundle file of a head's index."""
+    return f"ann_{head}.faiss"
+
+
+def item_vectors(items: SumsLike) -> np.ndarray:
+    """[s_i, b_i] per movie, b_i = L_i + (|s_i|^2 - q_i)/2 (float32, C order)."""
+    s = np.asarray(items.s, np.float32)
+    bias = items.L + 0.5 * (np.einsum("ij,ij->i", s, s) - items.q)
+    return np.ascontiguousarray(np.hstack([s, bias.astype(np.float32)[:, None]]))
+
+
+def query_vectors(a: np.ndarray) -> np.ndarray:
+    """[a, 1] per query, a = the query side's s (user + context)."""
+    a = np.asarray(a, np.float32)
+    return np.ascontiguousarray(np.hstack([a, np.ones((len(a), 1), np.float32)]))
+
+
+def build(items: SumsLike) -> faiss.Index:
+    """An HNSW inner-product index over the catalog's item vectors (faiss's threads)."""
+    vectors = item_vectors(items)
+    index = faiss.IndexHNSWFlat(vectors.shape[1], GRAPH_DEGREE, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = EF_CONSTRUCTION
+    index.add(vectors)
+    return index
+
+
+class faiss_threads:
+    """faiss's OpenMP threads set for a block, restored after."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.before = 1
+
+    def __enter__(self) -> None:
+        self.before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(self.n)
+
+    def __exit__(self, *exc: Any) -> None:
+        faiss.omp_set_num_threads(self.before)
+
+
+def write(items: SumsLike, folder: Path, head: str) -> dict[str, Any]:
+    """Build a head's index into the bundle folder; returns what metrics.json says of it."""
+    started = time.perf_counter()
+    index = build(items)
+    seconds = time.perf_counter() - started
+    faiss.write_index(index, str(folder / index_file(head)))
+    return {"file": index_file(head), "library": LIBRARY, "kind": "hnsw-inner-product",
+            "graph_degree": GRAPH_DEGREE, "ef_construction": EF_CONSTRUCTION,
+            "build_seconds": round(seconds, 3)}
+
+
+def read(root: Path, head: str, declared: Any, items: SumsLike) -> faiss.Index | None:
+    """The index metrics.json declares for a head (None when it declares none), checked
+    against the catalog's sums. Raises AnnIndexError for a missing, undeclared, unreadable
+    or mismatched index."""
+    path = root / index_file(head)
+    if declared is None:
+        if path.exists():
+            raise AnnIndexError(f"{path.name} is present but metrics.json declares no index")
+        return None
+    if not isinstance(declared, dict) or declared.get("file") != path.name:
+        raise AnnIndexError(f"metrics.json must declare the index as {{\"file\": "
+                          f"\"{path.name}\", ...}}, not {declared!r}")
+    if not path.is_file():
+        raise AnnIndexError(f"{path.name} is missing")
+    return load(path, items)
+
+
+def load(path: Path, items: SumsLike) -> faiss.Index:
+    """Read a head's index and check it holds exactly this catalog's item vectors (so an
+    index of another catalog, or of other sums, is refused rather than serving the wrong
+    movies). Raises AnnIndexError."""
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as exc:  # faiss reports unreadable files as RuntimeError
+        raise AnnIndexError(f"{path.name} is not a readable index ({first_line(exc)})") from None
+    expected = item_vectors(items)
+    if not isinstance(index, faiss.IndexHNSWFlat) or index.metric_type != (
+            faiss.METRIC_INNER_PRODUCT):
+        raise AnnIndexError(f"{path.name} is not an HNSW inner-product index")
+    if (index.ntotal, index.d) != expected.shape:
+        raise AnnIndexError(f"{path.name} holds {index.ntotal} vectors of width {index.d}, the "
+                          f"catalog {expected.shape[0]} of width {expected.shape[1]}")
+    storage: Any = faiss.downcast_index(index.storage)  # the flat vectors, not copied
+    stored = faiss.rev_swig_ptr(storage.get_xb(), index.ntotal * index.d)
+    if not np.allclose(stored.reshape(expected.shape), expected, rtol=1e-5, atol=1e-6):
+        raise AnnIndexError(f"{path.name} does not hold this catalog's item vectors")
+    return index
+
+
+def first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def search(index: faiss.Index, a: np.ndarray, m: int, ef: int) -> np.ndarray:
+    """Catalog rows of the (about) m best movies per query, best first; -1 pads a short
+    answer. `ef` is HNSW's search breadth (at least m is used). One thread: a request's
+    search is small, and the service's workers are the parallelism."""
+    params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+    params.efSearch = max(ef, m)
+    with faiss_threads(1):
+        _, rows = index.search(query_vectors(a), m, params=params)
+    return rows

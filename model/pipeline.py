@@ -22,7 +22,7 @@ from model.dataset import (
     user_payload,
 )
 from model.evaluate import ranking_summary, rmse_mae
-from model.features import FeatureMap, FeatureSpec
+from model.features import FeatureMap, FeatureSpec, day_of
 from model.fm import FactorizationMachine, average_of
 from model.relevance import RelevanceConfig, head_spec, rank_fm, train_relevance
 from model.train import TrainConfig, TrainResult, train
@@ -45,7 +45,8 @@ def feature_keys(fmap: FeatureMap, data: Dataset) -> set[str]:
     raters = item_raters(data.train)
     items = [item_payload(i, attrs, raters.get(i, [])) for i, attrs in data.items.items()]
     contexts = [{"time": 0, "last_movie": i} for i in data.items] + [
-        {"session": s} for s in set(sessions(data.train.user, data.train.timestamp))]
+        {"session": s} for s in set(sessions(data.train.user, data.train.timestamp))] + [
+        {"day": d} for d in {day_of(t) for t in data.train.timestamp.tolist()}]
     return (fmap.tokens("user", users) | fmap.tokens("item", items)
             | fmap.tokens("context", contexts))
 

@@ -52,6 +52,7 @@ class TrainConfig:
     patience: int = 6
     seed: int = 0
     members: int = 3  # models from seeds seed.., exported as their average (fm.average_of)
+    average: float = 0.0  # Polyak: validate and export an EMA of the weights (decay/step)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,10 +153,26 @@ class Trainer:
         self.optimizer = TableOptimizer(
             config.optimizer, config.learning_rate, [self.fm.w0, self.fm.w, self.fm.V]
         )
+        # with `average`, the model that is validated and exported is a moving average of
+        # the trajectory (a cheap stand-in for a posterior mean); `fm` is what steps
+        self.averaged = FactorizationMachine(len(columns), config.k, init_std=0.0)
+        self._sync_average()
         self.step = tf.function(self._step, input_signature=_BATCH)
         self.predict = tf.function(
-            lambda *b: batch_scores(self.fm, _as_batch(b)), input_signature=_BATCH
+            lambda *b: batch_scores(self._scored, _as_batch(b)), input_signature=_BATCH
         )
+
+    @property
+    def _scored(self) -> FactorizationMachine:
+        return self.averaged if self.config.average else self.fm
+
+    def _pairs(self) -> list[tuple[tf.Variable, tf.Variable]]:
+        return list(zip((self.averaged.w0, self.averaged.w, self.averaged.V),
+                        (self.fm.w0, self.fm.w, self.fm.V), strict=True))
+
+    def _sync_average(self) -> None:
+        for avg, var in self._pairs():
+            avg.assign(var)
 
     @staticmethod
     def for_data(data: EncodedRatings, n_features: int, config: TrainConfig) -> Trainer:
@@ -180,6 +197,9 @@ class Trainer:
         variables = [self.fm.w0, self.fm.w, self.fm.V]
         grads = tape.gradient(loss, variables)
         self.optimizer.apply(grads)
+        if cfg.average:
+            for avg, var in self._pairs():
+                avg.assign(cfg.average * avg + (1.0 - cfg.average) * var)
         return mse
 
     def predict_all(self, data: EncodedRatings, batch_size: int = 8192) -> np.ndarray:
@@ -205,11 +225,14 @@ class Trainer:
         return fm
 
     def snapshot(self) -> list[np.ndarray]:
-        return [v.numpy() for v in (self.fm.w0, self.fm.w, self.fm.V)]
+        """The weights that are scored (the average, with `average`)."""
+        fm = self._scored
+        return [v.numpy() for v in (fm.w0, fm.w, fm.V)]
 
     def restore(self, values: list[np.ndarray]) -> None:
         for var, value in zip((self.fm.w0, self.fm.w, self.fm.V), values, strict=True):
             var.assign(value)
+        self._sync_average()
 
 
 def train(

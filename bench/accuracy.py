@@ -40,16 +40,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="fmrec defaults against myFM (needs the bench extra)")
     parser.add_argument("--folds", default="ua,u1,u2,u3,u4,u5", help="with --peers")
     parser.add_argument("--myfm", default=",".join(myfm_peer.VARIANTS),
-                        help=f"with --peers: myFM variants, of {', '.join(myfm_peer.VARIANTS)}")
+                        help=f"with --peers: myFM variants on ua, of "
+                             f"{', '.join(myfm_peer.VARIANTS)}")
+    parser.add_argument("--fold-myfm", default="extended",
+                        help="with --peers: myFM variants on the other folds")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite README tables")
     args = parser.parse_args(argv)
     if args.peers:
-        variants = [v for v in args.myfm.split(",") if v]
-        unknown = set(variants) - set(myfm_peer.VARIANTS)
-        if unknown or accuracy_peers.PEER.removeprefix("myFM ") not in variants:
-            parser.error(f"--myfm: choose from {', '.join(myfm_peer.VARIANTS)}, including "
-                         "extended (the ratios' peer)")
-        return accuracy_peers.main(args.data, args.folds.split(","), variants,
+        chosen = [[v for v in text.split(",") if v] for text in (args.myfm, args.fold_myfm)]
+        for variants in chosen:
+            if (set(variants) - set(myfm_peer.VARIANTS)
+                    or accuracy_peers.PEER.removeprefix("myFM ") not in variants):
+                parser.error(f"--myfm/--fold-myfm: choose from {', '.join(myfm_peer.VARIANTS)}"
+                             ", including extended (the ratios' peer)")
+        return accuracy_peers.main(args.data, args.folds.split(","), chosen[0], chosen[1],
                                    not args.no_readme)
     data = read_movielens(args.data, args.split)
     config = TrainConfig()

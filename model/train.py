@@ -43,7 +43,7 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 4096
     optimizer: OptimizerName = "adam"
-    learning_rate: float = 0.002
+    learning_rate: float = 0.004
     l2_w0: float = 0.0
     l2_w: float = 0.05
     l2_v: float = 0.3
@@ -51,8 +51,9 @@ class TrainConfig:
     init_std: float = 0.001
     patience: int = 6
     seed: int = 0
-    members: int = 3  # models from seeds seed.., exported as their average (fm.average_of)
-    average: float = 0.0  # Polyak: validate and export an EMA of the weights (decay/step)
+    members: int = 1  # models from seeds seed.., exported as their average (fm.average_of)
+    average: float = 0.995  # Polyak: validate and export a debiased EMA of the weights (decay
+    # per step; 0 = off). 0.995 spans ~200 steps, ~10 epochs of ML-100k at batch 4,096
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,8 +155,12 @@ class Trainer:
             config.optimizer, config.learning_rate, [self.fm.w0, self.fm.w, self.fm.V]
         )
         # with `average`, the model that is validated and exported is a moving average of
-        # the trajectory (a cheap stand-in for a posterior mean); `fm` is what steps
+        # the trajectory (a cheap stand-in for a posterior mean); `fm` is what steps.
+        # Debiased as Adam's moments are: `_ema` starts at zero and is divided by
+        # 1 - decay^t, so early averages are of the steps taken, not pulled to the init.
         self.averaged = FactorizationMachine(len(columns), config.k, init_std=0.0)
+        self._ema = [tf.Variable(tf.zeros_like(v)) for v in (self.fm.w0, self.fm.w, self.fm.V)]
+        self._ema_steps = tf.Variable(0.0)
         self._sync_average()
         self.step = tf.function(self._step, input_signature=_BATCH)
         self.predict = tf.function(
@@ -171,8 +176,18 @@ class Trainer:
                         (self.fm.w0, self.fm.w, self.fm.V), strict=True))
 
     def _sync_average(self) -> None:
-        for avg, var in self._pairs():
+        """Restart the average at the current weights."""
+        self._ema_steps.assign(0.0)
+        for (avg, var), ema in zip(self._pairs(), self._ema, strict=True):
             avg.assign(var)
+            ema.assign(tf.zeros_like(ema))
+
+    def _update_average(self, decay: float) -> None:
+        self._ema_steps.assign_add(1.0)
+        debias = 1.0 - tf.pow(decay, self._ema_steps)
+        for (avg, var), ema in zip(self._pairs(), self._ema, strict=True):
+            ema.assign(decay * ema + (1.0 - decay) * var)
+            avg.assign(ema / debias)
 
     @staticmethod
     def for_data(data: EncodedRatings, n_features: int, config: TrainConfig) -> Trainer:
@@ -198,8 +213,7 @@ class Trainer:
         grads = tape.gradient(loss, variables)
         self.optimizer.apply(grads)
         if cfg.average:
-            for avg, var in self._pairs():
-                avg.assign(cfg.average * avg + (1.0 - cfg.average) * var)
+            self._update_average(cfg.average)
         return mse
 
     def predict_all(self, data: EncodedRatings, batch_size: int = 8192) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Polyak averaging (`TrainConfig.average`): the scored model is the EMA of the steps."""
+"""Polyak averaging (`TrainConfig.average`): the scored model is the debiased EMA of the
+weights after every step."""
 
 from __future__ import annotations
 
@@ -24,13 +25,16 @@ def test_averaged_weights_are_the_moving_average_of_every_step(
     decay = 0.8
     trainer, compact = _trainer(data, spec, decay)
     fm = trainer.fm
-    ema = [v.numpy().astype(np.float64) for v in (fm.w0, fm.w, fm.V)]  # starts at the init
+    steps = []  # the weights after each step
     for start in range(0, 256 * 6, 256):
         trainer.step(*compact.batch(np.arange(start, start + 256)))
-        live = [v.numpy() for v in (fm.w0, fm.w, fm.V)]
-        ema = [decay * e + (1 - decay) * x for e, x in zip(ema, live, strict=True)]
-    for got, want in zip(trainer.snapshot(), ema, strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+        steps.append([v.numpy().astype(np.float64) for v in (fm.w0, fm.w, fm.V)])
+    # the debiased EMA written out: step t of T weighs decay^(T-t), weights summing to 1
+    weights = decay ** np.arange(len(steps) - 1, -1, -1)
+    weights /= weights.sum()
+    want = [sum(w * s[part] for w, s in zip(weights, steps, strict=True)) for part in range(3)]
+    for got, expected in zip(trainer.snapshot(), want, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
     assert not np.allclose(trainer.snapshot()[2], fm.V.numpy())  # the average lags the steps
     # what is scored (validation, export) is the average
     batch = compact.batch(np.arange(50))

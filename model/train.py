@@ -156,10 +156,9 @@ class Trainer:
         )
         # with `average`, the model that is validated and exported is a moving average of
         # the trajectory (a cheap stand-in for a posterior mean); `fm` is what steps.
-        # Debiased as Adam's moments are: `_ema` starts at zero and is divided by
-        # 1 - decay^t, so early averages are of the steps taken, not pulled to the init.
+        # Debiased as Adam's moments are (an EMA from zero divided by 1 - decay^t), so early
+        # averages are of the steps taken, not pulled to the init.
         self.averaged = FactorizationMachine(len(columns), config.k, init_std=0.0)
-        self._ema = [tf.Variable(tf.zeros_like(v)) for v in (self.fm.w0, self.fm.w, self.fm.V)]
         self._ema_steps = tf.Variable(0.0)
         self._sync_average()
         self.step = tf.function(self._step, input_signature=_BATCH)
@@ -178,16 +177,16 @@ class Trainer:
     def _sync_average(self) -> None:
         """Restart the average at the current weights."""
         self._ema_steps.assign(0.0)
-        for (avg, var), ema in zip(self._pairs(), self._ema, strict=True):
+        for avg, var in self._pairs():
             avg.assign(var)
-            ema.assign(tf.zeros_like(ema))
 
     def _update_average(self, decay: float) -> None:
+        """avg_t = avg_t-1 + (1 - d) / (1 - d^t) (w_t - avg_t-1): the debiased EMA in the
+        form that keeps float32 exact at t = 1 (avg_1 = w_1)."""
         self._ema_steps.assign_add(1.0)
-        debias = 1.0 - tf.pow(decay, self._ema_steps)
-        for (avg, var), ema in zip(self._pairs(), self._ema, strict=True):
-            ema.assign(decay * ema + (1.0 - decay) * var)
-            avg.assign(ema / debias)
+        rate = (1.0 - decay) / (1.0 - tf.pow(decay, self._ema_steps))
+        for avg, var in self._pairs():
+            avg.assign_add(rate * (var - avg))
 
     @staticmethod
     def for_data(data: EncodedRatings, n_features: int, config: TrainConfig) -> Trainer:

@@ -141,13 +141,17 @@ class Encoded:
         """Reorder each matrix's columns so every prior group is contiguous: myFM's
         `group_shapes` counts consecutive columns of [main | user block | item block]."""
         self.group_shapes: list[int] = []
+        self.groups: list[str] = []  # the name of each group_shapes entry
 
         def sort(matrix: sps.csr_matrix, cols: _Columns) -> sps.csr_matrix:
             names = list(dict.fromkeys(cols.group_of))
             self.group_shapes += [cols.group_of.count(g) for g in names]
+            self.groups += names
             order = np.argsort([names.index(g) for g in cols.group_of], kind="stable")
             return matrix[:, order] if len(order) else matrix
-        self.group_shapes += [len(main.group_of)] if main.group_of else []  # one group: date
+        if main.group_of:  # one group: date
+            self.group_shapes.append(len(main.group_of))
+            self.groups.append("date")
         self.user_matrix = sort(self.user_matrix, user_cols)
         self.item_matrix = sort(self.item_matrix, item_cols)
 

@@ -56,6 +56,11 @@ def with_ratios(rows: list[dict[str, Any]]) -> None:
             row["wall_vs_myfm"] = ratio(row["wall_seconds"], peer["wall_seconds"])
 
 
+def _f(value: float, digits: int = 4) -> str:
+    """Fixed decimals: RMSE differences live in the fourth one (`fmt` keeps 3 digits)."""
+    return f"{value:.{digits}f}"
+
+
 def tables(rows: list[dict[str, Any]]) -> dict[str, Table]:
     out = {}
     ua = [r for r in rows if r["fold"] == "ua"]
@@ -63,20 +68,20 @@ def tables(rows: list[dict[str, Any]]) -> dict[str, Table]:
         out["accuracy-peers-ua"] = Table(
             "ML-100k ua: rating RMSE, fmrec against myFM (same run)",
             ["model", "RMSE", "MAE", "wall s", "RMSE / myFM ext.", "wall / myFM ext."],
-            [[r["model"], round(r["test_rmse"], 4), round(r["test_mae"], 4),
-              round(r["wall_seconds"], 1), round(r.get("rmse_vs_myfm", float("nan")), 4),
-              round(r.get("wall_vs_myfm", float("nan")), 2)] for r in ua])
+            [[r["model"], _f(r["test_rmse"]), _f(r["test_mae"]), _f(r["wall_seconds"], 0),
+              _f(r.get("rmse_vs_myfm", float("nan"))),
+              _f(r.get("wall_vs_myfm", float("nan")), 2)] for r in ua])
     folds = sorted({r["fold"] for r in rows} - {"ua"})
     if folds:
         body = []
         for model in dict.fromkeys(r["model"] for r in rows if r["fold"] in folds):
             mine = [r for r in rows if r["model"] == model and r["fold"] in folds]
             rmse = np.array([r["test_rmse"] for r in mine])
-            body.append([model, round(float(rmse.mean()), 4), round(float(rmse.std()), 4),
-                         round(float(rmse.min()), 4), round(float(rmse.max()), 4),
-                         round(float(np.mean([r["wall_seconds"] for r in mine])), 1)])
+            body.append([model, _f(float(rmse.mean())), _f(float(rmse.std())),
+                         _f(float(rmse.min())), _f(float(rmse.max())),
+                         _f(float(np.mean([r["wall_seconds"] for r in mine])), 0)])
         out["accuracy-peers-folds"] = Table(
-            f"ML-100k {', '.join(folds)}: mean RMSE over the folds (same run)",
+            f"ML-100k {', '.join(folds)}: RMSE over the folds (same run)",
             ["model", "mean RMSE", "sd", "min", "max", "mean wall s"], body)
     return out
 

@@ -264,7 +264,10 @@ def _date(text: str) -> int:
 
 
 def _decay(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a decay in [0, 1)")
     return value

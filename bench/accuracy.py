@@ -8,6 +8,9 @@ group rows train one model (members=1); the last rows are `fmrec train`'s defaul
 (which live traffic on a new day does not have).
 
     .venv/bin/python -m bench.accuracy [--data DIR]
+
+`--peers` runs instead fmrec's defaults against myFM, the Bayesian FM, on ua and the
+u1..u5 folds (bench/accuracy_peers.py).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
+from bench import accuracy_peers, myfm_peer
 from bench.common import ratio, table, write_json
 from bench.train import default_data_dir
 from model.data.movielens import read_movielens
@@ -32,7 +36,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(default_data_dir()))
     parser.add_argument("--split", default="ua")
+    parser.add_argument("--peers", action="store_true",
+                        help="fmrec defaults against myFM (needs the bench extra)")
+    parser.add_argument("--folds", default="ua,u1,u2,u3,u4,u5", help="with --peers")
+    parser.add_argument("--myfm", default=",".join(myfm_peer.VARIANTS),
+                        help=f"with --peers: myFM variants on ua, of "
+                             f"{', '.join(myfm_peer.VARIANTS)}")
+    parser.add_argument("--fold-myfm", default="extended",
+                        help="with --peers: myFM variants on the other folds")
+    parser.add_argument("--no-readme", action="store_true", help="do not rewrite README tables")
     args = parser.parse_args(argv)
+    if args.peers:
+        chosen = [[v for v in text.split(",") if v] for text in (args.myfm, args.fold_myfm)]
+        for variants in chosen:
+            if (set(variants) - set(myfm_peer.VARIANTS)
+                    or accuracy_peers.PEER.removeprefix("myFM ") not in variants):
+                parser.error(f"--myfm/--fold-myfm: choose from {', '.join(myfm_peer.VARIANTS)}"
+                             ", including extended (the ratios' peer)")
+        return accuracy_peers.main(args.data, args.folds.split(","), chosen[0], chosen[1],
+                                   not args.no_readme)
     data = read_movielens(args.data, args.split)
     config = TrainConfig()
     single = replace(config, members=1)

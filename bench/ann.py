@@ -33,12 +33,12 @@ from typing import Any
 
 import httpx
 import numpy as np
-from model.dataset import item_raters, user_histories, user_payload
 
 from app.settings import Settings
 from app.store import load_dataset_users
 from bench.common import RESULTS, Table, ratio, write_json
 from bench.serve import Redis, fmrec_server, prime, write_bodies, wrk
+from model.blocks import item_raters, user_histories, user_payload
 from model.bundle import HEADS, Bundle, HeadModel, Sums, save_bundle
 from model.data import Dataset
 from model.data.synthetic import synthetic, synthetic_catalog

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from model.data import Dataset, Ratings
-from model.features import FeatureMap, SparseRows, feature_hash, session_of
+from model.features import FeatureMap, SparseRows, day_of, feature_hash, session_of
 
 
 class Block(NamedTuple):
@@ -203,7 +203,8 @@ def encode_ratings(
     contexts = fmap.encode_columns(
         "context",
         {"time": events.timestamp.tolist(), "last_movie": last_movies(events, history),
-         "session": sessions(events.user, events.timestamp)},
+         "session": sessions(events.user, events.timestamp),
+         "day": [day_of(t) for t in events.timestamp.tolist()]},
         len(events),
     )
     left_out = SparseRows.concat_columns([

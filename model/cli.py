@@ -63,7 +63,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     given = dict(
         k=args.k, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
         learning_rate=args.lr, l2_w=args.l2_w, l2_v=args.l2_v, l2_context=args.l2_context,
-        patience=args.patience, seed=args.seed, members=args.members)
+        patience=args.patience, seed=args.seed, members=args.members, average=args.average)
     # flags not given keep TrainConfig's defaults (the parser leaves them None so that
     # building it does not import TensorFlow)
     config = TrainConfig(**{k: v for k, v in given.items() if v is not None})
@@ -107,7 +107,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                         "or an ISO date-time, UTC unless it says) instead of --holdout")
     p.add_argument("--features", default="full",
                    help="full, ids, or ids plus a comma list of implicit,time,last,"
-                        "user_attrs,item_attrs")
+                        "user_attrs,item_attrs,raters,session,day (day is not in full)")
     p.add_argument("--hash-bits", type=int, default=18, choices=range(10, 31),
                    metavar="{10..30}")
     p.add_argument("--seed", type=int, default=0)
@@ -130,6 +130,16 @@ def _date(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
     return int((when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp())
+
+
+def decay(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a decay in [0, 1)")
+    return value
 
 
 def positive(kind: Callable[[str], float]) -> Callable[[str], float]:
@@ -168,6 +178,9 @@ def add_model_commands(sub: Any) -> None:
     p.add_argument("--members", type=positive(int),
                    help="models trained from seeds seed.. and averaged into one FM "
                         "(its k is members x --k)")
+    p.add_argument("--average", type=decay,
+                   help="Polyak averaging: the per-step decay of the weights' moving average "
+                        "that is validated and saved (0 = off)")
     p.add_argument("--no-refit", action="store_true",
                    help="keep the early-stopped model instead of retraining on all ratings")
     p.add_argument("--ann-threshold", type=nonnegative_int, metavar="MOVIES",

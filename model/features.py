@@ -84,10 +84,19 @@ def session_of(user_id: str, timestamp: float) -> str:
     return f"{user_id}@{int(timestamp // 86400)}"
 
 
+def day_of(timestamp: float) -> int:
+    """The context feature "day": the UTC day of the event, shared by every user.
+
+    A per-day bias and factor (myFM's date column): what the whole site rated that day.
+    Like the session it helps only on days the model trained on.
+    """
+    return int(timestamp // 86400)
+
+
 def context_payload(user_id: str | None, timestamp: float, last_movie: str | None
                     ) -> dict[str, Any]:
     """The context payload the feature map reads, as training builds it for every rating."""
-    out: dict[str, Any] = {"time": timestamp}
+    out: dict[str, Any] = {"time": timestamp, "day": day_of(timestamp)}
     if last_movie is not None:
         out["last_movie"] = last_movie
     if user_id is not None:
@@ -96,10 +105,14 @@ def context_payload(user_id: str | None, timestamp: float, last_movie: str | Non
 
 
 def with_session(context: Mapping[str, Any], user_id: str | None) -> dict[str, Any]:
-    """`context` plus the session `context_payload` derives (if it has a time and none)."""
-    if "time" not in context or "session" in context or user_id is None:
+    """`context` plus the session and day `context_payload` derives from its time (unless
+    it has them)."""
+    if "time" not in context:
         return dict(context)
-    return {**context, "session": session_of(user_id, context["time"])}
+    out = {"day": day_of(context["time"]), **context}
+    if "session" not in out and user_id is not None:
+        out["session"] = session_of(user_id, context["time"])
+    return out
 
 
 @dataclass(frozen=True)
@@ -270,7 +283,8 @@ def movielens_spec(hash_bits: int = 18, features: str = "full") -> FeatureSpec:
     attributes and "raters" (the users who rated a movie: the item-side mirror of the
     user's rated movies) and "session" (`session_of`). Field names are the payload keys:
     user {id, age, gender, occupation, zip, rated}, movie {id, genres, year, raters},
-    context {time, last_movie, session} (session derived from the user id and time).
+    context {time, last_movie, session, day} (session and day derived from the user id and
+    time). "day" (`day_of`) is opt-in: it is not part of "full".
     """
     ids = (Field("id", "user", "categorical"), Field("id", "item", "categorical"))
     groups: dict[str, tuple[Field, ...]] = {
@@ -286,8 +300,10 @@ def movielens_spec(hash_bits: int = 18, features: str = "full") -> FeatureSpec:
         "item_attrs": (Field("genres", "item", "multi"), Field("year", "item", "categorical")),
         "raters": (Field("raters", "item", "multi", weighting="sqrt"),),
         "session": (Field("session", "context", "categorical"),),
+        "day": (Field("day", "context", "categorical"),),
     }
-    chosen = list(groups) if features == "full" else [g for g in features.split(",") if g != "ids"]
+    chosen = ([g for g in groups if g not in OPTIONAL_GROUPS] if features == "full"
+              else [g for g in features.split(",") if g != "ids"])
     unknown = [g for g in chosen if g not in groups]
     if unknown:
         raise SpecError(f"unknown feature groups {unknown}; choose from ids, {', '.join(groups)}")
@@ -296,6 +312,8 @@ def movielens_spec(hash_bits: int = 18, features: str = "full") -> FeatureSpec:
 
 
 FEATURE_GROUPS = ("implicit", "time", "last", "user_attrs", "item_attrs", "raters", "session")
+# groups that "full" leaves out: measured not to pay on ML-100k (docs/accuracy.md)
+OPTIONAL_GROUPS = ("day",)
 
 
 class FeatureMap:

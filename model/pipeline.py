@@ -23,7 +23,7 @@ from model.blocks import (
 from model.bundle import HeadModel, save_bundle
 from model.data import Dataset
 from model.evaluate import ranking_summary, rmse_mae
-from model.features import FeatureMap, FeatureSpec
+from model.features import FeatureMap, FeatureSpec, day_of
 from model.fm import FactorizationMachine, average_of
 from model.relevance import RelevanceConfig, head_spec, rank_fm, train_relevance
 from model.train import TrainConfig, TrainResult, train
@@ -46,7 +46,8 @@ def feature_keys(fmap: FeatureMap, data: Dataset) -> set[str]:
     raters = item_raters(data.train)
     items = [item_payload(i, attrs, raters.get(i, [])) for i, attrs in data.items.items()]
     contexts = [{"time": 0, "last_movie": i} for i in data.items] + [
-        {"session": s} for s in set(sessions(data.train.user, data.train.timestamp))]
+        {"session": s} for s in set(sessions(data.train.user, data.train.timestamp))] + [
+        {"day": d} for d in {day_of(t) for t in data.train.timestamp.tolist()}]
     return (fmap.tokens("user", users) | fmap.tokens("item", items)
             | fmap.tokens("context", contexts))
 

@@ -44,7 +44,7 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 4096
     optimizer: OptimizerName = "adam"
-    learning_rate: float = 0.002
+    learning_rate: float = 0.004
     l2_w0: float = 0.0
     l2_w: float = 0.05
     l2_v: float = 0.3
@@ -52,7 +52,9 @@ class TrainConfig:
     init_std: float = 0.001
     patience: int = 6
     seed: int = 0
-    members: int = 3  # models from seeds seed.., exported as their average (fm.average_of)
+    members: int = 1  # models from seeds seed.., exported as their average (fm.average_of)
+    average: float = 0.995  # Polyak: validate and export a debiased EMA of the weights (decay
+    # per step; 0 = off). 0.995 spans ~200 steps, ~10 epochs of ML-100k at batch 4,096
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,10 +101,39 @@ class Trainer:
         self.optimizer = TableOptimizer(
             config.optimizer, config.learning_rate, [self.fm.w0, self.fm.w, self.fm.V]
         )
+        # with `average`, the model that is validated and exported is a moving average of
+        # the trajectory (a cheap stand-in for a posterior mean); `fm` is what steps.
+        # Debiased as Adam's moments are (an EMA from zero divided by 1 - decay^t), so early
+        # averages are of the steps taken, not pulled to the init.
+        self.averaged = FactorizationMachine(len(columns), config.k, init_std=0.0)
+        self._ema_steps = tf.Variable(0.0)
+        self._sync_average()
         self.step = tf.function(self._step, input_signature=_BATCH)
         self.predict = tf.function(
-            lambda *b: batch_scores(self.fm, _as_batch(b)), input_signature=_BATCH
+            lambda *b: batch_scores(self._scored, _as_batch(b)), input_signature=_BATCH
         )
+
+    @property
+    def _scored(self) -> FactorizationMachine:
+        return self.averaged if self.config.average else self.fm
+
+    def _pairs(self) -> list[tuple[tf.Variable, tf.Variable]]:
+        return list(zip((self.averaged.w0, self.averaged.w, self.averaged.V),
+                        (self.fm.w0, self.fm.w, self.fm.V), strict=True))
+
+    def _sync_average(self) -> None:
+        """Restart the average at the current weights."""
+        self._ema_steps.assign(0.0)
+        for avg, var in self._pairs():
+            avg.assign(var)
+
+    def _update_average(self, decay: float) -> None:
+        """avg_t = avg_t-1 + (1 - d) / (1 - d^t) (w_t - avg_t-1): the debiased EMA in the
+        form that keeps float32 exact at t = 1 (avg_1 = w_1)."""
+        self._ema_steps.assign_add(1.0)
+        rate = (1.0 - decay) / (1.0 - tf.pow(decay, self._ema_steps))
+        for avg, var in self._pairs():
+            avg.assign_add(rate * (var - avg))
 
     @staticmethod
     def for_data(data: EncodedRatings, n_features: int, config: TrainConfig) -> Trainer:
@@ -127,6 +158,8 @@ class Trainer:
         variables = [self.fm.w0, self.fm.w, self.fm.V]
         grads = tape.gradient(loss, variables)
         self.optimizer.apply(grads)
+        if cfg.average:
+            self._update_average(cfg.average)
         return mse
 
     def predict_all(self, data: EncodedRatings, batch_size: int = 8192) -> np.ndarray:
@@ -152,11 +185,14 @@ class Trainer:
         return fm
 
     def snapshot(self) -> list[np.ndarray]:
-        return [v.numpy() for v in (self.fm.w0, self.fm.w, self.fm.V)]
+        """The weights that are scored (the average, with `average`)."""
+        fm = self._scored
+        return [v.numpy() for v in (fm.w0, fm.w, fm.V)]
 
     def restore(self, values: list[np.ndarray]) -> None:
         for var, value in zip((self.fm.w0, self.fm.w, self.fm.V), values, strict=True):
             var.assign(value)
+        self._sync_average()
 
 
 def train(

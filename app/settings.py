@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -79,6 +79,15 @@ class Settings(BaseSettings):
             raise ValueError("expected redis://host:port/db, rediss://... or unix://path "
                              "(or empty for the embedded Redis)")
         return value
+
+    @model_validator(mode="after")
+    def _cluster_url(self) -> Settings:
+        if "," in urlsplit(self.redis_url).netloc and not self.redis_cluster:
+            raise ValueError("FMREC_REDIS_URL names several hosts: that is a Redis Cluster, "
+                             "set FMREC_REDIS_CLUSTER=true")
+        if self.redis_cluster and self.redis_url.startswith("unix:"):
+            raise ValueError("a Redis Cluster is reached over TCP: redis://host:port")
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +49,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
+from tqdm import tqdm
 
 from app import cluster
 from app.near_cache import ALL, NearCache
@@ -535,7 +537,7 @@ class Store:
             for start in range(0, len(keys), 1000):
                 pipe = self._client.pipeline(transaction=False)
                 for key in keys[start:start + 1000]:  # keys of many slots: one by one
-                    pipe.unlink(key)
+                    pipe.execute_command("UNLINK", key)  # (cluster: .unlink() is not queued)
                 await pipe.execute()
             return len(keys)
 
@@ -544,13 +546,38 @@ class Store:
         return dropped
 
 
-async def load_dataset_users(settings: Settings, data: Dataset) -> int:
+async def load_dataset_users(settings: Settings, data: Dataset,
+                             progress: Callable[[int], None] | None = None) -> int:
     """Write a data set's user profiles and training histories into the configured store
     (what `fmrec load-users` does); returns the number of users written."""
     store = Store.open(settings)
     try:
         train = data.train
         return await store.load_users(user_records(
-            data.users, train.user, train.item, train.rating, train.timestamp))
+            data.users, train.user, train.item, train.rating, train.timestamp),
+            progress=progress)
     finally:
         await store.close()
+
+
+@contextmanager
+def load_progress(data: Dataset, stream: TextIO | None = None
+                  ) -> Iterator[Callable[[int], None]]:
+    """`load_users`'s progress for `fmrec load-users`: a tqdm bar of users on a terminal,
+    else a line per tenth (a bar's updates would pile up in a log)."""
+    out = stream or sys.stderr
+    total = len(set(np.asarray(data.train.user).astype(str)) | set(data.users))
+    if out.isatty():
+        with tqdm(total=total, desc="load-users", unit="users", file=out) as bar:
+            yield bar.update
+        return
+    done, shown = 0, 0
+
+    def advance(n: int) -> None:
+        nonlocal done, shown
+        done += n
+        if done * 10 // max(total, 1) > shown or done == total:
+            shown = done * 10 // max(total, 1)
+            print(f"load-users: {done}/{total} users", file=out, flush=True)
+
+    yield advance

@@ -12,8 +12,9 @@
                                       `CHANNELS` channels spread over the masters)
 
 Every key of a user carries the hash tag `{u:<uid>}`: on a Redis Cluster they share one
-slot, so the Lua scripts over them (and the event-id claim) stay single-slot. (Layout 2;
-layout 1, `fmrec:user:<uid>...`, is moved over by `fmrec migrate-keys`.)
+slot, so the Lua scripts over them (and the event-id claim) stay single-slot. This layout
+replaced `fmrec:user:<uid>...`: a store written before it is read as empty until
+`fmrec load-users` runs again (docs/scale-out.md).
 
 Each worker keeps a near copy of the records it read (`app.near_cache`), kept right by
 the changes channel.

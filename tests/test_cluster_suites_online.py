@@ -28,16 +28,18 @@ from tests.test_ratings_concurrent import (
 pytestmark = pytest.mark.anyio
 
 __all__ = [  # collected here, with the fixtures below
-    "cluster_as_server", "settings", "shared_cluster",
+    "cluster_as_server",
+    "settings",
+    "shared_cluster",
     "test_a_rating_on_one_worker_reaches_the_others_copy",
-    "test_settings_bound_the_copy_by_bytes",
     "test_a_user_never_seen_starts_from_their_first_rating",
+    "test_a_write_back_computed_before_an_event_is_refused",
     "test_bad_batches_are_refused_whole_and_write_nothing",
+    "test_concurrent_writers_readers_and_evictions",
     "test_one_batch_counts_and_semantics",
     "test_random_events_keep_cached_sums_equal_to_a_recomputation",
     "test_recommend_after_a_rating_leaves_the_movie_out",
-    "test_a_write_back_computed_before_an_event_is_refused",
-    "test_concurrent_writers_readers_and_evictions",
+    "test_settings_bound_the_copy_by_bytes",
 ]
 
 

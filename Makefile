@@ -65,6 +65,12 @@ wrk:
 bench-serve: $(BENCH_STAMP) redis wrk
 	$(BIN)/python -m bench.serve $(if $(DATA),--data $(DATA))
 
+# Redis Cluster (3 local masters) vs one Redis, same run (docs/scale-out.md): cached
+# /recommend and POST /ratings; writes bench/results/cluster.json. About 8 min on 2 cores.
+.PHONY: bench-cluster
+bench-cluster: $(BENCH_STAMP) redis wrk
+	$(BIN)/python -m bench.cluster $(if $(DATA),--data $(DATA))
+
 # `docker compose up`, for real (README, Docker): the CPU stack on this host's Docker daemon,
 # checked end to end; writes bench/results/compose.json and README's table. Base images the
 # host cannot pull are built from Debian packages (debootstrap), once. Exit status 3: this

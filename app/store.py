@@ -324,8 +324,10 @@ class Store:
         sent = cluster.messages(((u, cluster.slot(user_tag(u))) for u in uids if u != ALL),
                                 ALL in uids)
 
+        # a channel's master down: every listener lost it too, so dropped its copies until
+        # it can subscribe to every channel again
         async def publish(name: str, message: str) -> None:
-            with suppress(StoreUnavailable):  # a master down: its users cannot change
+            with suppress(StoreUnavailable):
                 await self._run(lambda: self._client.spublish(name, message), route=name)
 
         await asyncio.gather(*(publish(name, message) for name, message in sent.items()))

@@ -47,7 +47,15 @@ from app.online import APPLY_EVENTS, apply_events, history_rows, script_args
 from app.schemas import RatingEvent
 from app.scorer import latest
 from app.settings import Settings
-from app.store import Rating, Store, UserData, sums_key, user_records, version_key
+from app.store import (
+    Rating,
+    Store,
+    UserData,
+    ratings_key,
+    sums_key,
+    user_records,
+    version_key,
+)
 from app.user_sums import HistorySums, parse_fields
 from bench.common import RESULTS, fmt, ratio, table, write_json
 from bench.serve import Redis, default_data_dir, fmrec_server, load_users, trained_bundle
@@ -210,7 +218,7 @@ def check_cached(url: str, bundle: Bundle, users: Sequence[str]) -> dict[str, An
         ver = client.hget(sums_key(bundle.model_id, uid), "ver") or b"0"
         if cached is None or ver != (client.get(version_key(uid)) or b"0"):
             raise RuntimeError(f"user {uid}: no current cached sums after the events")
-        raw = client.hgetall(f"fmrec:user:{uid}:ratings")
+        raw = client.hgetall(ratings_key(uid))
         ratings = {m.decode(): Rating(0.0, int(v.decode().partition(":")[2])) for m, v in
                    raw.items()}
         for part, fresh in zip(cached, history_parts(bundle, ratings), strict=True):

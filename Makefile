@@ -22,7 +22,7 @@ redis:
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
 
-# tests/test_web.py drives Debian's headless Chromium through its chromedriver (selenium).
+# tests/app/test_web.py drives Debian's headless Chromium through its chromedriver (selenium).
 browser:
 	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || { \
 	  [ "$$(id -u)" = 0 ] || { echo "chromium / chromedriver missing: install them (apt-get install chromium chromium-driver) or run make as root" >&2; exit 1; }; \

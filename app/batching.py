@@ -1,6 +1,6 @@
 """Micro-batching: concurrent requests share one model call, like TF Serving's batcher.
 
-Every TensorFlow signature call costs a fixed ~0.4 ms however many rows it gets, so
+Every TensorFlow signature call costs a fixed overhead however many rows it gets, so
 gathering the requests that arrive while a call runs and sending them as one batch pays
 that cost once per batch. By default nothing waits: a batch is whatever is queued when
 the previous call ends (no latency added at low load); `max_wait_s` may hold a batch

@@ -8,14 +8,13 @@ case the first is down. The client learns the slot map from any seed.
 Change messages (`app.near_cache`) go over sharded pub/sub (SPUBLISH/SSUBSCRIBE, Redis
 >= 7.0): a plain PUBLISH on a cluster is copied to every node, which is what sharded
 channels avoid. A user's changes go to one of `CHANNELS` channels chosen by its slot
-(`fmrec:changes:{<n>}`, each living in its own slot, so spread over the masters); every
-worker subscribes to all of them.
+(`redis_layout.change_channel`, each living in its own slot, so spread over the masters);
+every worker subscribes to all of them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -26,8 +25,8 @@ from redis.asyncio.cluster import ClusterNode, ClusterPubSub, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-PREFIX = "fmrec"
-CHANNELS = 16
+from app.near_cache import ALL
+from app.redis_layout import CHANNELS, change_channel, change_channels, changes_message
 
 
 def seed_urls(url: str) -> list[str]:
@@ -62,24 +61,16 @@ def slot(key: str) -> int:
     return int(key_slot(key.encode()))
 
 
-def channel(n: int) -> str:
-    return f"{PREFIX}:changes:{{{n}}}"
-
-
-def all_channels() -> list[str]:
-    return [channel(n) for n in range(CHANNELS)]
-
-
 def messages(uids_with_slots: Iterable[tuple[str, int]], everyone: bool
              ) -> dict[str, str]:
     """channel -> JSON list of the changed users it carries (`everyone`: all channels
     carry the message for every user, `["*"]`)."""
     if everyone:
-        return {name: json.dumps(["*"]) for name in all_channels()}
+        return {name: changes_message([ALL]) for name in change_channels()}
     grouped: defaultdict[str, list[str]] = defaultdict(list)
     for uid, user_slot in uids_with_slots:
-        grouped[channel(user_slot % CHANNELS)].append(uid)
-    return {name: json.dumps(uids) for name, uids in grouped.items()}
+        grouped[change_channel(user_slot % CHANNELS)].append(uid)
+    return {name: changes_message(uids) for name, uids in grouped.items()}
 
 
 async def follow_sharded(pubsub: ClusterPubSub, on_message: Callable[[bytes], None],

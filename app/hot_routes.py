@@ -2,7 +2,8 @@
 
 Why: they are the service's hot path, and FastAPI's per-request machinery (routing,
 dependency solving, its own middleware layers, JSON parsed to dicts and then validated)
-cost 0.07 ms of CPU per request in bench/serve.py, as much as all of fmrec's scoring.
+cost as much CPU per request as all of fmrec's scoring (docs/benchmarks.md,
+"Figures behind code comments").
 Here the same pydantic models validate the raw bytes (pydantic-core parses the JSON
 itself), the same scorer answers, and the same error handler shapes its refusals.
 
@@ -15,8 +16,7 @@ document the API (OpenAPI, /docs).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
@@ -25,23 +25,13 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import error_response
-from app.schemas import PredictRequest, RecommendRequest, check_limits
-from app.scorer import Scorer
-from app.security import API_KEY_HEADER, permits
+from app.schemas import PredictRequest, RecommendRequest
+from app.scoring import Scoring, score, serving
+from app.security import API_KEY_HEADER, may_read
 from app.service import Service
-from app.store import Store
 
-
-class Route(NamedTuple):
-    body: type[PredictRequest | RecommendRequest]
-    answer: Callable[[Scorer, Any, Store], Awaitable[BaseModel]]
-
-
-ROUTES = {
-    "/predict": Route(PredictRequest, lambda scorer, body, store: scorer.predict(body, store)),
-    "/recommend": Route(RecommendRequest,
-                        lambda scorer, body, store: scorer.recommend(body, store)),
-}
+ROUTES: dict[str, type[PredictRequest | RecommendRequest]] = {
+    "/predict": PredictRequest, "/recommend": RecommendRequest}
 KEY_HEADER = API_KEY_HEADER.lower().encode("latin-1")
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
@@ -68,15 +58,13 @@ class HotRoutes:
             return
         if body is None:  # the client left before sending it all: nobody to answer
             return
-        request = self._plain(scope, body, route.body)
-        if request is None:
+        plain = self._plain(scope, body, route)
+        if plain is None:
             await self.app(scope, _replay(body, receive), send)
             return
-        scorer, store = self.service.scorer, self.service.store
-        assert scorer is not None and store is not None  # _plain checked
+        scoring, request = plain
         try:
-            check_limits(request, self.service.settings)
-            answer = (await route.answer(scorer, request, store)).model_dump_json().encode()
+            answer = (await score(scoring, request)).model_dump_json().encode()
         except Exception as exc:  # the app's handler decides, as in FastAPI
             refusal = error_response(exc, self.service.metrics)
             if refusal is None:
@@ -87,10 +75,14 @@ class HotRoutes:
             *JSON_HEADERS, (b"content-length", str(len(answer)).encode())]})
         await send({"type": "http.response.body", "body": answer})
 
-    def _plain(self, scope: Scope, body: bytes, model: type[BaseModel]) -> Any:
-        """The validated body, or None when FastAPI's route should answer instead."""
+    def _plain(self, scope: Scope, body: bytes, model: type[BaseModel]
+               ) -> tuple[Scoring, Any] | None:
+        """What serves it and the validated body, or None when FastAPI's route should
+        answer instead."""
         service = self.service
-        if service.scorer is None or service.store is None:
+        try:
+            scoring = serving(service)
+        except HTTPException:  # FastAPI's route answers the 503
             return None
         content_type = key = None
         for name, value in scope["headers"]:
@@ -100,10 +92,10 @@ class HotRoutes:
                 key = value.decode("latin-1")
         if content_type is None or not _is_json(content_type) or not body:
             return None
-        if service.settings.protect_reads and not permits(service.settings, key):
+        if not may_read(scoring.settings, key):
             return None
         try:
-            return model.model_validate_json(body)
+            return scoring, model.model_validate_json(body)
         except ValidationError:
             return None
 

@@ -1,7 +1,8 @@
 """The FastAPI app: `create_app(settings)` builds it; its lifespan loads, warms and opens.
 
-`uvicorn app.main:create_app --factory` (what `fmrec serve` runs) calls it with no
-arguments, so settings come from the environment.
+`fmrec serve` passes its settings object; `uvicorn app.main:create_app --factory` (what
+`fmrec serve` runs for more than one worker) calls it with no arguments, so settings come
+from the environment.
 """
 
 from __future__ import annotations
@@ -140,12 +141,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # What the imports made (TensorFlow, FastAPI, NumPy: ~360k objects) lives as long
         # as the process: keep it out of the collector's full passes, each of which stalled
-        # every request in flight for 0.4-1.3 s (bench/serve.py's p99). Bundles are loaded
-        # after this, so a reloaded-away bundle is still collected.
+        # every request in flight (bench/serve.py's p99; docs/benchmarks.md). Bundles are
+        # loaded after this, so a reloaded-away bundle is still collected.
         gc.collect()
         gc.freeze()
-        # one BLAS thread (FMREC_BLAS_THREADS): /recommend 0.55 -> 0.30 ms of CPU per
-        # request in bench/serve.py, the spare threads only spun
+        # one BLAS thread (FMREC_BLAS_THREADS): a request's products are small, the spare
+        # threads only spun (/recommend's CPU per request: docs/benchmarks.md)
         threadpool_limits(settings.blas_threads, user_api="blas")
         try:
             await service.start()

@@ -35,7 +35,7 @@ ALL = "*"  # published instead of user ids when every user may have changed
 
 # Memory of one entry beyond its arrays and texts (the entry tuple, the record and its
 # sums objects, dict and LRU slots), and of one rating of a history; measured with
-# tracemalloc in tests/test_near_cache.py, rounded up.
+# tracemalloc in tests/app/test_near_cache.py, rounded up.
 ENTRY_BYTES = 1200
 PART_BYTES = 250  # one head's BaseSums or HistorySums object beyond its arrays
 RATING_BYTES = 340

@@ -5,8 +5,8 @@ script that fails midway; then ONE side_sums call gives each event's movie the r
 (w_j, |v_j|^2, v_j) of the single feature "user.rated=<movie>", and ONE Lua script
 (`APPLY_EVENTS`) applies the whole batch atomically. For each event, in order:
 
-* claim `fmrec:{u:<user>}:event:<event_id>` (SET NX, kept `CLAIM_TTL_S`; in the user's
-  slot, so an event id is unique per user): taken -> a duplicate, skipped;
+* claim the user's event key (`redis_layout.claim_key`; SET NX, kept `CLAIM_TTL_S`; in
+  the user's slot, so an event id is unique per user): taken -> a duplicate, skipped;
 * if the user's stored rating of that movie is newer -> "stale": it stays as it is;
 * else store the rating, bump the user's history version, and if this model's sums hash
   holds the history part of the version before (i.e. it is current), update it in O(k):
@@ -34,70 +34,20 @@ import numpy as np
 
 from app import cluster
 from app.metrics import Metrics
+from app.redis_layout import (
+    APPLY_EVENTS,
+    CLAIM_TTL_S,
+    claim_key,
+    rating_value,
+    ratings_key,
+    sums_key,
+    user_tag,
+    version_key,
+)
 from app.schemas import InvalidInput, RatingEvent
-from app.store import Store, StoreUnavailable, ratings_key, sums_key, user_tag, version_key
+from app.store import Store, StoreUnavailable
 from app.user_sums import HISTORY_FIELD
 from model.bundle import Bundle
-
-CLAIM_TTL_S = 30 * 86400  # how long an event id is remembered (retries come much sooner)
-
-# Per event i: KEYS[4i-3] its claim, KEYS[4i-2] the user's ratings hash, KEYS[4i-1] the
-# user's history version, KEYS[4i] the model's sums hash. ARGV[1] sums TTL, ARGV[2] claim
-# TTL, ARGV[4i-1 .. 4i+2]: movie, "rating:timestamp", timestamp, its packed <f8 row.
-# Returns {accepted, duplicates, stale}. Nothing in it can fail on checked input.
-APPLY_EVENTS = """
-local sums_ttl, claim_ttl = ARGV[1], ARGV[2]
-local accepted, duplicates, stale = 0, 0, 0
-
-local function add(a, b)  -- elementwise sum of two packed <f8 vectors
-  local out = {}
-  for pos = 1, #a, 8 do
-    out[#out + 1] = struct.pack('<d', struct.unpack('<d', a, pos) + struct.unpack('<d', b, pos))
-  end
-  return table.concat(out)
-end
-
-local function later(ts, movie, last_ts, last)  -- (ts, movie) after (last_ts, last)?
-  if not last then return true end
-  if ts ~= last_ts then return ts > last_ts end
-  for pos = 1, math.min(#movie, #last) do  -- equal times: the larger id, byte by byte
-    local x, y = movie:byte(pos), last:byte(pos)  -- (not by the server's locale)
-    if x ~= y then return x > y end
-  end
-  return #movie > #last
-end
-
-for i = 1, #KEYS / 4 do
-  local claim, ratings, version, sums = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
-  local movie, value, ts, row = ARGV[4*i-1], ARGV[4*i], tonumber(ARGV[4*i+1]), ARGV[4*i+2]
-  if not redis.call('SET', claim, '1', 'NX', 'EX', claim_ttl) then
-    duplicates = duplicates + 1
-  else
-    accepted = accepted + 1
-    local old = redis.call('HGET', ratings, movie)
-    if old and (tonumber(string.match(old, ':(%d+)$')) or 0) > ts then
-      stale = stale + 1
-    else
-      redis.call('HSET', ratings, movie, value)
-      local now = redis.call('INCR', version)
-      local h = redis.call('HMGET', sums, 'hist', 'n', 'last', 'last_time', 'ver')
-      local hist, n, last, last_time = h[1], tonumber(h[2]), h[3], tonumber(h[4]) or 0
-      if hist and n and #hist == #row and tonumber(h[5] or '0') == now - 1 then
-        if not old then
-          hist, n = add(hist, row), n + 1
-        end
-        if later(ts, movie, last_time, last) then
-          last, last_time = movie, ts
-        end
-        redis.call('HSET', sums, 'hist', hist, 'n', n, 'last', last, 'last_time', last_time,
-                   'ver', now)
-        redis.call('EXPIRE', sums, sums_ttl)
-      end
-    end
-  end
-end
-return {accepted, duplicates, stale}
-"""
 
 
 @dataclass(frozen=True)
@@ -108,10 +58,6 @@ class Applied:
     duplicates: int
     stale: int
     unknown_movies: list[str]
-
-
-def claim_key(uid: str, event_id: str) -> str:
-    return f"{user_tag(uid)}:event:{event_id}"
 
 
 def check_events(events: Sequence[RatingEvent], bundle: Bundle, max_events: int) -> None:
@@ -148,7 +94,8 @@ def script_args(events: Sequence[RatingEvent], rows: Sequence[bytes], model_id: 
         uid = event.user_id
         keys += [claim_key(uid, event.event_id), ratings_key(uid), version_key(uid),
                  sums_key(model_id, uid)]
-        args += [event.movie_id, f"{event.rating!r}:{event.timestamp}", event.timestamp, row]
+        args += [event.movie_id, rating_value(event.rating, event.timestamp), event.timestamp,
+                 row]
     return keys, args
 
 

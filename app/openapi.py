@@ -1,7 +1,7 @@
 """The OpenAPI description the service publishes, made true for this service as configured.
 
 FastAPI derives request and 200 bodies from the routes; what it cannot know is added here,
-so generated clients (and schemathesis, tests/test_fuzz.py) see what really happens:
+so generated clients (and schemathesis, tests/app/test_fuzz.py) see what really happens:
 
 * every refusal a route can give (400/401/403/409/413/422/503), each with its body: 422
   is FastAPI's validation error model (every 422 of the service has that shape, reload

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,16 +23,15 @@ from app.schemas import (
     ReloadRequest,
     check_limits,
 )
-from app.scorer import Scorer
+from app.scoring import Scoring, score, serving
 from app.security import KeyHeader, require_read_key, require_write_key
 from app.service import ReloadBusy, ReloadFailed, Service
-from app.settings import Settings
-from app.store import Store, StoreUnavailable
+from app.store import StoreUnavailable
 
 
 # Dependencies are `async def` although they never wait: FastAPI runs a plain `def`
-# dependency in a worker thread, one thread hop per dependency per request (that was half
-# of /predict's CPU time in bench/serve.py). Each dependency still costs ~10 us, so the
+# dependency in a worker thread, one thread hop per dependency per request (a large share
+# of /predict's CPU time: docs/benchmarks.md). Each dependency still costs CPU, so the
 # scoring routes take everything from one (`Scoring`).
 async def get_service(request: Request) -> Service:
     service: Service = request.app.state.service
@@ -43,35 +41,16 @@ async def get_service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(get_service)]
 
 
-@dataclass(frozen=True)
-class Scoring:
-    """What a scoring request needs: the scorer serving now (the request keeps it even if
-    a reload swaps it), the store and the settings."""
-
-    scorer: Scorer
-    store: Store
-    settings: Settings
-
-
-def _serving(service: Service) -> tuple[Scorer, Store]:
-    scorer, store = service.scorer, service.store
-    if scorer is None:
-        raise HTTPException(503, "model not loaded yet", headers={"Retry-After": "1"})
-    if store is None:
-        raise HTTPException(503, "store not open yet", headers={"Retry-After": "1"})
-    return scorer, store
-
-
 async def get_scoring(request: Request, key: KeyHeader) -> Scoring:
-    """Read endpoints need a key only with FMREC_PROTECT_READS=true."""
+    """Read endpoints need a key only with FMREC_PROTECT_READS=true (`scoring.may_read`)."""
     await require_read_key(request, key)
     service: Service = request.app.state.service
-    return Scoring(*_serving(service), service.settings)
+    return serving(service)
 
 
 async def get_writing(service: ServiceDep) -> Scoring:
     """For /ratings, whose key check is its own dependency (`require_write_key`)."""
-    return Scoring(*_serving(service), service.settings)
+    return serving(service)
 
 
 ScoringDep = Annotated[Scoring, Depends(get_scoring)]
@@ -92,15 +71,13 @@ def _json(model: BaseModel) -> Response:
 @router.post("/predict", response_model=PredictResponse)
 async def predict(body: PredictRequest, scoring: ScoringDep) -> Response:
     """Predicted ratings of one user for one or many movies, clipped to the rating range."""
-    check_limits(body, scoring.settings)
-    return _json(await scoring.scorer.predict(body, scoring.store))
+    return _json(await score(scoring, body))
 
 
 @router.post("/recommend", response_model=RecommendResponse)
 async def recommend(body: RecommendRequest, scoring: ScoringDep) -> Response:
     """The user's top-n catalog movies (or candidates), best first."""
-    check_limits(body, scoring.settings)
-    return _json(await scoring.scorer.recommend(body, scoring.store))
+    return _json(await score(scoring, body))
 
 
 @router.post("/explain", response_model=ExplainResponse)

@@ -133,7 +133,7 @@ class MovieIn(Strict):
     year: Annotated[int, Field(ge=0, le=9999), JsonNumber] | None = None
 
     def payload(self) -> dict[str, Any]:
-        if self.genres is None and self.year is None:  # by id: 6x cheaper than model_dump
+        if self.genres is None and self.year is None:  # by id: cheaper than model_dump
             return {"id": self.id}
         return self.model_dump(exclude_none=True)
 

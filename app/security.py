@@ -55,6 +55,12 @@ def permits(settings: Settings, key: str | None) -> bool:
     return key is not None and key != "" and key_matches(key, settings.keys)
 
 
+def may_read(settings: Settings, key: str | None) -> bool:
+    """The read-key rule, for both doors: read endpoints need a key only with
+    FMREC_PROTECT_READS=true (`require_read_key` says why not)."""
+    return not settings.protect_reads or permits(settings, key)
+
+
 def authorize(request: Request, settings: Settings, key: str | None) -> None:
     """Raise 401/403 unless `key` may call this endpoint (one that needs a key)."""
     if permits(settings, key):
@@ -89,9 +95,9 @@ async def require_write_key(request: Request, key: KeyHeader) -> None:
 
 
 async def require_read_key(request: Request, key: KeyHeader) -> None:
-    """Read endpoints: need a key only with FMREC_PROTECT_READS=true."""
+    """Read endpoints: need a key only with FMREC_PROTECT_READS=true (`may_read`)."""
     settings = _settings(request)
-    if settings.protect_reads:
+    if not may_read(settings, key):
         authorize(request, settings, key)
 
 

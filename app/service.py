@@ -46,9 +46,8 @@ def return_freed_memory() -> None:
 
     A SavedModel's objects sit in reference cycles, freed only by a full collection, which
     a quiet server may not run for a long time; and glibc keeps freed pages in its arenas
-    (each load runs in a new thread) unless trimmed. Without both, 40 reloads of one bundle
-    (a 50,000-rating synthetic model) grew RSS ~107 MB each until a full collection came:
-    2.8x its size after the first reload; with both, 1.004x.
+    (each load runs in a new thread) unless trimmed. Without both, RSS grew by about a
+    bundle per reload until a full collection came (docs/benchmarks.md).
     Requests still in flight keep the old scorer; it goes with the next collection."""
     gc.collect()
     if MALLOC_TRIM is not None:

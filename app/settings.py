@@ -1,11 +1,14 @@
-"""Service settings: the only place that reads the environment (prefix FMREC_).
+"""Settings: the only place that reads the environment (prefix FMREC_).
 
-`fmrec serve` passes its flags on as environment variables, so every uvicorn worker
-process builds the same `Settings()` from the same source.
+`Settings` is the service's; `ToolSettings` what the command-line tools read. `fmrec
+serve` hands its settings object to the app (`create_app(settings)`); only with more
+than one worker, where uvicorn takes the app as an import string, do its flags travel to
+the worker processes as FMREC_* variables (`Settings.environ`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -13,11 +16,13 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+ENV_PREFIX = "FMREC_"
+
 
 class Settings(BaseSettings):
     """Everything the service can be told; defaults serve `bundles/current` locally."""
 
-    model_config = SettingsConfigDict(env_prefix="FMREC_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     bundle: Path = Path("bundles/current")
     redis_url: Annotated[str, Field(repr=False)] = ""  # may hold a password
@@ -110,3 +115,24 @@ class Settings(BaseSettings):
             parts = parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hosts}")
         where = urlunsplit(parts)
         return f"redis cluster {where}" if self.redis_cluster else where
+
+    def environ(self, fields: Iterable[str]) -> dict[str, str]:
+        """These fields as the FMREC_* variables that give them (read back by `Settings()`
+        in a uvicorn worker process)."""
+        out = {}
+        for name in fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            out[ENV_PREFIX + name.upper()] = str(value).lower() if isinstance(
+                value, bool) else str(value)
+        return out
+
+
+class ToolSettings(BaseSettings):
+    """What the command-line tools (not the service) take from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    data: str | None = None  # FMREC_DATA: the MovieLens folder when --data is not given
+    replay_api_key: str | None = None  # FMREC_REPLAY_API_KEY: `fmrec replay`'s X-API-Key

@@ -1,20 +1,7 @@
 """Redis: user profiles and rating histories (primary data) and cached user sums (derived).
 
-    fmrec:{u:<uid>}:profile           hash  age, gender, occupation, zip
-    fmrec:{u:<uid>}:ratings           hash  movie id -> "rating:timestamp"
-    fmrec:{u:<uid>}:version           int   bumped by every change of the ratings hash
-    fmrec:{u:<uid>}:sums:<model_id>   hash  base / hist (packed <f8), n, last, last_time,
-                                            ver (the history version hist reflects); TTL
-    fmrec:{u:<uid>}:event:<event_id>  str   claim of a /ratings event id (app/online.py)
-    fmrec:changes                     pub/sub  JSON list of user ids whose data changed
-    fmrec:changes:{<n>}               sharded pub/sub, the same on a Redis Cluster
-                                      (`app.cluster`: a user's changes go to one of
-                                      `CHANNELS` channels spread over the masters)
-
-Every key of a user carries the hash tag `{u:<uid>}`: on a Redis Cluster they share one
-slot, so the Lua scripts over them (and the event-id claim) stay single-slot. This layout
-replaced `fmrec:user:<uid>...`: a store written before it is read as empty until
-`fmrec load-users` runs again (docs/scale-out.md).
+The keys, value encodings and Lua scripts are in `app.redis_layout` (every key of a
+user under one hash tag, so a Redis Cluster keeps each user in one slot).
 
 Each worker keeps a near copy of the records it read (`app.near_cache`), kept right by
 the changes channel.
@@ -34,7 +21,6 @@ request.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -54,23 +40,36 @@ from tqdm import tqdm
 
 from app import cluster
 from app.near_cache import ALL, NearCache
+from app.redis_layout import (
+    CHANGES,
+    LOAD_USER,
+    PROFILE_FIELDS,
+    SUMS_PATTERN,
+    WRITE_HISTORY,
+    Rating,
+    base_fields,
+    cached_version,
+    change_channels,
+    changed_users,
+    changes_message,
+    history_fields,
+    is_sums_key,
+    parse_fields,
+    parse_ratings,
+    rating_value,
+    ratings_key,
+    sums_key,
+    user_key,
+    user_tag,
+    version_key,
+)
 from app.settings import Settings
-from app.user_sums import Bases, Histories, base_fields, history_fields, parse_fields
+from app.user_sums import Bases, Histories
 from model.data import Dataset
-
-PREFIX = "fmrec"
-CHANGES = f"{PREFIX}:changes"
-PROFILE_FIELDS = ("age", "gender", "occupation", "zip")
 
 
 class StoreUnavailable(Exception):
     """Redis could not answer (or was skipped after a recent failure)."""
-
-
-@dataclass(frozen=True)
-class Rating:
-    rating: float
-    timestamp: int
 
 
 @dataclass(frozen=True)
@@ -86,72 +85,6 @@ class UserRecord:
     @property
     def known(self) -> bool:
         return bool(self.profile) or bool(self.ratings) or self.history is not None
-
-
-def _changed_users(data: bytes | str) -> list[str]:
-    """User ids of one changes message (a JSON list); anything else means everyone."""
-    try:
-        uids = json.loads(data)
-    except ValueError:
-        return [ALL]
-    return [str(u) for u in uids] if isinstance(uids, list) else [ALL]
-
-
-def user_tag(uid: str) -> str:
-    """The start of every key of this user: its hash tag decides its cluster slot."""
-    return f"{PREFIX}:{{u:{uid}}}"
-
-
-def user_key(uid: str) -> str:
-    return f"{user_tag(uid)}:profile"
-
-
-def ratings_key(uid: str) -> str:
-    return f"{user_tag(uid)}:ratings"
-
-
-def version_key(uid: str) -> str:
-    return f"{user_tag(uid)}:version"
-
-
-def sums_key(model_id: str, uid: str) -> str:
-    return f"{user_tag(uid)}:sums:{model_id}"
-
-
-def is_sums_key(key: bytes) -> bool:
-    """A cached-sums key, not a profile, history or claim of a user whose id holds
-    ":sums:" (model ids hold no '}', so after a sums key's last '}' comes ":sums:<id>")."""
-    return key.rpartition(b"}")[2].startswith(b":sums:")
-
-
-# KEYS[1..] one user's profile, ratings and version; ARGV[1] the number of profile field/
-# value pairs, then those pairs, then the ratings' pairs. A user is never half-written.
-LOAD_USER = """
-local function hset(key, first, last)  -- in slices: unpack() has a stack limit
-  for pos = first, last, 1000 do
-    redis.call('HSET', key, unpack(ARGV, pos, math.min(pos + 999, last)))
-  end
-end
-local n = tonumber(ARGV[1])
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('INCR', KEYS[3])
-hset(KEYS[1], 2, 1 + 2 * n)
-hset(KEYS[2], 2 + 2 * n, #ARGV)
-return 1
-"""
-
-# KEYS[1] sums hash, KEYS[2] the user's history version; ARGV[1] TTL, ARGV[2] the version
-# the history part was computed at ('' = take it as current), ARGV[3..] its field/value
-# pairs. Refused (0) when an event changed the history since: it must not be undone.
-WRITE_HISTORY = """
-local current = redis.call('GET', KEYS[2]) or '0'
-if ARGV[2] ~= '' and ARGV[2] ~= current then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'ver', current, unpack(ARGV, 3))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
-"""
 
 
 UserData = tuple[str, Mapping[str, Any], Mapping[str, "Rating"]]
@@ -194,14 +127,6 @@ def _chunks(items: Iterable[UserData], size: int) -> Iterator[list[UserData]]:
             batch = []
     if batch:
         yield batch
-
-
-def _parse_ratings(raw: Mapping[bytes, bytes]) -> dict[str, Rating]:
-    out = {}
-    for movie, value in raw.items():
-        rating, _, stamp = value.decode().partition(":")
-        out[movie.decode()] = Rating(float(rating), int(stamp or 0))
-    return out
 
 
 class Store:
@@ -291,11 +216,11 @@ class Store:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 if self.cluster:  # one connection per master; any failure ends them all
                     await client.initialize()  # the slot map, to find the channels' nodes
-                    await pubsub.ssubscribe(*cluster.all_channels())
+                    await pubsub.ssubscribe(*change_channels())
                     near.invalidate([ALL])  # reads begun before the subscription: stale?
                     near.listening = True
                     await cluster.follow_sharded(
-                        pubsub, lambda data: near.invalidate(_changed_users(data)),
+                        pubsub, lambda data: near.invalidate(changed_users(data)),
                         lambda: self._closing)
                     continue
                 await pubsub.subscribe(CHANGES)
@@ -304,7 +229,7 @@ class Store:
                 while not self._closing:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
-                        near.invalidate(_changed_users(message["data"]))
+                        near.invalidate(changed_users(message["data"]))
             except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError):
                 pass  # Redis down or restarted: stop using the copy, try again shortly
             finally:
@@ -319,7 +244,7 @@ class Store:
             self.near.invalidate(uids)
         if not self.cluster:
             with suppress(StoreUnavailable):  # the others' copies expire after their TTL
-                await self._run(lambda: self._client.publish(CHANGES, json.dumps(list(uids))))
+                await self._run(lambda: self._client.publish(CHANGES, changes_message(uids)))
             return
         sent = cluster.messages(((u, cluster.slot(user_tag(u))) for u in uids if u != ALL),
                                 ALL in uids)
@@ -436,10 +361,10 @@ class Store:
         replies = await self._run(call, route=version_key(uid))
         version = int(replies[0] or 0)
         base, history = parse_fields(replies[1], widths)
-        if replies[1].get(b"ver", b"0") != str(version).encode():
+        if cached_version(replies[1]) != str(version).encode():
             history = None  # computed before the latest change of the history
         profile = {f.decode(): v.decode() for f, v in replies[2].items()}
-        ratings = _parse_ratings(replies[3]) if with_ratings else None
+        ratings = parse_ratings(replies[3]) if with_ratings else None
         record = UserRecord(profile, ratings, base, history, version)
         if near is not None:
             near.put(model_id, uid, record, epoch)
@@ -447,7 +372,7 @@ class Store:
 
     async def read_ratings(self, uid: str) -> dict[str, Rating]:
         key = ratings_key(uid)
-        return _parse_ratings(await self._run(lambda: self._client.hgetall(key), route=key))
+        return parse_ratings(await self._run(lambda: self._client.hgetall(key), route=key))
 
     async def write_sums(self, model_id: str, uid: str, base: Bases | None,
                          history: Histories | None, version: int | None = None) -> None:
@@ -495,7 +420,7 @@ class Store:
                 profile: dict[FieldT, EncodableT] = {
                     f: str(attrs[f]) for f in PROFILE_FIELDS if attrs.get(f) is not None}
                 rated: dict[FieldT, EncodableT] = {
-                    m: f"{r.rating!r}:{r.timestamp}" for m, r in history.items()}
+                    m: rating_value(r.rating, r.timestamp) for m, r in history.items()}
                 pipe.delete(user_key(uid), ratings_key(uid))
                 pipe.incr(version_key(uid))  # sums computed from the old history: stale
                 if profile:
@@ -521,7 +446,7 @@ class Store:
                 profile = [x for f in PROFILE_FIELDS if attrs.get(f) is not None
                            for x in (f, str(attrs[f]))]
                 rated = [x for m, r in history.items()
-                         for x in (m, f"{r.rating!r}:{r.timestamp}")]
+                         for x in (m, rating_value(r.rating, r.timestamp))]
                 pipe.execute_command(  # pipe.evalsha() is refused on a cluster pipeline
                     "EVALSHA", sha, 3, user_key(uid), ratings_key(uid), version_key(uid),
                     len(profile) // 2, *profile, *rated)
@@ -536,7 +461,7 @@ class Store:
         """Delete every model's cached sums (they derive from the histories just replaced)."""
         async def call() -> int:  # SCAN: every master's keys on a cluster
             keys = [key async for key in self._client.scan_iter(
-                match=f"{PREFIX}:{{u:*}}:sums:*", count=1000) if is_sums_key(key)]
+                match=SUMS_PATTERN, count=1000) if is_sums_key(key)]
             for start in range(0, len(keys), 1000):
                 pipe = self._client.pipeline(transaction=False)
                 for key in keys[start:start + 1000]:  # keys of many slots: one by one

@@ -19,14 +19,12 @@ head's w_j, |v_j|^2, v_j side by side) to the packed history: still one elementw
 from __future__ import annotations
 
 import math
-import struct
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from model.bundle import Sums
 from model.features import FeatureSpec
+from model.sums import Sums
 
 HISTORY_FIELD = "rated"
 
@@ -89,51 +87,3 @@ def combine(base: BaseSums, history: HistorySums, weighting: str | None
 
 Bases = tuple[BaseSums, ...]  # one per head, in the bundle's head order
 Histories = tuple[HistorySums, ...]
-
-
-# --- Redis hash encoding: little-endian float64, so a Lua script (struct '<d') can update it:
-# per head [L0, q0, s0...] ("base") and [C, B, A...] ("hist"), heads one after the other
-
-
-def base_fields(bases: Bases) -> dict[str, bytes]:
-    return {"base": b"".join(struct.pack(f"<{2 + len(b.s0)}d", b.L0, b.q0, *b.s0)
-                             for b in bases)}
-
-
-def history_fields(histories: Histories) -> dict[str, bytes | str | int]:
-    first = histories[0]  # count and latest movie are the same for every head
-    fields: dict[str, bytes | str | int] = {
-        "hist": b"".join(struct.pack(f"<{2 + len(h.A)}d", h.C, h.B, *h.A) for h in histories),
-        "n": first.n, "last_time": first.last_time}
-    if first.last_movie is not None:
-        fields["last"] = first.last_movie
-    return fields
-
-
-def _split(raw: bytes | None, widths: Sequence[int]) -> list[np.ndarray] | None:
-    """Per head (k given by `widths`), its packed [x, y, vector...]; None if malformed."""
-    if raw is None or len(raw) != 8 * sum(k + 2 for k in widths):
-        return None
-    floats = np.frombuffer(raw, dtype="<f8").astype(np.float64)
-    return np.split(floats, np.cumsum([k + 2 for k in widths])[:-1])
-
-
-def parse_fields(fields: Mapping[bytes, bytes], widths: Sequence[int]
-                 ) -> tuple[Bases | None, Histories | None]:
-    """The cached parts in a sums hash; a part that is absent or malformed is None (a miss)."""
-    bases = histories = None
-    packed = _split(fields.get(b"base"), widths)
-    if packed is not None:
-        bases = tuple(BaseSums(float(p[0]), p[2:], float(p[1])) for p in packed)
-    packed = _split(fields.get(b"hist"), widths)
-    if packed is not None:
-        try:
-            n = int(fields[b"n"])
-            last_time = int(fields.get(b"last_time", b"0"))
-        except (KeyError, ValueError):
-            return bases, None
-        raw_last = fields.get(b"last")
-        last = raw_last.decode() if raw_last is not None else None
-        histories = tuple(HistorySums(float(p[0]), p[2:], float(p[1]), n, last, last_time)
-                          for p in packed)
-    return bases, histories

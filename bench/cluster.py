@@ -62,7 +62,7 @@ from model.bundle import Bundle
 from model.data import Dataset
 from model.data.movielens import read_movielens
 from model.features import movielens_spec
-from tests.redis_cluster import RedisCluster3
+from tests.support.redis_cluster import RedisCluster3
 
 TARGET_CACHED_READ_RATIO = 0.85  # cluster req/s of cached /recommend, of one Redis's
 T0 = 900_000_000

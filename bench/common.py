@@ -66,7 +66,7 @@ def fmt(value: Any, digits: int = 3) -> str:
 @dataclass(frozen=True)
 class Table:
     """One result table: printed fixed-width at the end of a run, and as Markdown into
-    README.md (`update_readme`)."""
+    README.md and docs/ (`update_docs`)."""
 
     title: str
     headers: Sequence[str]
@@ -104,19 +104,23 @@ def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     return Table(title, headers, rows).text()
 
 
-def update_readme(sections: dict[str, Table], readme: Path = REPO / "README.md") -> list[str]:
+def update_docs(sections: dict[str, Table], files: Sequence[Path] | None = None) -> list[str]:
     """Replace what lies between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` with
-    each table's Markdown; returns the names replaced (a README without a marker is left
-    as it is for that table: the prose around the tables is written by hand)."""
-    text = readme.read_text()
+    each table's Markdown, in README.md and docs/*.md; returns the names replaced (a file
+    without a marker is left as it is for that table: the prose around the tables is
+    written by hand)."""
     done = []
-    for name, tab in sections.items():
-        start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-        if start in text and end in text:
-            head, rest = text.split(start, 1)
-            text = f"{head}{start}\n{tab.markdown()}\n{end}{rest.split(end, 1)[1]}"
-            done.append(name)
-    readme.write_text(text)
+    for path in files if files is not None else [REPO / "README.md",
+                                                  *sorted((REPO / "docs").glob("*.md"))]:
+        text = original = path.read_text()
+        for name, tab in sections.items():
+            start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+            if start in text and end in text:
+                head, rest = text.split(start, 1)
+                text = f"{head}{start}\n{tab.markdown()}\n{end}{rest.split(end, 1)[1]}"
+                done.append(name)
+        if text != original:
+            path.write_text(text)
     return done
 
 

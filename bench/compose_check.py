@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 
 from bench import standins
-from bench.common import REPO, RESULTS, Table, update_readme, write_json
+from bench.common import REPO, RESULTS, Table, update_docs, write_json
 
 PROJECT = "fmrec-check"
 FILES = ("docker-compose.yml", "docker-compose.cpu.yml")
@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_json("compose", results, out_dir=args.out)
     print(tables(results)["compose"].text())
     if not args.no_readme:
-        update_readme(tables(results))
+        update_docs(tables(results))
     print(f"compose-check: {'PASSED' if results['passed'] else 'FAILED'}; wrote {path}")
     return 0 if results["passed"] else EXIT_FAILED
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from model.dataset import EncodedRatings, sorted_unique
+from model.blocks import EncodedRatings, sorted_unique
 from model.features import SparseRows
 from model.optim import OptimizerName
 from model.train import TrainConfig
@@ -146,7 +146,7 @@ class DenseTrainer:
             l2_w0 w0^2 + mean over rows of sum_i (l2w_i w_i^2 + l2v_i |v_i|^2) x_i^2
 
         with l2w_i, l2v_i = l2_context for context columns, else l2_w, l2_v. So both
-        trainers minimise the same objective (tests/test_bench_train.py checks that one
+        trainers minimise the same objective (tests/bench/test_bench_train.py checks that one
         step of each moves the parameters identically).
         """
         cfg, fm = self.config, self.fm

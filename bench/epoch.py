@@ -18,8 +18,8 @@ import numpy as np
 
 from bench.common import ratio, table, write_json
 from bench.train import default_data_dir
+from model.blocks import encode_ratings
 from model.data.movielens import read_movielens
-from model.dataset import encode_ratings
 from model.features import FeatureMap, movielens_spec
 from model.train import TrainConfig, Trainer
 

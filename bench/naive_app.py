@@ -11,7 +11,7 @@ the per-request user and context parts are encoded per request), rows are assemb
 vectorised NumPy, the model call runs in a worker thread like fmrec's, and the weights
 are the bundle's own, exported as a SavedModel with a `score_rows` signature computing
 `FactorizationMachine.score(side_sums(row))` over full rows (model/fm.py: the very code
-training uses). Its answers equal fmrec's (tests/test_bench_serve.py checks it).
+training uses). Its answers equal fmrec's (tests/bench/test_bench_serve.py checks it).
 
     FMREC_BUNDLE=path uvicorn bench.naive_app:create_app --factory --port 8002
 """

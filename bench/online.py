@@ -43,20 +43,20 @@ from pydantic import SecretStr
 
 from app.cli import main as fmrec
 from app.main import create_app
-from app.online import APPLY_EVENTS, apply_events, history_rows, script_args
+from app.online import apply_events, history_rows, script_args
+from app.redis_layout import (
+    APPLY_EVENTS,
+    VERSION_FIELD,
+    parse_fields,
+    ratings_key,
+    sums_key,
+    version_key,
+)
 from app.schemas import RatingEvent
 from app.scorer import latest
 from app.settings import Settings
-from app.store import (
-    Rating,
-    Store,
-    UserData,
-    ratings_key,
-    sums_key,
-    user_records,
-    version_key,
-)
-from app.user_sums import HistorySums, parse_fields
+from app.store import Rating, Store, UserData, user_records
+from app.user_sums import HistorySums
 from bench.common import RESULTS, fmt, ratio, table, write_json
 from bench.serve import Redis, default_data_dir, fmrec_server, load_users, trained_bundle
 from model.bundle import Bundle
@@ -215,7 +215,7 @@ def check_cached(url: str, bundle: Bundle, users: Sequence[str]) -> dict[str, An
     worst, checked = 0.0, 0
     for uid in users:
         _, cached = parse_fields(client.hgetall(sums_key(bundle.model_id, uid)), bundle.widths)
-        ver = client.hget(sums_key(bundle.model_id, uid), "ver") or b"0"
+        ver = client.hget(sums_key(bundle.model_id, uid), VERSION_FIELD) or b"0"
         if cached is None or ver != (client.get(version_key(uid)) or b"0"):
             raise RuntimeError(f"user {uid}: no current cached sums after the events")
         raw = client.hgetall(ratings_key(uid))

@@ -6,7 +6,7 @@ user rank every movie they did not rate in training; relevant = the user's test 
 ("all"), or those rated >= 4 ("good"). Peers: most rated, EASE (Steck 2019, closed form
 in NumPy), `implicit` ALS and BPR (the optional `bench` extra). fmrec's row is its
 relevance head as `fmrec train` builds it (the service ranks with exactly these scores:
-tests/test_relevance.py), with its rating head beside it to show why the head exists.
+tests/model/test_relevance.py), with its rating head beside it to show why the head exists.
 Runs ua, then the 5 folds u1..u5 (mean and spread), and a cold-start comparison (users
 held out of training who send 5 ratings inline).
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import Table, update_readme, write_json
+from bench.common import Table, update_docs, write_json
 from bench.train import default_data_dir
 from model.data import Dataset, Ratings
 from model.data.movielens import read_movielens
@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(t.text())
         print(f"wrote {write_json('ranking-cold', {'runs': cold})}")
         if not args.no_readme:
-            print("README tables rewritten:", update_readme(out) or "none (no markers)")
+            print("tables rewritten:", update_docs(out) or "none (no markers)")
         return 0
     rows = run(args.data, args.folds.split(","))
     out = tables(rows, cold)
@@ -244,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   "relevance_config": RelevanceConfig().to_dict()})
     print(f"wrote {path}")
     if not args.no_readme:
-        print("README tables rewritten:", update_readme(out) or "none (no markers)")
+        print("tables rewritten:", update_docs(out) or "none (no markers)")
     return 0
 
 

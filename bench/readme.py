@@ -14,7 +14,7 @@ import json
 import sys
 
 from bench import compose_check, serve, train
-from bench.common import RESULTS, update_readme
+from bench.common import RESULTS, update_docs
 
 
 def main() -> int:
@@ -22,7 +22,7 @@ def main() -> int:
                          ("compose", compose_check.tables)):
         path = RESULTS / f"{name}.json"
         if path.is_file():
-            done = update_readme(tables(json.loads(path.read_text())))
+            done = update_docs(tables(json.loads(path.read_text())))
             print(f"{path.name}: rewrote {', '.join(done) or 'nothing'}")
     return 0
 

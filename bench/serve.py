@@ -48,12 +48,12 @@ import httpx
 import numpy as np
 
 from bench import spy
-from bench.common import REPO, RESULTS, Table, ratio, update_readme, write_json
+from bench.common import REPO, RESULTS, Table, ratio, update_docs, write_json
+from model.blocks import user_histories, user_payload
 from model.bundle import Bundle
 from model.data import Dataset
 from model.data.movielens import read_movielens
 from model.data.synthetic import synthetic
-from model.dataset import user_histories, user_payload
 from model.features import FeatureSpec, movielens_spec
 
 LUA = Path(__file__).resolve().parent / "wrk" / "post.lua"
@@ -534,7 +534,7 @@ def speedups(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def tables(out: dict[str, Any]) -> dict[str, Table]:
-    """The run's tables by README section name (bench.common.update_readme)."""
+    """The run's tables by README section name (bench.common.update_docs)."""
     results = out["runs"]
 
     def share(r: dict[str, Any]) -> str:
@@ -758,7 +758,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot(out, out_dir / "serve.png")
     print(f"\nwrote {path} and {out_dir / 'serve.png'} in {out['wall_seconds']:.0f} s")
     if out_dir == RESULTS:
-        print(f"README.md tables rewritten: {', '.join(update_readme(tables(out))) or 'none'}")
+        print(f"tables rewritten: {', '.join(update_docs(tables(out))) or 'none'}")
     return 0
 
 

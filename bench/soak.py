@@ -4,7 +4,7 @@ mix of /predict, /recommend and /ratings, with Redis faults injected on a schedu
     .venv/bin/python -m bench.soak                      # 180 s, writes bench/results/soak.json
     .venv/bin/python -m bench.soak --seconds 600 --concurrency 32 --no-faults
 
-What it checks and reports (tests/test_soak.py runs the same code for ~25 s):
+What it checks and reports (tests/bench/test_soak.py runs the same code for ~25 s):
 
 * requests per route and status, and latency percentiles: no 5xx, except a /ratings
   batch refused with 503 + Retry-After while Redis cannot take it, which the client
@@ -43,7 +43,7 @@ import httpx
 import numpy as np
 import redis
 
-from app.store import ratings_key
+from app.redis_layout import ratings_key
 from bench.common import table, write_json
 
 KEY = "soak-key-0123456789abcdef0123"
@@ -332,9 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from model.data.synthetic import synthetic
     from model.pipeline import fit_and_save
     from model.train import TrainConfig
-    from tests.api_client import service_settings
-    from tests.live_server import LiveServer
-    from tests.redis_server import RedisServer
+    from tests.support.api_client import service_settings
+    from tests.support.live_server import LiveServer
+    from tests.support.redis_server import RedisServer
 
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
     parser.add_argument("--seconds", type=float, default=SoakConfig.seconds)

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from bench.common import REPO, RESULTS, Table, fmt, ratio, update_readme, write_json
+from bench.common import REPO, RESULTS, Table, fmt, ratio, update_docs, write_json
 from bench.dense_fm import (
     DenseFM,
     DenseTrainer,
@@ -46,9 +46,9 @@ from bench.dense_fm import (
     rating_rows,
     repeated_index_rows,
 )
+from model.blocks import Batch, EncodedRatings, encode_ratings, used_columns
 from model.data.movielens import read_movielens
 from model.data.synthetic import synthetic_encoded
-from model.dataset import Batch, EncodedRatings, encode_ratings, used_columns
 from model.evaluate import rmse_mae
 from model.features import FeatureMap, FeatureSpec, movielens_spec
 from model.train import TrainConfig, Trainer
@@ -431,7 +431,7 @@ def verdicts(ml: dict[str, Any] | None, pipe: dict[str, Any] | None) -> list[dic
 
 
 def tables(results: dict[str, Any]) -> dict[str, Table]:
-    """All tables of a results dict by README section name (bench.common.update_readme)."""
+    """All tables of a results dict by README section name (bench.common.update_docs)."""
     parts: dict[str, Table] = {}
     ml = results.get("movielens")
     if ml:
@@ -605,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot(results, out / f"{args.name}.png")
     print(f"\nwrote {path} and {out / args.name}.png in {results['wall_seconds']:.0f} s")
     if out == RESULTS and args.name == "train":
-        print(f"README.md tables rewritten: {', '.join(update_readme(tables(results))) or 'none'}")
+        print(f"tables rewritten: {', '.join(update_docs(tables(results))) or 'none'}")
     return 0
 
 

@@ -23,12 +23,9 @@ w0 + bias(query) + bias(j) + <s_query, s_j> (see `model.fm.item_bias`).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import shutil
-import stat
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,46 +35,25 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from model.dataset import item_payload
+from model.blocks import item_payload
 from model.engine import Engine, EngineName, make_engine
-from model.features import FeatureMap, FeatureSpec, SparseRows, SpecError, with_session
+from model.features import FeatureMap, FeatureSpec, SparseRows, with_session
 from model.fm import FactorizationMachine, SideSums, item_bias
+from model.manifest import (
+    FORMAT_VERSION,
+    HEADS,
+    BundleError,
+    check_bundle,
+    content_hash,
+)
+from model.sums import Sums
 
-FORMAT_VERSION = 2
-FILES = ("spec.json", "catalog.npz", "metrics.json")
-HEADS = ("rating", "relevance")
 SIGNATURES = ("side_sums", "score_pairs", "top_n")
 
 
 def signature_name(head: str, name: str) -> str:
     """The SavedModel signature of one head: the rating head's keep their plain names."""
     return name if head == "rating" else f"{head}_{name}"
-
-
-class BundleError(RuntimeError):
-    """A bundle that is missing, corrupt or incompatible with this code."""
-
-
-@dataclass(frozen=True)
-class Sums:
-    """Side sums as numpy arrays: L (n,), s (n, k), q (n,)."""
-
-    L: np.ndarray
-    s: np.ndarray
-    q: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.L)
-
-    def __add__(self, other: Sums) -> Sums:
-        return Sums(self.L + other.L, self.s + other.s, self.q + other.q)
-
-    def take(self, rows: np.ndarray) -> Sums:
-        return Sums(self.L[rows], self.s[rows], self.q[rows])
-
-    @staticmethod
-    def concat(parts: list[Sums]) -> Sums:
-        return Sums(*(np.concatenate([getattr(p, a) for p in parts]) for a in ("L", "s", "q")))
 
 
 _I32 = tf.TensorSpec([None], tf.int32)
@@ -146,7 +122,7 @@ class HeadModule(tf.Module):
     def _genre_filter(self, scores: tf.Tensor, genre_mask: tf.Tensor) -> tf.Tensor:
         """-inf for movies outside a request's genres (mask 0: no filter for that request).
 
-        Only run when some request filters: on a 100k-movie catalog it is ~30% of top_n.
+        Only run when some request filters: on a large catalog it is a sizeable part of top_n.
         """
         wanted = tf.bitwise.bitwise_and(genre_mask[:, None], self.item_genres[None, :])
         allowed = tf.logical_or(genre_mask[:, None] == 0, wanted != 0)
@@ -237,15 +213,6 @@ def build_catalog(fm: FactorizationMachine, fmap: FeatureMap,
     )
 
 
-def content_hash(root: Path) -> str:
-    """sha256 over every file of the bundle but model_id itself, in path order."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "model_id"):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def save_bundle(path: str | Path, heads: dict[str, HeadModel], spec: FeatureSpec,
                 items: dict[str, dict[str, Any]], metrics: dict[str, Any]) -> str:
     """Write a bundle atomically (to a temp dir, then rename); returns its model id."""
@@ -323,49 +290,6 @@ class Head:
                 self.fmap.encode("context", [context]))
 
 
-def check_regular_files(root: Path) -> None:
-    """Only directories and regular files: reading a FIFO or a device would block the load
-    (and the reload lock) forever, or read without end."""
-    try:
-        odd = [p for p in root.rglob("*") if not (p.is_dir() or stat.S_ISREG(p.stat().st_mode))]
-    except OSError as exc:  # a dangling or looping symlink
-        raise BundleError(f"bundle {root}: cannot read ({exc})") from exc
-    if odd:
-        raise BundleError(f"bundle {root}: {odd[0].relative_to(root)} is not a regular file")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
-        value)
-
-
-def check_metrics(root: Path, metrics: Any) -> None:
-    """What metrics.json declares and serving relies on, checked at load: a bundle that
-    loads must not answer 500 (or clip every rating to one value) on every call later."""
-    if not isinstance(metrics, dict):
-        raise BundleError(f"bundle {root}: metrics.json is not a JSON object")
-    heads = metrics.get("heads")
-    for name in HEADS:
-        head = heads.get(name) if isinstance(heads, dict) else None
-        if not isinstance(head, dict):
-            raise BundleError(f"bundle {root}: metrics.json does not describe head {name!r}")
-        k = head.get("k")
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise BundleError(f"bundle {root}: metrics.json k of head {name} must be a "
-                              f"positive integer, not {k!r}")
-        fields = head.get("fields")
-        if not (isinstance(fields, list) and fields and all(isinstance(f, str) for f in fields)):
-            raise BundleError(f"bundle {root}: metrics.json fields of head {name} must be a "
-                              f"list of field keys, not {fields!r}")
-    if "rating_range" in metrics:
-        rating_range = metrics["rating_range"]
-        if not (isinstance(rating_range, list) and len(rating_range) == 2
-                and all(_number(v) for v in rating_range)
-                and rating_range[0] < rating_range[1]):
-            raise BundleError(f"bundle {root}: metrics.json rating_range must be two finite "
-                              f"numbers [low, high] with low < high, not {rating_range!r}")
-
-
 def check_catalog(root: Path, catalog: Catalog, k: int) -> None:
     """catalog.npz's arrays agree with each other and with k, and its sums are finite."""
     n = len(catalog.ids)
@@ -405,25 +329,8 @@ class Bundle:
     def __init__(self, path: str | Path, engine: EngineName = "auto") -> None:
         root = Path(path)
         self.path = root
-        if not root.is_dir():
-            raise BundleError(f"no model bundle at {root} (train one with `fmrec train`)")
-        missing = [f for f in (*FILES, "model_id", "saved_model") if not (root / f).exists()]
-        if missing:
-            raise BundleError(f"bundle {root} is incomplete: missing {', '.join(missing)}")
-        check_regular_files(root)
-        self.model_id = (root / "model_id").read_text().strip()
-        if content_hash(root) != self.model_id:
-            raise BundleError(f"bundle {root} does not match its model_id (corrupt or edited)")
-        try:
-            self.metrics: dict[str, Any] = json.loads((root / "metrics.json").read_text())
-            self.spec = FeatureSpec.from_json((root / "spec.json").read_text())
-            self.spec.check_golden()
-        except (ValueError, SpecError) as exc:
-            raise BundleError(f"bundle {root}: {exc}") from exc
-        if self.metrics.get("format_version") != FORMAT_VERSION:
-            raise BundleError(f"bundle {root} has format {self.metrics.get('format_version')}, "
-                              f"this code reads format {FORMAT_VERSION} (train it again)")
-        check_metrics(root, self.metrics)
+        manifest = check_bundle(root)
+        self.model_id, self.metrics, self.spec = manifest.model_id, manifest.metrics, manifest.spec
         self.rating_range = tuple(self.metrics.get("rating_range", (1.0, 5.0)))
         try:
             self.model = tf.saved_model.load(str(root / "saved_model"))
@@ -441,6 +348,8 @@ class Bundle:
         self.fmap, self.k, self.engine = rating.fmap, rating.k, rating.engine
         self.widths = tuple(h.k for h in self.heads.values())  # cached parts' layout
         check_catalog(root, self.catalog, self.k)  # and the rating head's sums
+
+    check = staticmethod(check_bundle)  # Bundle.check(path): the files, without TensorFlow
 
     def _head(self, name: str, items: Sums, engine: EngineName) -> Head:
         """Head `name`, checked: its signatures exist and every width of it agrees."""

@@ -3,9 +3,9 @@
 `SavedModelEngine` calls the SavedModel's signatures: TensorFlow places them on a GPU
 when one is visible, which is what a large catalog and big batches want. `NumpyEngine`
 computes the same numbers in NumPy from the SavedModel's own variables: a signature call
-costs ~0.4 ms of fixed TensorFlow overhead on CPU, the same small computation ~0.03 ms in
-NumPy, and a request usually is that small. "auto" takes NumPy unless a GPU is visible.
-Both are tested against each other and against the pairwise definition.
+has a fixed TensorFlow overhead on CPU, many times what the same small computation costs
+in NumPy (docs/benchmarks.md), and a request usually is that small. "auto" takes NumPy
+unless a GPU is visible. Both are tested against each other and against the pairwise definition.
 
 Rankings: by score, ties by the lower catalog row (what tf.math.top_k does).
 """
@@ -18,21 +18,9 @@ import numpy as np
 import tensorflow as tf
 
 from model.features import SparseRows
+from model.sums import Sums
 
 EngineName = Literal["auto", "savedmodel", "numpy"]
-
-
-class SumsLike(Protocol):
-    """`model.bundle.Sums` (not imported: the bundle imports this module)."""
-
-    @property
-    def L(self) -> np.ndarray: ...
-
-    @property
-    def s(self) -> np.ndarray: ...
-
-    @property
-    def q(self) -> np.ndarray: ...
 
 
 class Engine(Protocol):
@@ -40,10 +28,10 @@ class Engine(Protocol):
 
     def side_sums(self, rows: SparseRows) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
-    def score_pairs(self, query: SumsLike, contexts: SparseRows, pair_row: np.ndarray,
-                    items: SumsLike) -> np.ndarray: ...
+    def score_pairs(self, query: Sums, contexts: SparseRows, pair_row: np.ndarray,
+                    items: Sums) -> np.ndarray: ...
 
-    def top_n(self, query: SumsLike, contexts: SparseRows, exclude_row: np.ndarray,
+    def top_n(self, query: Sums, contexts: SparseRows, exclude_row: np.ndarray,
               exclude_item: np.ndarray, genre_mask: np.ndarray, n: int
               ) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -65,22 +53,22 @@ class SavedModelEngine:
         return out["L"].numpy(), out["s"].numpy(), out["q"].numpy()
 
     @staticmethod
-    def _query_args(query: SumsLike, contexts: SparseRows) -> dict[str, tf.Tensor]:
+    def _query_args(query: Sums, contexts: SparseRows) -> dict[str, tf.Tensor]:
         return {"L": tf.constant(query.L, tf.float32), "s": tf.constant(query.s, tf.float32),
                 "q": tf.constant(query.q, tf.float32),
                 "ctx_rows": tf.constant(contexts.row_ids()),
                 "ctx_indices": tf.constant(contexts.indices),
                 "ctx_values": tf.constant(contexts.values)}
 
-    def score_pairs(self, query: SumsLike, contexts: SparseRows, pair_row: np.ndarray,
-                    items: SumsLike) -> np.ndarray:
+    def score_pairs(self, query: Sums, contexts: SparseRows, pair_row: np.ndarray,
+                    items: Sums) -> np.ndarray:
         out = self.signatures["score_pairs"](
             **self._query_args(query, contexts), pair_row=tf.constant(pair_row, tf.int32),
             item_L=tf.constant(items.L, tf.float32), item_s=tf.constant(items.s, tf.float32),
             item_q=tf.constant(items.q, tf.float32))
         return np.asarray(out["score"].numpy())
 
-    def top_n(self, query: SumsLike, contexts: SparseRows, exclude_row: np.ndarray,
+    def top_n(self, query: Sums, contexts: SparseRows, exclude_row: np.ndarray,
               exclude_item: np.ndarray, genre_mask: np.ndarray, n: int
               ) -> tuple[np.ndarray, np.ndarray]:
         out = self.signatures["top_n"](
@@ -93,10 +81,15 @@ class SavedModelEngine:
 
 def segment_sum(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
     """Sum of values[indptr[r]:indptr[r+1]] for every row r (empty rows give 0)."""
-    out = np.zeros((len(indptr) - 1, *values.shape[1:]), dtype=values.dtype)
-    nonempty = np.flatnonzero(np.diff(indptr) > 0)
-    if len(nonempty):
-        out[nonempty] = np.add.reduceat(values, indptr[nonempty], axis=0)
+    n_rows = len(indptr) - 1
+    nonempty = indptr[1:] > indptr[:-1]
+    if nonempty.all():  # the common case of serving: one reduceat, nothing to scatter
+        return np.add.reduceat(values, indptr[:-1], axis=0) if n_rows else \
+            np.zeros((0, *values.shape[1:]), dtype=values.dtype)
+    out = np.zeros((n_rows, *values.shape[1:]), dtype=values.dtype)
+    if nonempty.any():
+        rows = np.flatnonzero(nonempty)
+        out[rows] = np.add.reduceat(values, indptr[rows], axis=0)
     return out
 
 
@@ -122,31 +115,44 @@ class NumpyEngine:
                 segment_sum(self.V[idx] * x[:, None], rows.indptr),
                 segment_sum(self.v_sq[idx] * np.square(x), rows.indptr))
 
-    def _query(self, query: SumsLike, contexts: SparseRows
+    def _query(self, query: Sums, contexts: SparseRows
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if contexts.nnz == 0:  # a head that reads no context field (the relevance head)
+            return query.L, query.s, query.q
         L, s, q = self.side_sums(contexts)
         return query.L + L, query.s + s, query.q + q
 
-    def score_pairs(self, query: SumsLike, contexts: SparseRows, pair_row: np.ndarray,
-                    items: SumsLike) -> np.ndarray:
+    def score_pairs(self, query: Sums, contexts: SparseRows, pair_row: np.ndarray,
+                    items: Sums) -> np.ndarray:
         L, s, q = self._query(query, contexts)
         s_pair = s[pair_row] + items.s
         out = self.w0 + L[pair_row] + items.L + 0.5 * (
             np.einsum("ij,ij->i", s_pair, s_pair) - (q[pair_row] + items.q))
         return out.astype(np.float32)
 
-    def top_n(self, query: SumsLike, contexts: SparseRows, exclude_row: np.ndarray,
+    def top_n(self, query: Sums, contexts: SparseRows, exclude_row: np.ndarray,
               exclude_item: np.ndarray, genre_mask: np.ndarray, n: int
               ) -> tuple[np.ndarray, np.ndarray]:
         L, s, q = self._query(query, contexts)
         bias = self.w0 + L + 0.5 * (np.einsum("ij,ij->i", s, s) - q)
         scores = (s.astype(np.float32) @ self.item_s.T + bias.astype(np.float32)[:, None]
                   + self.item_bias[None, :])
-        if np.any(genre_mask != 0):
-            wanted = (genre_mask[:, None] & self.item_genres[None, :]) != 0
-            scores[~(wanted | (genre_mask[:, None] == 0))] = -np.inf
-        scores[exclude_row, exclude_item] = -np.inf
-        return top_rows(scores, min(n, scores.shape[1]))
+        return rank(scores, self.item_genres, exclude_row, exclude_item, genre_mask, n)
+
+
+def rank(scores: np.ndarray, item_genres: np.ndarray, exclude_row: np.ndarray,
+         exclude_item: np.ndarray, genre_mask: np.ndarray, n: int
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """The ranking every NumPy path shares (a catalog's top_n, a candidate list's top n):
+    per query row of `scores` (modified in place), columns excluded ((exclude_row,
+    exclude_item) pairs) or outside the row's genres (`genre_mask` & `item_genres`; mask 0:
+    no filter) score -inf, then the n best columns, ties by the lower column. The SavedModel's
+    top_n signature (`model.bundle.HeadModule`) is the same computation in TensorFlow."""
+    if np.any(genre_mask != 0):
+        wanted = (genre_mask[:, None] & item_genres[None, :]) != 0
+        scores[~(wanted | (genre_mask[:, None] == 0))] = -np.inf
+    scores[exclude_row, exclude_item] = -np.inf
+    return top_rows(scores, min(n, scores.shape[1]))
 
 
 def top_rows(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

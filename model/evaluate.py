@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from model.blocks import encode_ratings, user_histories, user_payload
 from model.bundle import Bundle
 from model.data import Dataset
-from model.dataset import encode_ratings, user_histories, user_payload
 
 
 def rmse_mae(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:

@@ -45,7 +45,7 @@ def _blake_bucket(key: str, hash_bits: int) -> int:
 
 
 # Memory of one cached key (the key string, the int, the LRU's link and dict slot), an
-# upper estimate: tracemalloc counts ~170 bytes for a 75-character key (tests/test_features).
+# upper estimate: tracemalloc counts ~170 bytes for a 75-character key (tests/model/test_features).
 HASH_CACHE_ENTRY_BYTES = 400
 DEFAULT_HASH_CACHE_BYTES = 16 << 20
 _cached_bucket = lru_cache(maxsize=DEFAULT_HASH_CACHE_BYTES // HASH_CACHE_ENTRY_BYTES)(
@@ -193,7 +193,10 @@ class SparseRows:
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Fields, hash size and latent size: everything needed to rebuild the feature map.
+    """Fields and hash size: everything needed to rebuild the feature map.
+
+    The latent size k is not here: it is a property of each head (its FM, and its entry
+    in the bundle's metrics.json), and two heads may differ in it.
 
     Saved in the bundle as JSON with golden hashes; `check_golden` refuses a spec whose
     hashes this code does not reproduce (a changed hash function would silently scramble

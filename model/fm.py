@@ -9,7 +9,7 @@ L = sum w_i x_i, s = sum v_i x_i (a k-vector) and q = sum |v_i|^2 x_i^2, and exa
 
 Training, the exported signatures and the service all score with `score`; side sums come
 from `side_sums` (a gather per non-zero: small blocks against the full table) or, in
-training, from `model.train.block_sums` (sparse matrix products against the compact
+training, from `model.batch_sums.block_sums` (sparse matrix products against the compact
 table), tested equal to each other and to the pairwise definition. Nothing here names a device:
 TensorFlow places the work on a GPU when one is visible.
 """

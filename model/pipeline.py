@@ -10,9 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from model.bundle import HeadModel, save_bundle
-from model.data import Dataset
-from model.dataset import (
+from model.blocks import (
     EncodedRatings,
     encode_ratings,
     item_payload,
@@ -21,6 +19,8 @@ from model.dataset import (
     user_histories,
     user_payload,
 )
+from model.bundle import HeadModel, save_bundle
+from model.data import Dataset
 from model.evaluate import ranking_summary, rmse_mae
 from model.features import FeatureMap, FeatureSpec
 from model.fm import FactorizationMachine, average_of

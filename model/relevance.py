@@ -15,7 +15,7 @@ larger than `max_softmax_items` use a shared sample of negatives per batch, draw
 popularity, with the logQ correction (Bengio & Senecal 2008; Yi et al. 2019).
 
 The user's history leaves out the event's own movie, as in rating training
-(`model.dataset`): at serving time the movie to rank is never in the history.
+(`model.blocks`): at serving time the movie to rank is never in the history.
 Early stopping is on NDCG@10 of a per-user holdout, ranked exactly as serving ranks.
 """
 
@@ -30,8 +30,8 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from model.data import Dataset, Ratings
-from model.dataset import (
+from model.batch_sums import Tables, block_sums
+from model.blocks import (
     Block,
     EncodedRatings,
     encode_ratings,
@@ -41,12 +41,12 @@ from model.dataset import (
     user_histories,
     user_payload,
 )
-from model.engine import segment_sum, top_rows
+from model.data import Dataset, Ratings
+from model.engine import rank, segment_sum
 from model.evaluate import ranking_metrics
 from model.features import FeatureMap, FeatureSpec, SparseRows, context_payload
 from model.fm import FactorizationMachine, average_of
 from model.optim import TableOptimizer
-from model.train import Tables, block_sums
 
 #: The fields the relevance head reads by default, chosen on ML-100k ua (README):
 #: the last movie, time, session and user attributes made its top-10 worse.
@@ -130,8 +130,9 @@ def rank_catalog(query_s: np.ndarray, item_s: np.ndarray, item_b: np.ndarray,
     """Top n catalog rows per query by <a, s_j> + b_j, rated rows left out (offline;
     ties by the lower row, as the engines rank)."""
     scores = (query_s @ item_s.T + item_b[None, :]).astype(np.float32)
-    scores[exclude.row_ids(), exclude.indices] = -np.inf
-    return top_rows(scores, min(n, scores.shape[1]))[0]
+    no_filter = np.zeros(len(scores), np.int64)  # offline: no genre filter
+    return rank(scores, np.zeros(scores.shape[1], np.int64), exclude.row_ids(),
+                exclude.indices, no_filter, n)[0]
 
 
 class RelevanceTrainer:

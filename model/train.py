@@ -9,28 +9,29 @@ Compact table: the trainer's w and V hold only the columns its training data use
 into a full-size model with zeros elsewhere. On a small table, a block's side sums are a
 sparse-dense matrix product (one multithreaded op, whose gradient is a small dense
 table) instead of a gather plus segment sum per block and a `tf.unique` over every
-occurrence in the gradient: 5x less time per step.
+occurrence in the gradient: several times less time per step (docs/benchmarks.md).
 
 L2 is per parameter group (w0, w, V) and per feature occurrence, as in libFM's SGD: each
 rating adds lambda_w * sum_i w_i^2 x_i^2 + lambda_V * sum_i |v_i|^2 x_i^2, so a feature is
 shrunk in proportion to how often (and how strongly) it appears, and rare features are
 not shrunk by every step of everyone else. The V part is exactly the `q` side sum the
 score already computes, so it costs nothing extra. On ML-100k this beat L2 on the
-touched rows by 0.006 RMSE (README, "Accuracy").
+touched rows (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from model.dataset import Batch, Block, EncodedRatings, used_columns
+from model.batch_sums import batch_scores, batch_sides
+from model.blocks import Batch, Block, EncodedRatings, used_columns
 from model.evaluate import rmse_mae
-from model.fm import FactorizationMachine, SideSums
+from model.fm import FactorizationMachine
 from model.optim import OptimizerName, TableOptimizer
 from model.progress import progress as progress_bar
 
@@ -77,60 +78,6 @@ def _as_batch(args: tuple[Any, ...]) -> Batch:
     """Rebuild the named tuples that tf.function flattened into plain tuples."""
     users, items, contexts, left_out = (Block(*a) for a in args[:4])
     return Batch(users, items, contexts, left_out, *args[4:])
-
-
-class Tables(NamedTuple):
-    """Per column: [w | V] (n, 1+k) and [|v|^2 | w^2] (n, 2), the operands of block sums."""
-
-    linear: tf.Tensor
-    squares: tf.Tensor
-
-    @staticmethod
-    def of(fm: FactorizationMachine) -> Tables:
-        return Tables(tf.concat([fm.w[:, None], fm.V], axis=1),
-                      tf.stack([tf.reduce_sum(tf.square(fm.V), axis=1), tf.square(fm.w)], 1))
-
-
-def block_sums(tables: Tables, block: Block) -> tuple[SideSums, tf.Tensor]:
-    """(side sums, sum of w_i^2 x_i^2) of each row of a block, by sparse matrix products.
-
-    Equal to `FactorizationMachine.side_sums` (tests/test_train.py); that one gathers
-    rows and suits small blocks against the full 2**hash_bits table (serving), this one
-    suits large blocks against the compact training table.
-    """
-    row_ids, indices, values, n_rows = block
-    where = tf.cast(tf.stack([row_ids, indices], axis=1), tf.int64)
-    shape = tf.cast(tf.stack([n_rows, tf.shape(tables.linear)[0]]), tf.int64)
-    linear = tf.sparse.sparse_dense_matmul(tf.SparseTensor(where, values, shape), tables.linear)
-    squares = tf.sparse.sparse_dense_matmul(
-        tf.SparseTensor(where, tf.square(values), shape), tables.squares)
-    return SideSums(linear[:, 0], linear[:, 1:], squares[:, 0]), squares[:, 1]
-
-
-class BatchSides(NamedTuple):
-    """Per rating: user + item side sums without its own movie, and context side sums."""
-
-    user_item: SideSums
-    contexts: SideSums
-    user_item_w_sq: tf.Tensor  # sum of w_i^2 x_i^2 over the user and item features
-    contexts_w_sq: tf.Tensor
-
-
-def batch_sides(fm: FactorizationMachine, batch: Batch) -> BatchSides:
-    tables = Tables.of(fm)
-    users, users_w = block_sums(tables, batch.users)
-    items, items_w = block_sums(tables, batch.items)
-    left_out, left_out_w = block_sums(tables, batch.left_out)
-    contexts, contexts_w = block_sums(tables, batch.contexts)
-    user_item = users.gather(batch.row_user) + items.gather(batch.row_item) - left_out
-    w_sq = tf.gather(users_w, batch.row_user) + tf.gather(items_w, batch.row_item) - left_out_w
-    return BatchSides(user_item, contexts, w_sq, contexts_w)
-
-
-def batch_scores(fm: FactorizationMachine, batch: Batch) -> tf.Tensor:
-    """FM output of every rating in a batch (its indices are rows of `fm`)."""
-    sides = batch_sides(fm, batch)
-    return fm.score(sides.user_item + sides.contexts)
 
 
 class Trainer:

@@ -14,7 +14,7 @@ from model.data.synthetic import synthetic
 from model.features import FeatureSpec
 from model.pipeline import fit_and_save
 from model.train import TrainConfig
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("FMREC_DATA_DIR", REPO.parent / "shared" / "data"))

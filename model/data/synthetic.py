@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from model.batch_sums import batch_scores
+from model.blocks import EncodedRatings, encode_ratings
 from model.data import Dataset, Ratings, random_split
-from model.dataset import EncodedRatings, encode_ratings
 from model.features import FEATURE_GROUPS, FeatureMap, FeatureSpec, movielens_spec
 from model.fm import FactorizationMachine
-from model.train import batch_scores
 
 GENRES = ("Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
           "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",

@@ -1,0 +1,214 @@
+"""Ratings -> relation blocks: one sparse row per distinct user, per movie, per rating.
+
+A rating's feature vector is [user block | item block | context block]. The user block
+(id, attributes, the ~100 movies the user rated) is identical for all of a user's
+ratings, so it is stored once per user and its side sums are computed once per user per
+batch (libFM's relation blocks, Rendle 2013) instead of once per rating.
+
+No leakage: "rated" history and "last movie" come from the `history` ratings only (the
+training split), and the last movie is the latest one rated strictly before the event.
+A training rating's own movie is in its user's history (and its user among the movie's
+raters); a test rating's is not. So that the model cannot learn from a signal that never
+exists at test time, each training rating carries `left_out` occurrences
+(user.rated=<its movie>, item.raters=<its user>) whose side sums are subtracted: the FM
+then sees exactly "history without this rating".
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from model.data import Dataset, Ratings
+from model.features import FeatureMap, SparseRows, feature_hash, session_of
+
+
+class Block(NamedTuple):
+    """A SparseRows block as the tensors `FactorizationMachine.side_sums` takes."""
+
+    row_ids: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+    n_rows: np.int32
+
+    @staticmethod
+    def of(rows: SparseRows) -> Block:
+        return Block(rows.row_ids(), rows.indices, rows.values, np.int32(rows.n_rows))
+
+
+class Batch(NamedTuple):
+    """One training step's input: distinct users and items, contexts, targets."""
+
+    users: Block
+    items: Block
+    contexts: Block
+    left_out: Block  # per rating: occurrences to subtract (its own movie in its history)
+    row_user: np.ndarray  # int32: which user row each rating uses
+    row_item: np.ndarray
+    y: np.ndarray  # float32
+
+
+@dataclass(frozen=True)
+class EncodedRatings:
+    """Ratings as relation blocks plus, per rating, the index of its user and item row."""
+
+    users: SparseRows
+    items: SparseRows
+    contexts: SparseRows
+    left_out: SparseRows
+    row_user: np.ndarray  # int64
+    row_item: np.ndarray
+    y: np.ndarray  # float32
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def nnz_per_rating(self) -> float:
+        """Average non-zeros of the full feature vector of one rating."""
+        user_nnz = np.diff(self.users.indptr)[self.row_user].mean()
+        item_nnz = np.diff(self.items.indptr)[self.row_item].mean()
+        return float(user_nnz + item_nnz + self.contexts.nnz / max(len(self), 1))
+
+    def subset(self, rows: np.ndarray) -> EncodedRatings:
+        """Some ratings, sharing the user and item blocks."""
+        return EncodedRatings(self.users, self.items, self.contexts.take(rows),
+                              self.left_out.take(rows), self.row_user[rows],
+                              self.row_item[rows], self.y[rows])
+
+    def remap(self, columns: np.ndarray) -> EncodedRatings:
+        """Every block's indices as positions in `columns` (`SparseRows.remap`)."""
+        return EncodedRatings(self.users.remap(columns), self.items.remap(columns),
+                              self.contexts.remap(columns), self.left_out.remap(columns),
+                              self.row_user, self.row_item, self.y)
+
+    def batch(self, rows: np.ndarray) -> Batch:
+        """Rows `rows` with each distinct user and item encoded once."""
+        users, row_user = np.unique(self.row_user[rows], return_inverse=True)
+        items, row_item = np.unique(self.row_item[rows], return_inverse=True)
+        return Batch(
+            Block.of(self.users.take(users)), Block.of(self.items.take(items)),
+            Block.of(self.contexts.take(rows)), Block.of(self.left_out.take(rows)),
+            row_user.astype(np.int32), row_item.astype(np.int32), self.y[rows],
+        )
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """np.unique(values) by sorting: NumPy >= 2.3's hash path is far slower here."""
+    ordered = np.sort(values)
+    first = np.ones(len(ordered), dtype=bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    return ordered[first]
+
+
+def used_columns(*parts: EncodedRatings) -> np.ndarray:
+    """Sorted hashed indices that occur anywhere in `parts` (left-outs are among them)."""
+    blocks = [b.indices for p in parts for b in (p.users, p.items, p.contexts)]
+    return sorted_unique(np.concatenate(blocks))
+
+
+def user_histories(history: Ratings) -> dict[str, list[str]]:
+    """Movies each user rated, in time order."""
+    return _group(history.user, history.item, history.timestamp)
+
+
+def item_raters(history: Ratings) -> dict[str, list[str]]:
+    """Users who rated each movie, in time order."""
+    return _group(history.item, history.user, history.timestamp)
+
+
+def _group(owners: np.ndarray, members: np.ndarray, times: np.ndarray) -> dict[str, list[str]]:
+    order = np.argsort(times, kind="stable")
+    groups: dict[str, list[str]] = defaultdict(list)
+    for owner, member in zip(owners[order], members[order], strict=True):
+        groups[owner].append(member)
+    return groups
+
+
+def last_movies(events: Ratings, history: Ratings) -> list[str | None]:
+    """For each event, the user's latest movie in `history` rated strictly before it."""
+    codes = {u: n for n, u in enumerate(set(history.user) | set(events.user))}
+    h_user = np.fromiter((codes[u] for u in history.user), np.int64, len(history))
+    e_user = np.fromiter((codes[u] for u in events.user), np.int64, len(events))
+    # one sortable key per (user, time): user in the high bits, timestamp in the low 33
+    h_key = (h_user << 33) | np.clip(history.timestamp, 0, (1 << 33) - 1)
+    e_key = (e_user << 33) | np.clip(events.timestamp, 0, (1 << 33) - 1)
+    order = np.argsort(h_key, kind="stable")
+    prev = np.searchsorted(h_key[order], e_key, side="left") - 1
+    found = prev >= 0
+    found[found] = h_user[order][prev[found]] == e_user[found]
+    items = history.item[order]
+    return [items[p] if ok else None for p, ok in zip(prev, found, strict=True)]
+
+
+def sessions(users: np.ndarray, timestamps: np.ndarray) -> list[str]:
+    """`session_of` each event (the column form of `context_payload`)."""
+    return [session_of(str(u), t)
+            for u, t in zip(users.tolist(), timestamps.tolist(), strict=True)]
+
+
+def user_payload(user_id: str, attrs: dict[str, Any], rated: list[str]) -> dict[str, Any]:
+    """The user payload the feature map reads: id, attributes and rated movies."""
+    return {"id": user_id, **attrs, "rated": rated}
+
+
+def item_payload(item_id: str, attrs: dict[str, Any],
+                 raters: list[str] | None = None) -> dict[str, Any]:
+    """The movie payload the feature map reads: id, attributes and, in training, raters."""
+    payload = {"id": item_id, **attrs}
+    if raters is not None:
+        payload["raters"] = raters
+    return payload
+
+
+def own_occurrences(fmap: FeatureMap, key: str, owners: np.ndarray, members: np.ndarray,
+                    groups: dict[str, list[str]]) -> SparseRows:
+    """Per event, the occurrence of `key`=member in the owner's group, if the group holds it.
+
+    user.rated: owner = the user, member = the event's movie; item.raters: owner = the
+    movie, member = the event's user.
+    """
+    field = next((f for f in fmap.spec.fields if f.key == key), None)
+    n = len(owners)
+    if field is None:
+        return SparseRows(np.zeros(n + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
+    seen = {o: set(group) for o, group in groups.items()}
+    present = np.array([m in seen.get(o, ()) for o, m in zip(owners, members, strict=True)],
+                       dtype=bool)
+    size = np.array([len(seen[o]) for o in owners[present]], dtype=np.float32)
+    weight = 1.0 / (size if field.weighting == "mean" else np.sqrt(size))
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(present, out=indptr[1:])
+    indices = np.array([feature_hash(field.token(m), fmap.spec.hash_bits)
+                        for m in members[present]], dtype=np.int32)
+    return SparseRows(indptr, indices, weight.astype(np.float32))
+
+
+def encode_ratings(
+    fmap: FeatureMap, data: Dataset, events: Ratings, history: Ratings
+) -> EncodedRatings:
+    """Encode `events` with user histories and last movies taken from `history`."""
+    user_ids, row_user = np.unique(events.user.astype(str), return_inverse=True)
+    item_ids, row_item = np.unique(events.item.astype(str), return_inverse=True)
+    rated, raters = user_histories(history), item_raters(history)
+    users = fmap.encode("user", [
+        user_payload(u, data.users.get(u, {}), rated.get(u, [])) for u in user_ids
+    ])
+    items = fmap.encode("item", [
+        item_payload(i, data.items.get(i, {}), raters.get(i, [])) for i in item_ids
+    ])
+    contexts = fmap.encode_columns(
+        "context",
+        {"time": events.timestamp.tolist(), "last_movie": last_movies(events, history),
+         "session": sessions(events.user, events.timestamp)},
+        len(events),
+    )
+    left_out = SparseRows.concat_columns([
+        own_occurrences(fmap, "user.rated", events.user, events.item, rated),
+        own_occurrences(fmap, "item.raters", events.item, events.user, raters),
+    ])
+    return EncodedRatings(users, items, contexts, left_out, row_user.astype(np.int64),
+                          row_item.astype(np.int64), events.rating.astype(np.float32))

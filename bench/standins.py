@@ -7,7 +7,8 @@ files and the project's Dockerfile run unchanged:
 * a Debian base: `debootstrap --variant=minbase` (Python, pip, CA certificates) from the
   mirror this host's apt sources name, then `docker import`;
 * `tensorflow/tensorflow:X.Y.Z`: that base + `pip install tensorflow-cpu==X.Y.Z`;
-* `redis:...`: that base + Debian's redis-server, started like the official image does.
+* `redis:...`: that base + Debian's redis-server, started like the official image does;
+* `haproxy:...`: that base + Debian's haproxy, reading the official image's config path.
 
 Downloads inside the containers go through whatever proxy the host uses; a TLS-intercepting
 one needs its CA, so the stand-in BASE gets the host's CA bundle. That is the stand-in's
@@ -138,7 +139,7 @@ def build_standin(image: str, dockerfile: str, recipe: str, **args: str) -> None
 
 
 def ensure(image: str, log: list[str]) -> ImageRecord:
-    """Make `image` (a tensorflow/tensorflow or redis tag) available locally."""
+    """Make `image` (a tensorflow/tensorflow, redis or haproxy tag) available locally."""
     start = time.monotonic()
     name, _, tag = image.partition(":")
     if name == "tensorflow/tensorflow":
@@ -147,6 +148,8 @@ def ensure(image: str, log: list[str]) -> ImageRecord:
         dockerfile, args = "tensorflow.Dockerfile", {"TF_VERSION": tag}
     elif name == "redis":
         dockerfile, args = "redis.Dockerfile", {}
+    elif name == "haproxy":
+        dockerfile, args = "haproxy.Dockerfile", {}
     else:
         raise ImageUnavailable(f"no stand-in recipe for {image}")
     recipe = recipe_hash(image, *args.values(), files=sorted(HERE.iterdir()))

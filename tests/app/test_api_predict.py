@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from app.redis_layout import sums_key
 from app.settings import Settings
 from model.bundle import Bundle
 from model.data import Dataset
@@ -110,7 +111,7 @@ async def test_cache_hit_and_miss_give_identical_numbers(
     assert _ratings(first).tolist() == _ratings(second).tolist()
     assert metric(page, "fmrec_cache_misses_total") == 1
     assert metric(page, "fmrec_cache_hits_total") == 1
-    key = f"fmrec:{small_bundle.model_id}:sums:3"
+    key = sums_key(small_bundle.model_id, "3")
     ttl = redis_server.client().ttl(key)
     assert 0 < ttl <= settings.cache_ttl_s
 

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import redis
 
+from app.redis_layout import ratings_key
 from app.settings import Settings
 from model.bundle import Bundle, content_hash
 from model.data import Dataset
@@ -268,11 +269,11 @@ async def test_ratings_through_every_fault_are_stored_exactly_once(
     assert refused, "no fault reached a writer: the test proved nothing"
     client_ = redis.Redis(port=redis_server.port, decode_responses=True)
     for uid in {e["user_id"] for e in events}:
-        stored = client_.hgetall(f"fmrec:user:{uid}:ratings")
+        stored = client_.hgetall(ratings_key(uid))
         mine = {e["movie_id"]: f"{e['rating']!r}:{e['timestamp']}" for e in events
                 if e["user_id"] == uid}
         assert stored == mine
-    assert len(client_.keys("fmrec:event:*")) == len(events)
+    assert len(client_.keys("fmrec:*:event:*")) == len(events)
     assert sum(a["accepted"] + a["duplicates"] for a in answered) == len(events)
     assert sum(a["accepted"] for a in answered) <= len(events)
 

@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
+from app.redis_layout import ratings_key
 from app.settings import Settings
 from app.store import Rating
 from model.bundle import Bundle
@@ -287,7 +288,7 @@ async def test_redis_down_is_503_and_a_lost_reply_is_not_counted_twice(
         assert stalled.headers["Retry-After"] == "1"
         # Redis ran the script once it woke up: only its reply was lost
         deadline = time.monotonic() + 5
-        while redis.hlen("fmrec:user:9:ratings") < 3 and time.monotonic() < deadline:
+        while redis.hlen(ratings_key("9")) < 3 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.25)  # the store's back-off after the timeout
         retried = await post(client, batch)

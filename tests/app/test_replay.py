@@ -79,7 +79,7 @@ def test_replay_survives_a_redis_restart_and_counts_nothing_twice(
 
         def restart_when_replay_begins() -> None:
             deadline = time.monotonic() + 60
-            while not redis.exists("fmrec:event:u.test:1") and time.monotonic() < deadline:
+            while not redis.keys("fmrec:*:event:u.test:1") and time.monotonic() < deadline:
                 time.sleep(0.005)
             redis_server.kill()  # SIGKILL: only what the AOF holds survives
             time.sleep(1.0)
@@ -114,7 +114,7 @@ def test_replay_survives_a_redis_restart_and_counts_nothing_twice(
             stored = {uid: stored_history(redis, uid) for uid in users}
             assert sum(map(len, stored.values())) == len(
                 [p for p in all_pairs if p[0] in set(users)])
-            assert len(redis.keys("fmrec:event:*")) == len(rows)
+            assert len(redis.keys("fmrec:*:event:*")) == len(rows)
             for uid in users:
                 mine = {m: r for (u, m), r in zip(
                     [(u, m) for u, m, _, _ in rows], [(r, t) for _, _, r, t in rows],

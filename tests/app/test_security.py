@@ -64,7 +64,7 @@ async def test_no_keys_configured_refuses_writes_by_default(
                 assert refused.status_code == 403, refused.text
                 assert refused.json()["detail"] == NO_KEYS
         assert (await client.post("/predict", json=PREDICT)).status_code == 200  # reads open
-    assert redis_server.client().keys("fmrec:event:*") == []  # nothing written
+    assert redis_server.client().keys("fmrec:*:event:*") == []  # nothing written
 
 
 async def test_unauthenticated_writes_only_when_allowed_and_no_keys(make_settings: Any) -> None:
@@ -98,8 +98,8 @@ async def test_write_endpoints_need_a_configured_key(make_settings: Any,
         assert (await _rate(client, "none")).status_code == 401
         assert (await _rate(client, "wrong", WRONG)).status_code == 403
         assert (await _rate(client, "right", KEY2)).json()["accepted"] == 1
-        stored = redis_server.client().keys("fmrec:event:*")
-        assert stored == [b"fmrec:event:sec-right"]  # refused batches wrote nothing
+        stored = redis_server.client().keys("fmrec:*:event:*")
+        assert stored == [b"fmrec:{u:sec-user}:event:sec-right"]  # refused batches: nothing
         for route, body in (("/predict", PREDICT), ("/recommend", RECOMMEND)):
             assert (await client.post(route, json=body)).status_code == 200
         assert (await client.get("/model")).status_code == 200

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,12 +94,34 @@ def rating_value(rating: float, timestamp: int) -> str:
     return f"{rating!r}:{timestamp}"
 
 
-def parse_ratings(raw: Mapping[bytes, bytes]) -> dict[str, Rating]:
-    out = {}
-    for movie, value in raw.items():
-        rating, _, stamp = value.decode().partition(":")
-        out[movie.decode()] = Rating(float(rating), int(stamp or 0))
-    return out
+def parse_rating(value: bytes) -> Rating:
+    rating, _, stamp = value.partition(b":")
+    return Rating(float(rating), int(stamp or 0))
+
+
+class StoredRatings(Mapping[str, Rating]):
+    """A ratings hash as read, each value parsed when asked for: /recommend needs only
+    which movies were rated, and parsing every value was a quarter of its CPU."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: Mapping[bytes, bytes]) -> None:
+        self._raw = raw
+
+    def __getitem__(self, movie: str) -> Rating:
+        return parse_rating(self._raw[movie.encode()])
+
+    def __contains__(self, movie: object) -> bool:
+        return isinstance(movie, str) and movie.encode() in self._raw
+
+    def __iter__(self) -> Iterator[str]:
+        return (movie.decode() for movie in self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __repr__(self) -> str:
+        return f"StoredRatings({dict(self)!r})"
 
 
 def cached_version(fields: Mapping[bytes, bytes]) -> bytes:

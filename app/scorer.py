@@ -12,6 +12,7 @@ the other.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import replace
 from typing import Any
@@ -39,7 +40,7 @@ from model.bundle import Bundle
 from model.features import context_payload
 
 
-def latest(ratings: dict[str, Rating]) -> tuple[str | None, int]:
+def latest(ratings: Mapping[str, Rating]) -> tuple[str | None, int]:
     """The most recently rated movie (ties: the larger id, so the choice is stable)."""
     if not ratings:
         return None, 0

@@ -47,6 +47,7 @@ from app.redis_layout import (
     SUMS_PATTERN,
     WRITE_HISTORY,
     Rating,
+    StoredRatings,
     base_fields,
     cached_version,
     change_channels,
@@ -55,7 +56,6 @@ from app.redis_layout import (
     history_fields,
     is_sums_key,
     parse_fields,
-    parse_ratings,
     rating_value,
     ratings_key,
     sums_key,
@@ -77,7 +77,7 @@ class UserRecord:
     """What the store knows about one user; `ratings` is None when it was not read."""
 
     profile: dict[str, str]
-    ratings: dict[str, Rating] | None
+    ratings: Mapping[str, Rating] | None
     base: Bases | None  # per head
     history: Histories | None  # None also when cached before the latest history change
     version: int = 0  # the user's history version when read
@@ -364,15 +364,15 @@ class Store:
         if cached_version(replies[1]) != str(version).encode():
             history = None  # computed before the latest change of the history
         profile = {f.decode(): v.decode() for f, v in replies[2].items()}
-        ratings = parse_ratings(replies[3]) if with_ratings else None
+        ratings = StoredRatings(replies[3]) if with_ratings else None
         record = UserRecord(profile, ratings, base, history, version)
         if near is not None:
             near.put(model_id, uid, record, epoch)
         return record
 
-    async def read_ratings(self, uid: str) -> dict[str, Rating]:
+    async def read_ratings(self, uid: str) -> Mapping[str, Rating]:
         key = ratings_key(uid)
-        return parse_ratings(await self._run(lambda: self._client.hgetall(key), route=key))
+        return StoredRatings(await self._run(lambda: self._client.hgetall(key), route=key))
 
     async def write_sums(self, model_id: str, uid: str, base: Bases | None,
                          history: Histories | None, version: int | None = None) -> None:

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from app.redis_layout import base_fields, history_fields, parse_fields, sums_key
+from app.redis_layout import (
+    StoredRatings,
+    base_fields,
+    history_fields,
+    parse_fields,
+    rating_value,
+    sums_key,
+)
 from app.settings import Settings
 from app.store import Rating, Store, StoreUnavailable, user_records
 from app.user_sums import BaseSums, HistorySums, combine, history_weighting
@@ -85,6 +92,18 @@ def test_no_history_field_means_everything_is_base() -> None:
     history = HistorySums(5.0, np.ones(3), 7.0, 4)
     L, s, q = combine(base, history, None)
     assert (L, q) == (1.0, 2.0) and s.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_stored_ratings_parse_on_demand_as_the_hash_says() -> None:
+    raw = {b"10": rating_value(4.0, 100).encode(), b"7": rating_value(0.5, 3).encode(),
+           b"x": b"2.5"}  # written without a timestamp: time 0
+    ratings = StoredRatings(raw)
+    assert list(ratings) == ["10", "7", "x"] and len(ratings) == 3
+    assert ratings["7"] == Rating(0.5, 3) and ratings["x"] == Rating(2.5, 0)
+    assert "10" in ratings and "11" not in ratings and 10 not in ratings
+    assert ratings == {"10": Rating(4.0, 100), "7": Rating(0.5, 3), "x": Rating(2.5, 0)}
+    with pytest.raises(KeyError):
+        ratings["11"]
 
 
 def test_parts_survive_the_redis_encoding() -> None:

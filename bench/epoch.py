@@ -10,6 +10,7 @@ model (2 non-zeros per rating), so the ratio shows what the wider rows cost.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from bench.common import ratio, table, write_json
+from bench.common import Table, ratio, update_docs, write_json
 from bench.train import default_data_dir
 from model.blocks import encode_ratings
 from model.data.movielens import read_movielens
@@ -64,10 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = rows[0]["seconds_per_epoch"]
     for row in rows:
         row["vs_ids"] = ratio(row["seconds_per_epoch"], base)
-    print(table(f"Seconds per epoch, {data.name}, batch {config.batch_size} (peer: ids only)",
-                ["features", "nnz/rating", "s/epoch", "x ids"],
-                [[r["features"], r["nnz_per_rating"], round(r["seconds_per_epoch"], 3),
-                  round(r["vs_ids"], 2)] for r in rows]))
+    result = Table(f"Seconds per epoch, {data.name}, batch {config.batch_size} "
+                   f"(peer: ids only; load average {os.getloadavg()[0]:.1f} at the end)",
+                   ["features", "nnz/rating", "s/epoch", "x ids"],
+                   [[r["features"], r["nnz_per_rating"], round(r["seconds_per_epoch"], 3),
+                     round(r["vs_ids"], 2)] for r in rows])
+    print(result.text())
+    update_docs({"epoch": result})
     print(f"wrote {write_json('epoch', {'config': config.to_dict(), 'runs': rows})}")
     return 0
 

@@ -135,8 +135,11 @@ class NumpyEngine:
               ) -> tuple[np.ndarray, np.ndarray]:
         L, s, q = self._query(query, contexts)
         bias = self.w0 + L + 0.5 * (np.einsum("ij,ij->i", s, s) - q)
-        scores = (s.astype(np.float32) @ self.item_s.T + bias.astype(np.float32)[:, None]
-                  + self.item_bias[None, :])
+        # catalog x k times k x queries, then transposed: OpenBLAS reads the catalog once
+        # either way, but this orientation ran 35-40% faster (100k movies, 6 queries)
+        scores = np.ascontiguousarray((self.item_s @ s.astype(np.float32).T).T)
+        scores += bias.astype(np.float32)[:, None]
+        scores += self.item_bias[None, :]
         return rank(scores, self.item_genres, exclude_row, exclude_item, genre_mask, n)
 
 

@@ -125,17 +125,20 @@ def rank(rows: np.ndarray, scores: np.ndarray, wanted: Any) -> tuple[np.ndarray,
     return rows[order], scores[order]
 
 
-def recall(bundle: Bundle, data: Dataset, n: int = 10) -> dict[str, Any]:
+def recall(bundle: Bundle, data: Dataset, n: int = 10, settings: Settings | None = None
+           ) -> dict[str, Any]:
     """recall@n of the approximate path against the exact one, per head, over every user
-    with a history (their rated movies excluded, as /recommend's default)."""
+    with a history (their rated movies excluded, as /recommend's default), with the
+    service's default settings unless given."""
     from app.approximate import ApproximateTopN
-    from app.scorer import Ranking, stack_rows
+    from app.scoring_batch import Ranking, stack_rows
     from model.features import context_payload
 
-    settings = Settings()
+    settings = settings or Settings()
     bits = bundle.catalog.genre_bits()
     breadths = sorted({settings.ann_ef_search, *EF_SWEEP})
-    approximate = {ef: ApproximateTopN(Settings(ann_ef_search=ef), bits) for ef in breadths}
+    approximate = {ef: ApproximateTopN(settings.model_copy(update={"ann_ef_search": ef}), bits)
+                   for ef in breadths}
     histories = user_histories(data.train)
     users = sorted(histories)
     at = int(data.train.timestamp.max()) + 1

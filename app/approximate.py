@@ -18,7 +18,6 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from app.settings import Settings
-from model import ann
 from model.bundle import Head
 from model.features import SparseRows
 from model.sums import Sums
@@ -92,9 +91,9 @@ class ApproximateTopN:
             return {}
         m = max(sizes[p] or 0 for p in which)
         a = query.s[which] + head.side_sums(contexts.take(which)).s
-        found = ann.search(head.ann, a, m, self.ef)
-        rows = [np.unique(r[:sizes[p]][r[:sizes[p]] >= 0]).astype(np.int64)
-                for p, r in zip(which.tolist(), found, strict=True)]
+        found = head.ann.search(a, m, self.ef)
+        rows = [np.unique(head.ann.members(points[:sizes[p]])).astype(np.int64)
+                for p, points in zip(which.tolist(), found, strict=True)]
         pair_row = np.repeat(np.arange(len(which), dtype=np.int32), [len(r) for r in rows])
         flat = head.score_pairs(query.take(which), contexts.take(which), pair_row,
                                 head.items.take(np.concatenate(rows)))

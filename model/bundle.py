@@ -275,7 +275,7 @@ class Head:
     """
 
     def __init__(self, name: str, fmap: FeatureMap, k: int, engine: Engine,
-                 items: Sums, index: ann.Index | None = None) -> None:
+                 items: Sums, index: ann.CatalogIndex | None = None) -> None:
         self.name = name
         self.fmap = fmap
         self.k = k

@@ -16,7 +16,7 @@ import pytest
 
 from app.settings import Settings
 from model import ann
-from model.bundle import HEADS, Bundle, BundleError, content_hash
+from model.bundle import HEADS, Bundle, BundleError, content_hash, save_bundle
 from model.data import Dataset
 from model.features import FeatureSpec, with_session
 from model.pipeline import fit_and_save
@@ -63,7 +63,9 @@ def test_index_is_declared_and_covers_the_catalog(ann_bundle: Bundle,
                                                   small_bundle: Bundle) -> None:
     for name in HEADS:
         index = ann_bundle.heads[name].ann
-        assert index is not None and index.ntotal == len(ann_bundle.catalog)
+        assert index is not None
+        every = index.members(np.arange(index.points))
+        assert sorted(every.tolist()) == list(range(len(ann_bundle.catalog)))
         assert ann_bundle.metrics["heads"][name]["ann"]["file"] == ann.index_file(name)
         assert small_bundle.heads[name].ann is None  # 200 movies < the default threshold
         assert "ann" not in small_bundle.metrics["heads"][name]
@@ -101,6 +103,42 @@ async def test_covering_candidates_give_the_exact_answer_for_both_heads(
         assert answer["path"] == "approximate"
         assert answer["rank_by"] == head
         _same(answer, brute_force(ann_bundle, USER, CONTEXT, 15, head=head))
+
+
+@pytest.fixture(scope="module")
+def twins_bundle_path(tmp_path_factory: pytest.TempPathFactory, ann_bundle: Bundle) -> Path:
+    """The ann bundle's heads over a catalog of 600 movies: the 200 trained ones and 400
+    known only by one of 6 (genre, year) combinations, so most vectors have twins."""
+    from bench.ann import heads_of
+
+    items = {str(i): {"title": f"Movie {i}", "genres": [("Comedy", "Drama")[i % 2]],
+                      "year": 1990 + i % 3, "raters": []} for i in range(1, 601)}
+    metrics = {k: v for k, v in ann_bundle.metrics.items() if k not in ("heads",
+                                                                        "format_version")}
+    out = tmp_path_factory.mktemp("bundle") / "twins"
+    save_bundle(out, heads_of(ann_bundle), ann_bundle.spec, items, metrics, ann_threshold=1)
+    return out
+
+
+@pytest.mark.anyio
+async def test_twin_movies_are_one_point_and_all_candidates(
+        twins_bundle_path: Path, redis_url: str) -> None:
+    """Identical item vectors are one point of the graph; a point found brings all its
+    movies, so ties are ranked as the exact path ranks them (the lower row first)."""
+    twins = Bundle(twins_bundle_path)
+    for name in HEADS:
+        index = twins.heads[name].ann
+        assert index is not None and index.points < len(twins.catalog) - 300
+    settings = service_settings(bundle=twins_bundle_path, redis_url=redis_url, **COVER)
+    genre = twins.catalog.genre_names[0]
+    bodies = [{"user": USER, "context": CONTEXT, "n": 40, "rank_by": head} for head in HEADS]
+    bodies.append({"user": USER, "context": CONTEXT, "n": 25, "genres": [genre]})
+    answers = await _recommend(settings, bodies)
+    for body, answer in zip(bodies, answers, strict=True):
+        assert answer["path"] == "approximate"
+        _same(answer, brute_force(twins, USER, CONTEXT, body["n"], exclude=set(USER["rated"]),
+                                  genres=body.get("genres"),
+                                  head=body.get("rank_by", "relevance")))
 
 
 @pytest.mark.anyio

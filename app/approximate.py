@@ -47,7 +47,7 @@ class ApproximateTopN:
     def __init__(self, settings: Settings, genre_bits: np.ndarray) -> None:
         self.enabled = settings.ann
         self.per_n = settings.ann_candidates
-        self.ef = settings.ann_ef_search
+        self.probe_share = settings.ann_probe_share
         self.max_share = settings.ann_max_share
         self.genre_bits = genre_bits
         self._shares: dict[int, float] = {}
@@ -91,7 +91,7 @@ class ApproximateTopN:
             return {}
         m = max(sizes[p] or 0 for p in which)
         a = query.s[which] + head.side_sums(contexts.take(which)).s
-        found = head.ann.search(a, m, self.ef)
+        found = head.ann.search(a, m, self.probe_share)
         rows = [np.unique(head.ann.members(points[:sizes[p]])).astype(np.int64)
                 for p, points in zip(which.tolist(), found, strict=True)]
         pair_row = np.repeat(np.arange(len(which), dtype=np.int32), [len(r) for r in rows])

@@ -62,11 +62,12 @@ class Settings(BaseSettings):
 
     # /recommend on a bundle with an index (large catalogs, model/ann.py): the index
     # proposes ann_candidates x n movies (after widening for filters), re-scored exactly;
-    # ann_ef_search is the search's breadth; filters that would need more than
-    # ann_max_share of the catalog, or a candidates list, take the exact path
+    # ann_probe_share is the share of the index's lists each search scans; filters that
+    # would need more than ann_max_share of the catalog, or a candidates list, take the
+    # exact path
     ann: bool = True
     ann_candidates: Annotated[int, Field(ge=1)] = 20
-    ann_ef_search: Annotated[int, Field(ge=1)] = 512
+    ann_probe_share: Annotated[float, Field(gt=0, le=1)] = 0.2
     ann_max_share: Annotated[float, Field(gt=0, le=1)] = 0.05
 
     max_movies: Annotated[int, Field(ge=1)] = 1000

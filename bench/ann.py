@@ -50,7 +50,7 @@ CONNECTIONS = 16
 USERS = 1200
 RATINGS = 20_000
 BASE_MOVIES = 20_000  # the catalog the base model is trained on
-EF_SWEEP = (128, 1024)  # index search breadths measured beside the default
+PROBE_SWEEP = (0.05, 0.1, 0.4)  # shares of the index's lists measured beside the default
 RECALL_CHUNK = 32  # users ranked exactly per top_n call (a 1M-movie score matrix each)
 
 
@@ -136,20 +136,21 @@ def recall(bundle: Bundle, data: Dataset, n: int = 10, settings: Settings | None
 
     settings = settings or Settings()
     bits = bundle.catalog.genre_bits()
-    breadths = sorted({settings.ann_ef_search, *EF_SWEEP})
-    approximate = {ef: ApproximateTopN(settings.model_copy(update={"ann_ef_search": ef}), bits)
-                   for ef in breadths}
+    shares = sorted({settings.ann_probe_share, *PROBE_SWEEP})
+    approximate = {share: ApproximateTopN(settings.model_copy(update={"ann_probe_share": share}),
+                                      bits)
+                   for share in shares}
     histories = user_histories(data.train)
     users = sorted(histories)
     at = int(data.train.timestamp.max()) + 1
     out: dict[str, Any] = {"users": len(users), "n": n,
                            "settings": {"ann_candidates": settings.ann_candidates,
-                                        "ann_ef_search": settings.ann_ef_search}}
+                                        "ann_probe_share": settings.ann_probe_share}}
     for name in HEADS:
         head = bundle.heads[name]
-        hits: dict[int, list[float]] = {ef: [] for ef in breadths}
+        hits: dict[float, list[float]] = {share: [] for share in shares}
         served = 0
-        seconds: dict[int | str, float] = {"exact": 0.0, **{ef: 0.0 for ef in breadths}}
+        seconds: dict[float | str, float] = {"exact": 0.0, **{share: 0.0 for share in shares}}
         for start in range(0, len(users), RECALL_CHUNK):
             chunk = users[start:start + RECALL_CHUNK]
             queries = [head.query(user_payload(u, data.users.get(u, {}), histories[u]),
@@ -167,22 +168,23 @@ def recall(bundle: Bundle, data: Dataset, n: int = 10, settings: Settings | None
                                        np.concatenate([w.exclude for w in wanted]).astype(
                                            np.int32), np.zeros(len(chunk), np.int64), n)
             seconds["exact"] += time.perf_counter() - t0
-            for ef, path in approximate.items():
+            for share, path in approximate.items():
                 t1 = time.perf_counter()
                 found = path.rank(head, query, contexts, wanted, rank)
-                seconds[ef] += time.perf_counter() - t1
-                served += len(found) if ef == settings.ann_ef_search else 0
+                seconds[share] += time.perf_counter() - t1
+                served += len(found) if share == settings.ann_probe_share else 0
                 for p in range(len(chunk)):
                     got = found[p][0] if p in found else exact_rows[p]
-                    hits[ef].append(len(set(got.tolist()) & set(exact_rows[p].tolist())) / n)
+                    hits[share].append(len(set(got.tolist()) & set(exact_rows[p].tolist())) / n)
         ms = {key: round(1000 * s / len(users), 3) for key, s in seconds.items()}
-        out[name] = {"recall": round(float(np.mean(hits[settings.ann_ef_search])), 4),
-                     "min_recall": round(float(np.min(hits[settings.ann_ef_search])), 2),
+        out[name] = {"recall": round(float(np.mean(hits[settings.ann_probe_share])), 4),
+                     "min_recall": round(float(np.min(hits[settings.ann_probe_share])), 2),
                      "served_approximate": served,
                      "exact_ms_per_user": ms["exact"],
-                     "approximate_ms_per_user": ms[settings.ann_ef_search],
-                     "by_ef_search": {str(ef): {"recall": round(float(np.mean(hits[ef])), 4),
-                                                "ms_per_user": ms[ef]} for ef in breadths}}
+                     "approximate_ms_per_user": ms[settings.ann_probe_share],
+                     "by_probe_share": {
+                         str(share): {"recall": round(float(np.mean(hits[share])), 4),
+                                      "ms_per_user": ms[share]} for share in shares}}
         print(f"  {name}: recall@{n} {out[name]['recall']:.4f} over {len(users)} users "
               f"({served} served approximately)", flush=True)
     return out
@@ -233,10 +235,10 @@ def sweep_table(results: dict[str, Any]) -> Table:
     rows = []
     for s in results["sizes"]:
         for name in HEADS:
-            for ef, r in s["recall"][name]["by_ef_search"].items():
-                rows.append([s["movies"], name, ef, r["recall"], r["ms_per_user"]])
-    return Table("recall@10 by index search breadth (FMREC_ANN_EF_SEARCH)", [
-        "movies", "head", "ef_search", "recall@10", "ms/user (batches of 32)"], rows)
+            for share, r in s["recall"][name]["by_probe_share"].items():
+                rows.append([s["movies"], name, share, r["recall"], r["ms_per_user"]])
+    return Table("recall@10 by share of the index's lists scanned (FMREC_ANN_PROBE_SHARE)", [
+        "movies", "head", "probe share", "recall@10", "ms/user (batches of 32)"], rows)
 
 
 def tables(results: dict[str, Any]) -> list[Table]:

@@ -25,7 +25,7 @@ from tests.support.api_client import CONTEXT, brute_force, service_settings, ser
 from tests.support.redis_server import RedisServer
 
 USER = {"id": "u-ann", "age": 30, "gender": "F", "rated": ["1", "5", "9", "12"]}
-COVER = {"ann_candidates": 1000, "ann_max_share": 1.0, "ann_ef_search": 400}
+COVER = {"ann_candidates": 1000, "ann_max_share": 1.0, "ann_probe_share": 1.0}
 
 
 @pytest.fixture(scope="module")

@@ -27,14 +27,14 @@ def indexed(tmp_path_factory: pytest.TempPathFactory,
 def test_recall_is_one_when_the_candidates_cover_the_catalog(
         indexed: tuple[Bundle, Dataset]) -> None:
     bundle, data = indexed
-    covering = Settings(ann_candidates=1000, ann_max_share=1.0, ann_ef_search=400)
+    covering = Settings(ann_candidates=1000, ann_max_share=1.0, ann_probe_share=1.0)
     users = len(user_histories(data.train))
     out = recall(bundle, data, n=10, settings=covering)
     assert out["users"] == users
     for head in HEADS:
         assert out[head]["served_approximate"] == users  # not the exact fallback
         assert out[head]["recall"] == 1.0
-        assert set(out[head]["by_ef_search"]) == {"128", "400", "1024"}
+        assert set(out[head]["by_probe_share"]) == {"0.05", "0.1", "0.4", "1.0"}
 
 
 def test_default_settings_take_the_exact_path_on_a_tiny_catalog(

@@ -50,7 +50,7 @@ def test_search_finds_the_best_point_and_all_its_movies() -> None:
     a = np.array([[1.0, -0.5, 0.25, 2.0]], np.float32)
     scores = ann.query_vectors(a) @ ann.item_vectors(items).T
     best = np.flatnonzero(scores[0] == scores[0].max())
-    found = index.search(a, 1, ef=64)
+    found = index.search(a, 1, probe_share=1.0)
     assert sorted(index.members(found[0]).tolist()) == best.tolist()
-    everything = index.members(index.search(a, index.points, ef=64)[0])
+    everything = index.members(index.search(a, index.points, probe_share=1.0)[0])
     assert sorted(everything.tolist()) == list(range(len(s)))

@@ -86,6 +86,7 @@ bench-cluster: $(BENCH_STAMP) redis wrk
 	$(BIN)/python -m bench.cluster $(if $(DATA),--data $(DATA))
 
 # `docker compose up`, for real (README, Docker): the CPU stack on this host's Docker daemon,
+# then two API replicas behind HAProxy, on one Redis and on a 3-master Redis Cluster,
 # checked end to end; writes bench/results/compose.json and README's table. Base images the
 # host cannot pull are built from Debian packages (debootstrap), once. Exit status 3: this
 # host cannot run it (no Docker daemon), said on one line.

@@ -1,7 +1,7 @@
 """`fmrec`: train, evaluate and serve Factorization Machine bundles.
 
 The model commands (train, evaluate) and the data flags are `model.cli`'s; this module
-adds the service's (serve, load-users, demo, replay). Every expected failure (missing
+adds the service's (serve, load-users, migrate-keys, demo, replay). Every expected failure (missing
 files, malformed data, a bad bundle, bad arguments) ends with one line
 `fmrec: error: ...` and exit status 2, never a traceback.
 """
@@ -116,6 +116,32 @@ def cmd_load_users(args: argparse.Namespace) -> None:
                      indent=2))
 
 
+def cmd_migrate_keys(args: argparse.Namespace) -> None:
+    """The pre-cluster key layout to the hash-tagged one, in place (app/migrate_keys.py)."""
+    import asyncio
+
+    from redis.exceptions import RedisError
+
+    from app.migrate_keys import migrate
+    from app.store import Store, StoreUnavailable
+
+    settings = _settings(redis_url=args.redis_url, redis_cluster=args.redis_cluster or None)
+
+    async def run() -> dict[str, int]:
+        store = Store.open(settings)
+        try:
+            return (await migrate(store)).as_dict()
+        finally:
+            await store.close()
+
+    try:
+        done = asyncio.run(run())
+    except (StoreUnavailable, RedisError) as exc:
+        raise CliError(f"cannot migrate the store {settings.store_description()}: "
+                       f"{exc}") from None
+    print(json.dumps({"store": settings.store_description(), **done}, indent=2))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from model.pipeline import fit_and_save
     from model.train import TrainConfig
@@ -190,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis-cluster", action="store_true",
                    help="the URL names Redis Cluster nodes (default: $FMREC_REDIS_CLUSTER)")
     p.set_defaults(func=cmd_load_users)
+
+    p = sub.add_parser("migrate-keys", help="carry users written under the pre-cluster key "
+                       "layout (fmrec:user:<id>...) over to the hash-tagged one "
+                       "(fmrec:{u:<id>}:...), in place, merging with what is there")
+    p.add_argument("--redis-url", help="default: $FMREC_REDIS_URL (empty: embedded)")
+    p.add_argument("--redis-cluster", action="store_true",
+                   help="the URL names Redis Cluster nodes (default: $FMREC_REDIS_CLUSTER)")
+    p.set_defaults(func=cmd_migrate_keys)
 
     p = sub.add_parser("demo", help="train a model if $FMREC_BUNDLE has none, load its "
                        f"users, serve it (synthetic data, {DEMO_RATINGS} ratings, by default)")

@@ -197,6 +197,12 @@ class Store:
                    near=near, subscriber=subscriber,
                    cluster=bool(settings.redis_url and settings.redis_cluster))
 
+    @property
+    def raw_client(self) -> Any:
+        """The Redis client itself, without the back-off: for one-off tools over keys the
+        service never reads (`fmrec migrate-keys` and the old layout)."""
+        return self._client
+
     async def start_listening(self, wait_s: float) -> None:
         """Follow the changes channel, which keeps `near` usable; wait up to `wait_s` for
         the subscription (a service is ready with its copies working, Redis permitting)."""

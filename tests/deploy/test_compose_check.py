@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import compose_check, standins
+from bench import compose_check, compose_scale, standins
+from bench.common import REPO
 from tests.deploy.test_docker import COMPOSE_CPU, COMPOSE_GPU, compose_config, load_compose
 
 RESULTS = Path(compose_check.RESULTS) / "compose.json"
@@ -38,11 +39,28 @@ def test_the_check_file_publishes_its_own_port_key_demo_and_ca_secret(tmp_path: 
     assert "secrets" not in services["api"]["build"]
 
 
-def test_base_images_are_the_ones_the_cpu_stack_starts_from() -> None:
+def test_the_scaled_stacks_file_publishes_the_load_balancer_not_the_replicas(
+        tmp_path: Path) -> None:
+    extra = tmp_path / "scale.yml"
+    extra.write_text(compose_scale.lb_override(18125, 18126, "k3y", None))
+    for files in ((compose_scale.SCALE,), (compose_scale.CLUSTER, compose_scale.SCALE)):
+        services = compose_config(COMPOSE_GPU, COMPOSE_CPU, *(REPO / f for f in files),
+                                  extra)["services"]
+        assert not services["api"].get("ports")
+        assert [(p["host_ip"], p["published"], p["target"])
+                for p in services["lb"]["ports"]] == [("127.0.0.1", "18125", 8000),
+                                                      ("127.0.0.1", "18126", 8404)]
+        assert services["api"]["environment"]["FMREC_API_KEYS"] == "k3y"
+        assert services["train"]["environment"]["FMREC_DEMO_RATINGS"] == str(
+            compose_check.DEMO_RATINGS)
+
+
+def test_base_images_are_the_ones_the_stacks_start_from() -> None:
     redis = load_compose(COMPOSE_GPU)["services"]["redis"]["image"]
     base = {load_compose(COMPOSE_CPU)["services"][s]["build"]["args"]["BASE_IMAGE"]
             for s in ("api", "train")}
-    assert compose_check.base_images() == sorted({redis, *base})
+    lb = load_compose(REPO / compose_scale.SCALE)["services"]["lb"]["image"]
+    assert compose_check.base_images() == sorted({redis, lb, *base})
 
 
 def test_debian_mirror_is_read_from_either_apt_sources_format(tmp_path: Path) -> None:
@@ -138,7 +156,21 @@ def test_committed_results_are_a_passing_run_of_every_step() -> None:
     for needed in ("build", "/predict", "/recommend", "/ratings with a key", "restart redis",
                    "restart api", "down, then up", "down -v"):
         assert needed in names
-    for step in results["steps"]:
-        assert step["ok"] or step["detail"] == {"skipped": compose_check.SCALE_SKIPPED}, step
+    assert all(step["ok"] for step in results["steps"])
+    steps = {s["name"]: s["detail"] for s in results["steps"]}
+    replicas = results["replicas"]
+    spread = steps[f"scale api={replicas} behind the load balancer"]
+    assert len(spread["replicas"]) == replicas and set(spread["served_by"]) == set(
+        spread["replicas"])
+    stopped = steps["a stopped replica gets no traffic, no request fails"]
+    assert set(stopped["during_stop"]["statuses"]) == {"200"}
+    assert stopped["slot"] not in stopped["after"]["served_by"]
+    loading = steps["a replica still loading gets no traffic, then rejoins"]
+    assert loading["slot"] not in loading["while_loading"]["served_by"]
+    assert loading["slot"] in loading["after"]["served_by"]
+    on_cluster = steps[f"Redis Cluster (3 masters), api={replicas}: a rating written and "
+                       "read back"]
+    assert on_cluster["cluster"]["cluster_state"] == "ok"
+    assert len(on_cluster["read_back_seconds"]) == replicas
     assert {i["image"] for i in results["images"]} == set(compose_check.base_images())
     assert all(i["size_bytes"] > 0 for i in results["images"])

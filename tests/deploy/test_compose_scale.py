@@ -47,6 +47,17 @@ def test_haproxy_balances_by_least_connections_over_ready_replicas() -> None:
     assert run.returncode == 0, run.stdout + run.stderr
 
 
+def test_haproxy_names_the_replica_and_keeps_its_stats_page_inside_the_network() -> None:
+    lines = [ln.split("#")[0].strip() for ln in HAPROXY.read_text().splitlines()]
+    backend = lines[lines.index("backend api"):]
+    assert "http-response set-header X-Served-By %[srv_name]" in backend  # compose-check
+    assert "option redispatch 1" in lines  # a refused connection goes to another replica
+    stats = lines[lines.index("frontend stats"):lines.index("backend api")]
+    assert "bind :8404" in stats and "stats show-legends" in stats
+    lb = compose_config(COMPOSE_GPU, COMPOSE_CPU, SCALE)["services"]["lb"]
+    assert [p["target"] for p in lb["ports"]] == [8000]  # 8404 is not published
+
+
 def test_cluster_override_runs_three_masters_that_fmrec_is_pointed_at() -> None:
     services = compose_config(COMPOSE_GPU, COMPOSE_CPU, CLUSTER)["services"]
     for name in ("redis", "redis-2", "redis-3"):

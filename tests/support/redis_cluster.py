@@ -129,6 +129,10 @@ class ClusterAsServer:
     def kill(self) -> None:
         self.cluster.stop()
 
+    def kill_holder_of(self, key: str) -> None:
+        """SIGKILL only the master holding `key`'s slot; the other two keep serving."""
+        self.cluster.nodes[self.cluster.node_of(key)].kill()
+
     def start(self) -> ClusterAsServer:
         self.cluster.restart()
         return self

@@ -78,7 +78,6 @@ class RelevanceConfig:
     members: int = 1  # heads from seeds seed.., exported as their average
     history_dropout: float = 0.0  # per event: share of the user's other movies dropped
     refit: bool = False  # retrain on all ratings for the early-stopped epoch count
-    weight_decay: float = 0.0  # decoupled (AdamW): w, V shrink by lr*wd per step
     user_weight_power: float = 0.0  # an event's loss weight: n_user ** -power (normalised)
 
     def to_dict(self) -> dict[str, Any]:
@@ -197,9 +196,6 @@ class RelevanceTrainer:
             total = loss + reg
         grads = tape.gradient(total, [self.fm.w, self.fm.V])
         self.optimizer.apply(grads)
-        if self.config.weight_decay > 0:  # decoupled from Adam's scaling (AdamW)
-            for var in (self.fm.w, self.fm.V):
-                var.assign_sub(self.config.learning_rate * self.config.weight_decay * var)
         return loss
 
     def export(self) -> FactorizationMachine:

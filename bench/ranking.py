@@ -11,6 +11,12 @@ Runs ua, then the 5 folds u1..u5 (mean and spread), and a cold-start comparison 
 held out of training who send 5 ratings inline).
 
     .venv/bin/python -m bench.ranking [--data DIR] [--folds ua,u1,...] [--no-readme]
+        [--quick] [--relevance KEY=VALUE ...]
+
+--quick runs ua alone against the peers that matter for the targets (most rated, EASE,
+ALS), without the rating head, BPR and cold start: a variant of the head in a few
+minutes. --relevance overrides a RelevanceConfig field (k=128, history_dropout=0.25,
+fields=user.id,item.id, refit=false) for fmrec's rows, cold start included.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -97,9 +104,36 @@ def implicit_model(kind: str) -> Ranker:
     return rank
 
 
-def fmrec_relevance(data: Dataset) -> dict[str, list[str]]:
-    spec = movielens_spec().fit_numeric("context", {"time": data.train.timestamp.tolist()})
+def relevance_config(overrides: Sequence[str]) -> RelevanceConfig:
+    """RelevanceConfig() with KEY=VALUE overrides (tuples comma-separated, bools true/false)."""
     config = RelevanceConfig()
+    known = {f.name for f in fields(config)}
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or key not in known:
+            raise SystemExit(f"--relevance {item!r}: expected KEY=VALUE with KEY one of "
+                             f"{', '.join(sorted(known))}")
+        current = getattr(config, key)
+        try:
+            if isinstance(current, tuple):
+                changes[key] = tuple(v for v in text.split(",") if v)
+            elif isinstance(current, bool):
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                changes[key] = text.lower() in ("true", "1")
+            else:
+                changes[key] = type(current)(text)
+        except ValueError:
+            raise SystemExit(f"--relevance {item!r}: {text!r} is not a "
+                             f"{type(current).__name__}") from None
+    return replace(config, **changes)
+
+
+def fmrec_relevance(data: Dataset, config: RelevanceConfig | None = None
+                    ) -> dict[str, list[str]]:
+    spec = movielens_spec().fit_numeric("context", {"time": data.train.timestamp.tolist()})
+    config = config or RelevanceConfig()
     result = train_relevance(data, spec, config, progress=False)
     return rank_fm(result.model, FeatureMap(head_spec(spec, config.fields)), data)
 
@@ -112,23 +146,29 @@ def fmrec_rating(data: Dataset) -> dict[str, list[str]]:
     return rank_fm(report.model, FeatureMap(fitted), data)
 
 
-def peers() -> list[tuple[str, Ranker]]:
+def peers(config: RelevanceConfig | None = None, quick: bool = False
+          ) -> list[tuple[str, Ranker]]:
+    """Every ranker of the table; `quick`: no BPR and no rating head (the slow rows)."""
     out: list[tuple[str, Ranker]] = [("most rated", most_rated), ("EASE (lambda 500)", ease)]
     try:
         import implicit  # noqa: F401
-        out += [("implicit ALS (32 factors)", implicit_model("als")),
-                ("implicit BPR (128 factors)", implicit_model("bpr"))]
+        out += [("implicit ALS (32 factors)", implicit_model("als"))]
+        if not quick:
+            out += [("implicit BPR (128 factors)", implicit_model("bpr"))]
     except ImportError:
         print("implicit is not installed (pip install '.[bench]'): ALS and BPR skipped",
               file=sys.stderr)
-    return [*out, ("fmrec rating head", fmrec_rating), ("fmrec relevance head", fmrec_relevance)]
+    if not quick:
+        out += [("fmrec rating head", fmrec_rating)]
+    return [*out, ("fmrec relevance head", partial(fmrec_relevance, config=config))]
 
 
-def run(data_dir: str, folds: Sequence[str]) -> list[dict[str, Any]]:
+def run(data_dir: str, folds: Sequence[str], config: RelevanceConfig | None = None,
+        quick: bool = False) -> list[dict[str, Any]]:
     rows = []
     for fold in folds:
         data = read_movielens(data_dir, fold)
-        for name, rank in peers():
+        for name, rank in peers(config, quick):
             t0 = time.perf_counter()
             ranked = rank(data)
             seconds = time.perf_counter() - t0
@@ -142,7 +182,7 @@ def run(data_dir: str, folds: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def cold_start(data_dir: str, fold: str = "ua", share: float = 0.1, given: int = 5,
-               seed: int = 0) -> list[dict[str, Any]]:
+               seed: int = 0, config: RelevanceConfig | None = None) -> list[dict[str, Any]]:
     """New users from a handful of ratings, without retraining: `share` of the users are
     held out of training entirely; each then sends its first `given` ratings (by time)
     as an inline history, and every other movie it rated (base and test) is relevant."""
@@ -167,7 +207,7 @@ def cold_start(data_dir: str, fold: str = "ua", share: float = 0.1, given: int =
                         data.test.subset(np.flatnonzero(test_cold)), c)])
                         for c in ("user", "item", "rating", "timestamp"))))
     spec = movielens_spec().fit_numeric("context", {"time": warm.train.timestamp.tolist()})
-    config = RelevanceConfig()
+    config = config or RelevanceConfig()
     t0 = time.perf_counter()
     result = train_relevance(warm, spec, config, progress=False)
     ranked = rank_fm(result.model, FeatureMap(head_spec(spec, config.fields)), probe)
@@ -226,8 +266,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite README tables")
     parser.add_argument("--cold-start-only", action="store_true",
                         help="only the cold-start comparison (results/ranking-cold.json)")
+    parser.add_argument("--quick", action="store_true",
+                        help="ua only; most rated, EASE, ALS and the relevance head; no "
+                             "cold start; writes results/ranking-quick.json, not README")
+    parser.add_argument("--relevance", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a RelevanceConfig field for fmrec (repeatable)")
     args = parser.parse_args(argv)
-    cold = cold_start(args.data)
+    config = relevance_config(args.relevance)
+    if args.quick:
+        rows = run(args.data, ["ua"], config, quick=True)
+        for t in tables(rows).values():
+            print(t.text())
+        path = write_json("ranking-quick", {"runs": rows, "relevance_config": config.to_dict()})
+        print(f"wrote {path}")
+        return 0
+    cold = cold_start(args.data, config=config)
     if args.cold_start_only:
         out = tables([], cold)
         for t in out.values():
@@ -236,12 +289,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_readme:
             print("tables rewritten:", update_docs(out) or "none (no markers)")
         return 0
-    rows = run(args.data, args.folds.split(","))
+    rows = run(args.data, args.folds.split(","), config)
     out = tables(rows, cold)
     for t in out.values():
         print(t.text())
     path = write_json("ranking", {"folds": args.folds.split(","), "runs": rows, "cold": cold,
-                                  "relevance_config": RelevanceConfig().to_dict()})
+                                  "relevance_config": config.to_dict()})
     print(f"wrote {path}")
     if not args.no_readme:
         print("tables rewritten:", update_docs(out) or "none (no markers)")

@@ -44,7 +44,13 @@ from model.blocks import (
 from model.data import Dataset, Ratings
 from model.engine import rank, segment_sum
 from model.evaluate import ranking_metrics
-from model.features import FeatureMap, FeatureSpec, SparseRows, context_payload
+from model.features import (
+    FeatureMap,
+    FeatureSpec,
+    SparseRows,
+    context_payload,
+    feature_hash,
+)
 from model.fm import FactorizationMachine, average_of
 from model.optim import TableOptimizer
 
@@ -70,6 +76,9 @@ class RelevanceConfig:
     sampled_negatives: int = 4096
     seed: int = 0
     members: int = 1  # heads from seeds seed.., exported as their average
+    history_dropout: float = 0.0  # per event: share of the user's other movies dropped
+    refit: bool = False  # retrain on all ratings for the early-stopped epoch count
+    user_weight_power: float = 0.0  # an event's loss weight: n_user ** -power (normalised)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,9 +178,10 @@ class RelevanceTrainer:
 
     def _step(self, users: Block, contexts: Block, left_out: Block, row_user: tf.Tensor,
               target: tf.Tensor, masked: tf.Tensor, candidates: tf.Tensor,
-              log_q: tf.Tensor) -> tf.Tensor:
+              log_q: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
         """One step; `candidates` are the columns of the softmax (all movies, or the
-        targets plus a sample), `masked` (row, column) pairs the user rated."""
+        targets plus a sample), `masked` (row, column) pairs the user rated, `weight`
+        each event's share of the loss (sums to 1)."""
         with tf.GradientTape() as tape:
             a = self.query(Block(*users), Block(*contexts), Block(*left_out), row_user)
             item_s, item_b = self.item_sums()
@@ -179,8 +189,8 @@ class RelevanceTrainer:
             logits = tf.matmul(a, s, transpose_b=True) + (b - log_q)[None, :]
             logits = tf.tensor_scatter_nd_update(
                 logits, masked, tf.fill(tf.shape(masked)[:1], tf.constant(-1e9)))
-            loss = tf.reduce_mean(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(target, logits))
+            loss = tf.reduce_sum(
+                weight * tf.nn.sparse_softmax_cross_entropy_with_logits(target, logits))
             reg = self.config.l2 * (tf.reduce_sum(tf.square(self.fm.w))
                                     + tf.reduce_sum(tf.square(self.fm.V)))
             total = loss + reg
@@ -203,11 +213,43 @@ class RelevanceTrainer:
         self.fm.V.assign(values[1])
 
 
-def _batch_args(trainer: RelevanceTrainer, data: EncodedRatings, target: np.ndarray,
-                rated: SparseRows, rows: np.ndarray, rng: np.random.Generator
-                ) -> tuple[Any, ...]:
-    """The step's tensors for the ratings `rows` (users encoded once per batch)."""
+@dataclass(frozen=True)
+class Events:
+    """The positive events one training run reads, in the trainer's compact columns."""
+
+    data: EncodedRatings
+    target: np.ndarray  # per event: catalog row of its movie
+    rated: SparseRows  # per encoded user row: its rated catalog rows
+    history: SparseRows  # per encoded user row: its user.rated occurrences
+    movie_column: np.ndarray  # per catalog row: column of user.rated=<movie> (-1: none)
+    weight: np.ndarray  # per event: loss weight before the per-batch normalisation
+
+
+def history_dropout(events: Events, rows: np.ndarray, rate: float,
+                    rng: np.random.Generator) -> SparseRows:
+    """Per event in `rows`: occurrences to subtract so that its user's other movies are
+    dropped with probability `rate` and the kept ones count 1/(1 - rate) (inverted
+    dropout: the expected query is the full one). The event's own movie is left out
+    already (`model.blocks`) and is not touched."""
+    per = events.history.take(events.data.row_user[rows])
+    row = per.row_ids()
+    other = per.indices != events.movie_column[events.target[rows]][row]
+    drop = rng.random(per.nnz) < rate
+    values = np.where(drop, per.values, -per.values * rate / (1.0 - rate))[other]
+    indptr = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(np.bincount(row[other], minlength=len(rows)), out=indptr[1:])
+    return SparseRows(indptr, per.indices[other], values.astype(np.float32))
+
+
+def _batch_args(trainer: RelevanceTrainer, events: Events, rows: np.ndarray,
+                rng: np.random.Generator) -> tuple[Any, ...]:
+    """The step's tensors for the events `rows` (users encoded once per batch)."""
+    data, target, rated = events.data, events.target, events.rated
     batch = data.batch(rows)
+    left_out = data.left_out.take(rows)
+    if trainer.config.history_dropout > 0:
+        left_out = SparseRows.concat_columns([
+            left_out, history_dropout(events, rows, trainer.config.history_dropout, rng)])
     users = np.unique(data.row_user[rows])
     own = rated.take(users)  # per distinct user: its rated catalog rows
     per_row = own.take(batch.row_user)
@@ -226,9 +268,11 @@ def _batch_args(trainer: RelevanceTrainer, data: EncodedRatings, target: np.ndar
     pair_row, pair_col = per_row.row_ids(), column[per_row.indices]
     keep = (pair_col >= 0) & (per_row.indices != pos[pair_row])
     masked = np.stack([pair_row[keep], pair_col[keep]], axis=1).astype(np.int32)
-    return (tuple(batch.users), tuple(batch.contexts), tuple(batch.left_out),
+    weight = events.weight[rows]
+    return (tuple(batch.users), tuple(batch.contexts), tuple(Block.of(left_out)),
             batch.row_user, column[pos].astype(np.int32), masked,
-            candidates.astype(np.int32), log_q.astype(np.float32))
+            candidates.astype(np.int32), log_q.astype(np.float32),
+            (weight / weight.sum()).astype(np.float32))
 
 
 class Validation:
@@ -289,40 +333,79 @@ def train_relevance(data: Dataset, spec: FeatureSpec, config: RelevanceConfig,
                            runs[0].best_epoch, sum(r.seconds for r in runs))
 
 
+def _events(fmap: FeatureMap, data: Dataset, ratings: Ratings, config: RelevanceConfig,
+            catalog: dict[str, int], items: SparseRows) -> tuple[Events, np.ndarray]:
+    """`ratings` (movies in the catalog) as training events, and the trainer's columns."""
+    known = np.array([m in catalog for m in ratings.item.astype(str)], bool)
+    ratings = ratings.subset(np.flatnonzero(known))
+    encoded = encode_ratings(fmap, data, ratings, ratings)
+    columns = np.union1d(used_columns(encoded), items.indices)
+    users = sorted(set(ratings.user.astype(str).tolist()))  # = encoded user rows
+    rated = user_histories(ratings)
+    field = next((f for f in fmap.spec.fields if f.key == "user.rated"), None)
+    if field is None:
+        history = SparseRows(np.zeros(len(users) + 1, np.int64), np.zeros(0, np.int32),
+                             np.zeros(0, np.float32))
+        movie_column = np.full(len(catalog), -1, np.int64)
+    else:
+        history = FeatureMap(fmap.spec.only(["user.rated"])).encode(
+            "user", [{"rated": rated[u]} for u in users]).remap(columns)
+        hashed = np.array([feature_hash(field.token(m), fmap.spec.hash_bits)
+                           for m in sorted(catalog, key=catalog.__getitem__)], np.int64)
+        at = np.minimum(np.searchsorted(columns, hashed), len(columns) - 1)
+        movie_column = np.where(columns[at] == hashed, at, -1)
+    target = np.array([catalog[m] for m in ratings.item.astype(str)], np.int64)
+    sizes = np.bincount(encoded.row_user)[encoded.row_user].astype(np.float64)  # n_user
+    weight = sizes ** -config.user_weight_power
+    events = Events(encoded.remap(columns), target, rated_rows(ratings, users, catalog),
+                    history, movie_column, weight * len(weight) / weight.sum())
+    return events, columns
+
+
 def _train_one(data: Dataset, spec: FeatureSpec, config: RelevanceConfig,
                progress: bool) -> RelevanceResult:
     """One head on `data.train` (all ratings are positive events).
 
-    Early-stopped on a per-user holdout of the training ratings; the model of the best
-    epoch is kept (no refit: the holdout is 3 ratings per user, ~3% of ML-100k).
+    Early-stopped on a per-user holdout of the training ratings; with `config.refit` a
+    fresh head is then trained on all of them for the best epoch count.
     """
     fmap = FeatureMap(head_spec(spec, config.fields))
     fit, held_out = holdout(data.train, config.validation_per_user, config.seed)
     ids, payloads = catalog_payloads(data, fit)
     catalog = {m: n for n, m in enumerate(ids)}
-    known = np.array([m in catalog for m in fit.item.astype(str)], bool)
-    fit = fit.subset(np.flatnonzero(known))
-    encoded = encode_ratings(fmap, data, fit, fit)
     items = fmap.encode("item", payloads)
-    columns = np.union1d(used_columns(encoded), items.indices)
-    popularity = np.bincount([catalog[m] for m in fit.item.astype(str)], minlength=len(ids))
-    trainer = RelevanceTrainer(columns, spec.n_features, config, items, popularity)
-    data_c = encoded.remap(columns)
-    users = sorted(set(fit.user.astype(str).tolist()))
-    rated = rated_rows(fit, users, catalog)  # row u = encoded user row u (sorted ids)
-    target = np.array([catalog[m] for m in fit.item.astype(str)], np.int64)
+    events, columns = _events(fmap, data, fit, config, catalog, items)
+    fit = fit.subset(np.flatnonzero([m in catalog for m in fit.item.astype(str)]))
     validation = (Validation(fmap, data, fit, held_out, catalog, columns)
                   if len(held_out) else None)
+    start = time.perf_counter()
+    result = _epochs(events, columns, spec.n_features, config, items, validation,
+                     config.epochs, progress)
+    if config.refit and validation is not None:
+        events, columns = _events(fmap, data, data.train, config, catalog, items)
+        refit = _epochs(events, columns, spec.n_features, config, items, None,
+                        result.best_epoch, progress)
+        result.model = refit.model
+        result.history += [{**row, "refit": 1.0} for row in refit.history]
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _epochs(events: Events, columns: np.ndarray, n_features: int, config: RelevanceConfig,
+            items: SparseRows, validation: Validation | None, epochs: int,
+            progress: bool) -> RelevanceResult:
+    """Train a fresh head on `events` for up to `epochs`; with a validation, stop after
+    `patience` epochs without a better NDCG@10 and keep the best epoch's weights."""
+    popularity = np.bincount(events.target, minlength=items.n_rows)
+    trainer = RelevanceTrainer(columns, n_features, config, items, popularity)
     rng = np.random.default_rng(config.seed)
     result = RelevanceResult(trainer.fm)
     best, best_values, waited = -1.0, trainer.snapshot(), 0
-    start = time.perf_counter()
-    bar = tqdm(range(1, config.epochs + 1), desc="relevance", unit="epoch",
-               disable=not progress)
+    bar = tqdm(range(1, epochs + 1), desc="relevance", unit="epoch", disable=not progress)
     for epoch in bar:
         t0 = time.perf_counter()
-        order = rng.permutation(len(data_c))
-        losses = [float(trainer.step(*_batch_args(trainer, data_c, target, rated,
+        order = rng.permutation(len(events.data))
+        losses = [float(trainer.step(*_batch_args(trainer, events,
                                                   order[i:i + config.batch_size], rng)))
                   for i in range(0, len(order), config.batch_size)]
         row = {"epoch": epoch, "loss": float(np.mean(losses)),
@@ -343,7 +426,6 @@ def _train_one(data: Dataset, spec: FeatureSpec, config: RelevanceConfig,
                 break
     trainer.restore(best_values if validation is not None else trainer.snapshot())
     result.model = trainer.export()
-    result.seconds = time.perf_counter() - start
     return result
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -200,7 +201,7 @@ def test_sampled_softmax_batches_keep_positives_and_mask_only_rated(
     """Past max_softmax_items the softmax runs over the batch's targets plus a sample:
     every target is a column, logQ is log(p * negatives), and the masked pairs are
     exactly the rated movies among the columns, never the row's own target."""
-    from model.relevance import _batch_args, rated_rows
+    from model.relevance import _batch_args, _events
 
     data, spec = small_data
     config = RelevanceConfig(k=2, max_softmax_items=10, sampled_negatives=15,
@@ -208,20 +209,17 @@ def test_sampled_softmax_batches_keep_positives_and_mask_only_rated(
     fmap = FeatureMap(head_spec(spec, config.fields))
     ids, payloads = catalog_payloads(data, data.train)
     catalog = {m: n for n, m in enumerate(ids)}
-    encoded = encode_ratings(fmap, data, data.train, data.train)
     items = fmap.encode("item", payloads)
-    columns = np.union1d(encoded.users.indices, items.indices)
-    popularity = np.bincount([catalog[m] for m in data.train.item.astype(str)],
-                             minlength=len(ids))
-    trainer = RelevanceTrainer(columns, spec.n_features, config, items, popularity)
+    events, columns = _events(fmap, data, data.train, config, catalog, items)
+    trainer = RelevanceTrainer(columns, spec.n_features, config, items,
+                               np.bincount(events.target, minlength=len(ids)))
     assert trainer.sampled
     users = sorted(set(data.train.user.astype(str).tolist()))
-    rated = rated_rows(data.train, users, catalog)
-    target = np.array([catalog[m] for m in data.train.item.astype(str)], np.int64)
+    rated, target, encoded = events.rated, events.target, events.data
     rows = np.arange(40)
-    args = _batch_args(trainer, encoded.remap(columns), target, rated, rows,
-                       np.random.default_rng(0))
-    _, _, _, row_user, column_of_target, masked, candidates, log_q = args
+    args = _batch_args(trainer, events, rows, np.random.default_rng(0))
+    _, _, _, row_user, column_of_target, masked, candidates, log_q, weight = args
+    np.testing.assert_allclose(weight, np.full(len(rows), 1 / len(rows)), rtol=1e-6)
     assert candidates[column_of_target].tolist() == target[rows].tolist()
     np.testing.assert_allclose(log_q, np.log(trainer.sample_p[candidates] * 15), rtol=1e-6)
     per_user = {u: set(rated.indices[rated.indptr[n]:rated.indptr[n + 1]].tolist())
@@ -232,3 +230,82 @@ def test_sampled_softmax_batches_keep_positives_and_mask_only_rated(
     assert {tuple(p) for p in masked.tolist()} == want
     loss = float(trainer.step(*args))
     assert np.isfinite(loss)
+
+
+# --- history dropout, refit ----------------------------------------------------------------
+
+def _small_events(small_data: tuple[Dataset, FeatureSpec], config: RelevanceConfig
+                  ) -> tuple[Any, RelevanceTrainer]:
+    from model.relevance import _events
+
+    data, spec = small_data
+    fmap = FeatureMap(head_spec(spec, config.fields))
+    ids, payloads = catalog_payloads(data, data.train)
+    catalog = {m: n for n, m in enumerate(ids)}
+    items = fmap.encode("item", payloads)
+    events, columns = _events(fmap, data, data.train, config, catalog, items)
+    return events, RelevanceTrainer(columns, spec.n_features, config, items,
+                                    np.bincount(events.target, minlength=len(ids)))
+
+
+def test_history_dropout_query_is_the_kept_movies_scaled(
+        small_data: tuple[Dataset, FeatureSpec]) -> None:
+    """With dropout rate r an event's query is user id + 1/(1-r) * the kept other movies'
+    weighted factors (by the slow sum over the movies kept), so its expectation is the
+    full query; the event's own movie is never in it; at r = 0 nothing changes."""
+    from model.relevance import _batch_args, history_dropout
+
+    rate = 0.4
+    config = RelevanceConfig(k=3, init_std=0.3, history_dropout=rate,
+                             fields=("user.id", "user.rated", "item.id"))
+    events, trainer = _small_events(small_data, config)
+    rows = np.arange(0, 3000, 37)
+    dropped = history_dropout(events, rows, rate, np.random.default_rng(3))
+    args = _batch_args(trainer, events, rows, np.random.default_rng(3))
+    a = trainer.query(Block(*args[0]), Block(*args[1]), Block(*args[2]), args[3]).numpy()
+    V, users, history = trainer.fm.V.numpy(), events.data.users, events.history
+    n_dropped = n_kept = 0
+    for r, event in enumerate(rows):
+        user = events.data.row_user[event]
+        id_cols = np.setdiff1d(users.indices[users.indptr[user]:users.indptr[user + 1]],
+                               history.indices[history.indptr[user]:history.indptr[user + 1]])
+        own = events.movie_column[events.target[event]]
+        mine = history.indices[history.indptr[user]:history.indptr[user + 1]]
+        x = history.values[history.indptr[user]]  # 1/sqrt(n): one weight per user
+        span = slice(dropped.indptr[r], dropped.indptr[r + 1])
+        out, values = dropped.indices[span], dropped.values[span]
+        assert sorted(out.tolist()) == sorted(mine[mine != own].tolist())
+        kept = out[values < 0]
+        np.testing.assert_allclose(values[values < 0], -x * rate / (1 - rate), rtol=1e-6)
+        np.testing.assert_allclose(values[values > 0], x, rtol=1e-6)
+        n_kept, n_dropped = n_kept + len(kept), n_dropped + len(out) - len(kept)
+        # a movie rated twice (the synthetic data has some) keeps its second occurrence
+        want = (V[id_cols].sum(axis=0) + V[kept].sum(axis=0) * x / (1 - rate)
+                + (np.sum(mine == own) - 1) * V[own] * x)
+        np.testing.assert_allclose(a[r], want, atol=1e-5)
+    assert abs(n_dropped / (n_dropped + n_kept) - rate) < 0.05
+    plain = _batch_args(_small_events(small_data, replace(config, history_dropout=0.0))[1],
+                        events, rows, np.random.default_rng(3))
+    own_only = events.data.left_out.take(rows)
+    np.testing.assert_array_equal(plain[2][1], own_only.indices)
+    np.testing.assert_array_equal(plain[2][2], own_only.values)
+
+
+def test_refit_retrains_on_every_rating_for_the_best_epoch_count(
+        small_data: tuple[Dataset, FeatureSpec]) -> None:
+    """With refit the early-stopped epoch count is spent again on all training ratings
+    (the holdout included): the same head as training on them without a holdout."""
+    data, spec = small_data
+    config = RelevanceConfig(k=4, epochs=4, patience=4, refit=True, learning_rate=0.02,
+                             validation_per_user=2)
+    result = train_relevance(data, spec, config, progress=False)
+    stopped = [row for row in result.history if "refit" not in row]
+    refit = [row for row in result.history if "refit" in row]
+    assert len(stopped) == 4 and 1 <= result.best_epoch <= 4
+    assert len(refit) == result.best_epoch
+    # the refit is the head trained on every rating for that many epochs, no holdout
+    direct = train_relevance(data, spec, replace(config, refit=False, validation_per_user=0,
+                                                 epochs=result.best_epoch), progress=False)
+    assert len(direct.history) == result.best_epoch
+    np.testing.assert_allclose(result.model.V.numpy(), direct.model.V.numpy(), atol=1e-5)
+    np.testing.assert_allclose(result.model.w.numpy(), direct.model.w.numpy(), atol=1e-5)

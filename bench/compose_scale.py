@@ -43,8 +43,8 @@ if TYPE_CHECKING:
     from bench.compose_check import Check
 
 SCALE, CLUSTER = "docker-compose.scale.yml", "docker-compose.cluster.yml"
-# Replicas the check starts: enough to show spreading on 2 cores; the files take any N.
-REPLICAS = 2
+# Replicas the check starts: `--scale api=4`, as README shows it; the files take any N.
+REPLICAS = 4
 REQUESTS = 40  # per burst through the load balancer
 STATE_TIMEOUT_S = 300  # for HAProxy to see a replica up or down; never reached when it works
 READ_BACK_TIMEOUT_S = 30

@@ -21,6 +21,7 @@ request.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -66,6 +67,23 @@ from app.redis_layout import (
 from app.settings import Settings
 from app.user_sums import Bases, Histories
 from model.data import Dataset
+
+log = logging.getLogger("fmrec")
+
+# What redis-py raises when a server fails under it: more than RedisError. uvloop (uvicorn's
+# event loop) raises RuntimeError for a write on a socket a dead Redis closed, where asyncio
+# raises OSError (seen when a cluster master was killed mid-replay). Any other exception of
+# a call counts as a failure too (redis-py can trip over a connection another task just
+# closed), but is logged: it may be a bug of ours.
+CLIENT_FAILURES = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError,
+                   RuntimeError)
+
+
+def note_failure(exc: Exception) -> None:
+    """Log a failed Redis call's exception unless it is one of CLIENT_FAILURES."""
+    if not isinstance(exc, CLIENT_FAILURES):
+        log.warning("redis client raised %s: %s (taken as a failed call)",
+                    type(exc).__name__, exc, exc_info=exc)
 
 
 class StoreUnavailable(Exception):
@@ -236,11 +254,11 @@ class Store:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
                         near.invalidate(changed_users(message["data"]))
-            except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError):
-                pass  # Redis down or restarted: stop using the copy, try again shortly
+            except Exception as exc:  # see CLIENT_FAILURES
+                note_failure(exc)  # Redis down or restarted: drop the copy, try again soon
             finally:
                 near.stop_listening()
-                with suppress(RedisError, OSError, asyncio.TimeoutError):
+                with suppress(Exception):
                     await client.aclose()
             await asyncio.sleep(max(self._retry_s, 0.1))
 
@@ -314,7 +332,8 @@ class Store:
             raise StoreUnavailable("redis failed recently; not retried yet")
         try:
             return await call()
-        except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError) as exc:
+        except Exception as exc:  # see CLIENT_FAILURES
+            note_failure(exc)
             if not isinstance(exc, ResponseError):  # an error reply (OOM when full) means
                 # it is up: no back-off
                 self._down_until[self._scope(route)] = time.monotonic() + self._retry_s

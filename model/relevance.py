@@ -79,6 +79,16 @@ class RelevanceConfig:
     history_dropout: float = 0.0  # per event: share of the user's other movies dropped
     refit: bool = False  # retrain on all ratings for the early-stopped epoch count
     user_weight_power: float = 0.0  # an event's loss weight: n_user ** -power (normalised)
+    new_user_share: float = 0.0  # per event: chance its query is a new user's (cold start)
+    new_user_max_rated: int = 10  # such a query reads 1..this many of the user's movies
+
+    def __post_init__(self) -> None:
+        if self.history_dropout and self.new_user_share:
+            raise ValueError("history_dropout and new_user_share both rewrite the query: "
+                             "choose one")
+        if not 0.0 <= self.new_user_share <= 1.0 or self.new_user_max_rated < 1:
+            raise ValueError("new_user_share is a share in [0, 1] and new_user_max_rated "
+                             ">= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -222,6 +232,8 @@ class Events:
     rated: SparseRows  # per encoded user row: its rated catalog rows
     history: SparseRows  # per encoded user row: its user.rated occurrences
     movie_column: np.ndarray  # per catalog row: column of user.rated=<movie> (-1: none)
+    id_column: np.ndarray  # per encoded user row: column of its user.id (-1: none)
+    rated_weighting: str  # "sqrt" or "mean": how a history of n movies weighs each
     weight: np.ndarray  # per event: loss weight before the per-batch normalisation
 
 
@@ -241,6 +253,51 @@ def history_dropout(events: Events, rows: np.ndarray, rate: float,
     return SparseRows(indptr, per.indices[other], values.astype(np.float32))
 
 
+def new_user_queries(events: Events, rows: np.ndarray, share: float, max_rated: int,
+                     rng: np.random.Generator) -> SparseRows:
+    """Per event in `rows`: occurrences to subtract so that, with probability `share`, its
+    query is a new user's as the service would see one: no user id, and m of the user's
+    other movies (m uniform in 1..max_rated, at most all), weighted as a history of m.
+
+    Why: a user's movies are weighted 1/sqrt(n), so a known user's query is built from
+    ~100 movies and a new user's from the handful it sends; trained on full histories
+    only, the head ranks such a short query little better than by popularity (the cold
+    start of bench/ranking.py). The event's own movie is left out already and is never
+    kept; events not drawn get nothing.
+    """
+    n = len(rows)
+    chosen = rng.random(n) < share
+    per = events.history.take(events.data.row_user[rows])
+    row = per.row_ids()
+    own = per.indices == events.movie_column[events.target[rows]][row]
+    first_own = np.zeros(per.nnz, bool)  # the occurrence the event's left-out removes
+    own_at = np.flatnonzero(own)
+    first_own[own_at[np.unique(row[own_at], return_index=True)[1]]] = True
+    other = chosen[row] & ~own
+    count = np.bincount(row[other], minlength=n)
+    m = np.minimum(rng.integers(1, max_rated + 1, n), count)
+    at = np.flatnonzero(other)
+    shuffled = at[np.lexsort((rng.random(len(at)), row[at]))]  # by row, random within
+    starts = np.cumsum(count) - count
+    rank = np.arange(len(shuffled)) - starts[row[shuffled]]
+    kept = np.zeros(per.nnz, bool)
+    kept[shuffled[rank < m[row[shuffled]]]] = True
+    size = np.maximum(m, 1).astype(np.float64)
+    weight = 1.0 / (size if events.rated_weighting == "mean" else np.sqrt(size))
+    values = np.where(kept, per.values - weight[row], per.values)
+    take = chosen[row] & ~first_own  # every other occurrence goes, the kept come back
+    id_column = events.id_column[events.data.row_user[rows]]
+    with_id = np.flatnonzero(chosen & (id_column >= 0))
+    out_row = np.concatenate([row[take], with_id])
+    order = np.argsort(out_row, kind="stable")
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(out_row, minlength=n), out=indptr[1:])
+    return SparseRows(indptr, np.concatenate([per.indices[take], id_column[with_id]]
+                                             )[order].astype(np.int32),
+                      np.concatenate([values[take], np.ones(len(with_id))]
+                                     )[order].astype(np.float32))
+
+
 def _batch_args(trainer: RelevanceTrainer, events: Events, rows: np.ndarray,
                 rng: np.random.Generator) -> tuple[Any, ...]:
     """The step's tensors for the events `rows` (users encoded once per batch)."""
@@ -250,6 +307,10 @@ def _batch_args(trainer: RelevanceTrainer, events: Events, rows: np.ndarray,
     if trainer.config.history_dropout > 0:
         left_out = SparseRows.concat_columns([
             left_out, history_dropout(events, rows, trainer.config.history_dropout, rng)])
+    if trainer.config.new_user_share > 0:
+        left_out = SparseRows.concat_columns([left_out, new_user_queries(
+            events, rows, trainer.config.new_user_share, trainer.config.new_user_max_rated,
+            rng)])
     users = np.unique(data.row_user[rows])
     own = rated.take(users)  # per distinct user: its rated catalog rows
     per_row = own.take(batch.row_user)
@@ -355,10 +416,19 @@ def _events(fmap: FeatureMap, data: Dataset, ratings: Ratings, config: Relevance
         at = np.minimum(np.searchsorted(columns, hashed), len(columns) - 1)
         movie_column = np.where(columns[at] == hashed, at, -1)
     target = np.array([catalog[m] for m in ratings.item.astype(str)], np.int64)
+    id_field = next((f for f in fmap.spec.fields if f.key == "user.id"), None)
+    id_column = np.full(len(users), -1, np.int64)
+    if id_field is not None:
+        hashed = np.array([feature_hash(id_field.token(u), fmap.spec.hash_bits)
+                           for u in users], np.int64)
+        at = np.minimum(np.searchsorted(columns, hashed), len(columns) - 1)
+        id_column = np.where(columns[at] == hashed, at, -1)
     sizes = np.bincount(encoded.row_user)[encoded.row_user].astype(np.float64)  # n_user
     weight = sizes ** -config.user_weight_power
     events = Events(encoded.remap(columns), target, rated_rows(ratings, users, catalog),
-                    history, movie_column, weight * len(weight) / weight.sum())
+                    history, movie_column, id_column,
+                    field.weighting if field is not None else "sqrt",
+                    weight * len(weight) / weight.sum())
     return events, columns
 
 

@@ -291,6 +291,48 @@ def test_history_dropout_query_is_the_kept_movies_scaled(
     np.testing.assert_array_equal(plain[2][2], own_only.values)
 
 
+def test_new_user_query_is_a_few_of_the_other_movies_without_the_id(
+        small_data: tuple[Dataset, FeatureSpec]) -> None:
+    """An event drawn (chance `share`) gets the query of a new user who sent m of its other
+    movies, 1 <= m <= max_rated: no user id, each kept movie weighted 1/sqrt(m) as a
+    history of m (the slow sum over the kept movies), its own movie never among them.
+    Events not drawn keep the full query."""
+    from model.relevance import _batch_args, new_user_queries
+
+    share, longest = 0.5, 4
+    config = RelevanceConfig(k=3, init_std=0.3, new_user_share=share,
+                             new_user_max_rated=longest,
+                             fields=("user.id", "user.rated", "item.id"))
+    events, trainer = _small_events(small_data, config)
+    rows = np.arange(0, 3000, 37)
+    changed = new_user_queries(events, rows, share, longest, np.random.default_rng(3))
+    args = _batch_args(trainer, events, rows, np.random.default_rng(3))
+    a = trainer.query(Block(*args[0]), Block(*args[1]), Block(*args[2]), args[3]).numpy()
+    full = trainer.query(Block(*args[0]), Block(*args[1]),
+                         Block.of(events.data.left_out.take(rows)), args[3]).numpy()
+    V, users, history = trainer.fm.V.numpy(), events.data.users, events.history
+    sizes = []
+    for r, event in enumerate(rows):
+        span = slice(changed.indptr[r], changed.indptr[r + 1])
+        out, values = changed.indices[span], changed.values[span]
+        if not len(out):
+            np.testing.assert_allclose(a[r], full[r], atol=1e-6)
+            continue
+        user = events.data.row_user[event]
+        mine = history.indices[history.indptr[user]:history.indptr[user + 1]]
+        own = events.movie_column[events.target[event]]
+        (id_col,) = np.setdiff1d(users.indices[users.indptr[user]:users.indptr[user + 1]], mine)
+        kept = out[values < 0]
+        assert id_col in out[values > 0] and own not in kept
+        assert 1 <= len(kept) <= min(longest, np.sum(mine != own))
+        assert set(kept.tolist()) <= set(mine[mine != own].tolist())
+        np.testing.assert_allclose(a[r], V[kept].sum(axis=0) / np.sqrt(len(kept)), atol=1e-5)
+        sizes.append(len(kept))
+    assert 0.35 < len(sizes) / len(rows) < 0.65 and len(set(sizes)) > 1
+    with pytest.raises(ValueError, match="choose one"):
+        replace(config, history_dropout=0.2)
+
+
 def test_refit_retrains_on_every_rating_for_the_best_epoch_count(
         small_data: tuple[Dataset, FeatureSpec]) -> None:
     """With refit the early-stopped epoch count is spent again on all training ratings

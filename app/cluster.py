@@ -25,8 +25,7 @@ from redis.asyncio.cluster import ClusterNode, ClusterPubSub, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app.near_cache import ALL
-from app.redis_layout import CHANNELS, change_channel, change_channels, changes_message
+from app.redis_layout import ALL, CHANNELS, change_channel, change_channels, changes_message
 
 
 def seed_urls(url: str) -> list[str]:

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.near_cache import ALL
 from app.user_sums import Bases, BaseSums, Histories, HistorySums
 
 PREFIX = "fmrec"
 CHANGES = f"{PREFIX}:changes"
+ALL = "*"  # published instead of user ids when every user may have changed
 CHANNELS = 16  # sharded change channels on a Redis Cluster
 PROFILE_FIELDS = ("age", "gender", "occupation", "zip")
 SUMS_PATTERN = f"{PREFIX}:{{u:*}}:sums:*"  # every model's cached sums (check `is_sums_key`)
@@ -122,6 +122,10 @@ class StoredRatings(Mapping[str, Rating]):
 
     def __repr__(self) -> str:
         return f"StoredRatings({dict(self)!r})"
+
+    def text_bytes(self) -> int:
+        """Characters of the raw keys and values held (for a memory estimate)."""
+        return sum(len(movie) + len(value) for movie, value in self._raw.items())
 
 
 def cached_version(fields: Mapping[bytes, bytes]) -> bytes:

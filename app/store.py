@@ -40,8 +40,9 @@ from redis.typing import EncodableT, FieldT
 from tqdm import tqdm
 
 from app import cluster
-from app.near_cache import ALL, NearCache
+from app.near_cache import NearCache
 from app.redis_layout import (
+    ALL,
     CHANGES,
     LOAD_USER,
     PROFILE_FIELDS,

@@ -7,12 +7,15 @@ import asyncio
 import copy
 import time
 import tracemalloc
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from app.near_cache import ALL, NearCache, record_bytes
+from app.near_cache import NearCache, record_bytes
+from app.redis_layout import ALL, StoredRatings, rating_value
 from app.settings import Settings
 from app.store import Rating, Store, UserRecord
 from app.user_sums import BaseSums, HistorySums
@@ -140,9 +143,19 @@ def test_new_users_do_not_grow_the_copy_past_its_byte_bound() -> None:
     assert near.bytes == 0
 
 
-def test_record_bytes_is_an_upper_estimate() -> None:
-    """What the allocator really holds for cached records is at most their estimate."""
-    records = [(f"user-{n}", _big_record(n)) for n in range(300)]
+def _stored_record(n: int, ratings: int = 100) -> UserRecord:
+    """A record as the store reads it: the ratings hash unparsed (`StoredRatings`)."""
+    record = _big_record(n, ratings=0)
+    raw = {str(n * 7 + m).encode(): rating_value(4.0, 890_000_000 + m).encode()
+           for m in range(ratings)}
+    return replace(record, ratings=StoredRatings(raw))
+
+
+@pytest.mark.parametrize("make", [_big_record, _stored_record])
+def test_record_bytes_is_an_upper_estimate(make: Callable[[int], UserRecord]) -> None:
+    """What the allocator really holds for cached records is at most their estimate,
+    ratings parsed or as read from Redis."""
+    records = [(f"user-{n}", make(n)) for n in range(300)]
     near = NearCache(100_000, 60.0, max_bytes=1 << 40)
     near.listening = True
     tracemalloc.start()

@@ -47,6 +47,7 @@ from model.evaluate import ranking_metrics
 from model.features import (
     FeatureMap,
     FeatureSpec,
+    Field,
     SparseRows,
     context_payload,
     feature_hash,
@@ -303,14 +304,15 @@ def _batch_args(trainer: RelevanceTrainer, events: Events, rows: np.ndarray,
     """The step's tensors for the events `rows` (users encoded once per batch)."""
     data, target, rated = events.data, events.target, events.rated
     batch = data.batch(rows)
-    left_out = data.left_out.take(rows)
-    if trainer.config.history_dropout > 0:
-        left_out = SparseRows.concat_columns([
-            left_out, history_dropout(events, rows, trainer.config.history_dropout, rng)])
-    if trainer.config.new_user_share > 0:
-        left_out = SparseRows.concat_columns([left_out, new_user_queries(
-            events, rows, trainer.config.new_user_share, trainer.config.new_user_max_rated,
-            rng)])
+    config = trainer.config
+    rewrites: list[SparseRows] = []  # of the query: subtracted after the own movie
+    if config.history_dropout > 0:
+        rewrites.append(history_dropout(events, rows, config.history_dropout, rng))
+    if config.new_user_share > 0:
+        rewrites.append(new_user_queries(events, rows, config.new_user_share,
+                                         config.new_user_max_rated, rng))
+    left_out = (Block.of(SparseRows.concat_columns([data.left_out.take(rows), *rewrites]))
+                if rewrites else batch.left_out)
     users = np.unique(data.row_user[rows])
     own = rated.take(users)  # per distinct user: its rated catalog rows
     per_row = own.take(batch.row_user)
@@ -330,7 +332,7 @@ def _batch_args(trainer: RelevanceTrainer, events: Events, rows: np.ndarray,
     keep = (pair_col >= 0) & (per_row.indices != pos[pair_row])
     masked = np.stack([pair_row[keep], pair_col[keep]], axis=1).astype(np.int32)
     weight = events.weight[rows]
-    return (tuple(batch.users), tuple(batch.contexts), tuple(Block.of(left_out)),
+    return (tuple(batch.users), tuple(batch.contexts), tuple(left_out),
             batch.row_user, column[pos].astype(np.int32), masked,
             candidates.astype(np.int32), log_q.astype(np.float32),
             (weight / weight.sum()).astype(np.float32))
@@ -411,18 +413,12 @@ def _events(fmap: FeatureMap, data: Dataset, ratings: Ratings, config: Relevance
     else:
         history = FeatureMap(fmap.spec.only(["user.rated"])).encode(
             "user", [{"rated": rated[u]} for u in users]).remap(columns)
-        hashed = np.array([feature_hash(field.token(m), fmap.spec.hash_bits)
-                           for m in sorted(catalog, key=catalog.__getitem__)], np.int64)
-        at = np.minimum(np.searchsorted(columns, hashed), len(columns) - 1)
-        movie_column = np.where(columns[at] == hashed, at, -1)
+        movie_column = _columns_of(field, sorted(catalog, key=catalog.__getitem__),
+                                   fmap.spec.hash_bits, columns)
     target = np.array([catalog[m] for m in ratings.item.astype(str)], np.int64)
     id_field = next((f for f in fmap.spec.fields if f.key == "user.id"), None)
-    id_column = np.full(len(users), -1, np.int64)
-    if id_field is not None:
-        hashed = np.array([feature_hash(id_field.token(u), fmap.spec.hash_bits)
-                           for u in users], np.int64)
-        at = np.minimum(np.searchsorted(columns, hashed), len(columns) - 1)
-        id_column = np.where(columns[at] == hashed, at, -1)
+    id_column = (np.full(len(users), -1, np.int64) if id_field is None
+                 else _columns_of(id_field, users, fmap.spec.hash_bits, columns))
     sizes = np.bincount(encoded.row_user)[encoded.row_user].astype(np.float64)  # n_user
     weight = sizes ** -config.user_weight_power
     events = Events(encoded.remap(columns), target, rated_rows(ratings, users, catalog),
@@ -430,6 +426,14 @@ def _events(fmap: FeatureMap, data: Dataset, ratings: Ratings, config: Relevance
                     field.weighting if field is not None else "sqrt",
                     weight * len(weight) / weight.sum())
     return events, columns
+
+
+def _columns_of(field: Field, values: Sequence[str], hash_bits: int, columns: np.ndarray
+                ) -> np.ndarray:
+    """The trainer's column of `field`=value for each value (-1: not among `columns`)."""
+    hashed = np.array([feature_hash(field.token(v), hash_bits) for v in values], np.int64)
+    at = np.minimum(np.searchsorted(columns, hashed), len(columns) - 1)
+    return np.where(columns[at] == hashed, at, -1)
 
 
 def _train_one(data: Dataset, spec: FeatureSpec, config: RelevanceConfig,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,13 +58,21 @@ def load_data(args: argparse.Namespace) -> tuple[Dataset, FeatureSpec]:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from model.pipeline import fit_and_save
-    from model.train import TrainConfig
+    from model.train import DEFAULT_L2_FIELDS, TrainConfig
 
     data, spec = load_data(args)
+    l2_fields = None
+    if args.l2_field:
+        l2_fields = {**DEFAULT_L2_FIELDS, **dict(args.l2_field)}
+        unknown = sorted(set(l2_fields) - {f.key for f in spec.fields})
+        if unknown:
+            raise CliError(f"--l2-field: {', '.join(unknown)} not among the features "
+                           f"({', '.join(f.key for f in spec.fields)})")
     given = dict(
         k=args.k, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
         learning_rate=args.lr, l2_w=args.l2_w, l2_v=args.l2_v, l2_context=args.l2_context,
-        patience=args.patience, seed=args.seed, members=args.members, average=args.average)
+        l2_fields=l2_fields, patience=args.patience, seed=args.seed, members=args.members,
+        average=args.average)
     # flags not given keep TrainConfig's defaults (the parser leaves them None so that
     # building it does not import TensorFlow)
     config = TrainConfig(**{k: v for k, v in given.items() if v is not None})
@@ -151,6 +160,18 @@ def positive(kind: Callable[[str], float]) -> Callable[[str], float]:
     return parse
 
 
+def l2_field(text: str) -> tuple[str, float]:
+    """FIELD=SCALE of `--l2-field`: a feature key (side.name) and a multiplier >= 0."""
+    key, _, value = text.partition("=")
+    try:
+        scale = float(value)
+    except ValueError:
+        scale = float("nan")
+    if "." not in key or not (math.isfinite(scale) and scale >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not FIELD=SCALE, e.g. item.id=10")
+    return key, scale
+
+
 def nonnegative_int(text: str) -> int:
     try:
         value = int(text)
@@ -175,6 +196,9 @@ def add_model_commands(sub: Any) -> None:
     p.add_argument("--l2-v", type=float)
     p.add_argument("--patience", type=positive(int))
     p.add_argument("--l2-context", type=float)
+    p.add_argument("--l2-field", type=l2_field, action="append", metavar="FIELD=SCALE",
+                   help="multiply one field's L2 weights (w and V), e.g. item.id=10 (the "
+                        "default; item.id=1 turns it off); repeatable")
     p.add_argument("--members", type=positive(int),
                    help="models trained from seeds seed.. and averaged into one FM "
                         "(its k is members x --k)")

@@ -23,7 +23,7 @@ from model.blocks import (
 from model.bundle import HeadModel, save_bundle
 from model.data import Dataset
 from model.evaluate import ranking_summary, rmse_mae
-from model.features import FeatureMap, FeatureSpec, day_of
+from model.features import FeatureMap, FeatureSpec, day_of, feature_hash
 from model.fm import FactorizationMachine, average_of
 from model.relevance import RelevanceConfig, head_spec, rank_fm, train_relevance
 from model.train import TrainConfig, TrainResult, train
@@ -52,6 +52,32 @@ def feature_keys(fmap: FeatureMap, data: Dataset) -> set[str]:
             | fmap.tokens("context", contexts))
 
 
+def l2_scale_of(fmap: FeatureMap, keys: set[str], l2_fields: dict[str, float]
+                ) -> np.ndarray | None:
+    """Per hashed column, the multiplier of its L2 weights: `l2_fields[field]` for the
+    columns of that field's keys (`keys`, as `feature_keys` gives them), 1 elsewhere.
+
+    None when no field is scaled. A column two keys share (a hash collision) takes the
+    larger multiplier. A field the spec does not have is an error: a typo must not train
+    a model quietly regularised as before.
+    """
+    unknown = sorted(set(l2_fields) - {f.key for f in fmap.spec.fields})
+    if unknown:
+        raise ValueError(f"l2_fields names {unknown}, not fields of the feature spec")
+    bad = {k: m for k, m in l2_fields.items() if not m >= 0}
+    if bad:
+        raise ValueError(f"l2_fields multipliers must be >= 0: {bad}")
+    scaled = {k: m for k, m in l2_fields.items() if m != 1.0}
+    if not scaled:
+        return None
+    scale = np.zeros(fmap.spec.n_features, np.float32)
+    for key in keys:
+        column = feature_hash(key, fmap.spec.hash_bits)
+        scale[column] = max(scale[column], scaled.get(key.split("=", 1)[0], 1.0))
+    scale[scale == 0] = 1.0  # columns no key uses: not trained
+    return scale
+
+
 def per_user_holdout(row_user: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """The same number of random ratings from every user with enough of them (sorted rows).
 
@@ -75,7 +101,8 @@ def per_user_holdout(row_user: np.ndarray, fraction: float, seed: int) -> np.nda
 
 def train_member(encoded: EncodedRatings, n_features: int, config: TrainConfig,
                  rating_range: tuple[float, float], validation_fraction: float,
-                 progress: bool, refit: bool) -> tuple[TrainResult, TrainResult]:
+                 progress: bool, refit: bool, l2_scale: np.ndarray | None = None
+                 ) -> tuple[TrainResult, TrainResult]:
     """(early-stopped run, final run) of one member.
 
     Early stopping on a per-user holdout picks the number of epochs; with `refit` a fresh
@@ -86,12 +113,12 @@ def train_member(encoded: EncodedRatings, n_features: int, config: TrainConfig,
     fit_rows = np.setdiff1d(np.arange(len(encoded)), val_rows)
     fit_part = encoded.subset(fit_rows)
     val_part = encoded.subset(val_rows) if len(val_rows) else None
-    selection = train(fit_part, config, n_features, rating_range, val_part, progress)
+    selection = train(fit_part, config, n_features, rating_range, val_part, progress, l2_scale)
     if not refit or val_part is None:
         return selection, selection
     n_epochs = math.ceil(selection.best_epoch * len(encoded) / len(fit_part))
     return selection, train(encoded, replace(config, epochs=n_epochs), n_features,
-                            rating_range, None, progress)
+                            rating_range, None, progress, l2_scale)
 
 
 def fit(data: Dataset, spec: FeatureSpec, config: TrainConfig, validation_fraction: float = 0.05,
@@ -104,11 +131,13 @@ def fit(data: Dataset, spec: FeatureSpec, config: TrainConfig, validation_fracti
     encoded = encode_ratings(fmap, data, data.train, data.train)
     test = encode_ratings(fmap, data, data.test, data.train)
     encode_seconds = time.perf_counter() - t0
+    tokens = feature_keys(fmap, data)
+    l2_scale = l2_scale_of(fmap, tokens, config.l2_fields)
     members, runs = [], []
     for m in range(max(config.members, 1)):
         member = replace(config, seed=config.seed + m)
         selection, final = train_member(encoded, spec.n_features, member, data.rating_range,
-                                        validation_fraction, progress, refit)
+                                        validation_fraction, progress, refit, l2_scale)
         pred = final.trainer.predict_all(test)  # unclipped, as the average takes them
         runs.append((selection, final, pred))
         members.append({
@@ -121,7 +150,6 @@ def fit(data: Dataset, spec: FeatureSpec, config: TrainConfig, validation_fracti
     # the mean of the members' scores is exactly the score of `average_of(members)`
     test_pred = np.clip(np.mean([pred for _, _, pred in runs], axis=0), *data.rating_range)
     test_rmse, test_mae = rmse_mae(test_pred, test.y)
-    tokens = feature_keys(fmap, data)
     epochs = runs[0][0].history
     metrics = {
         "data": data.name, "data_info": data.info, "train_ratings": len(data.train),

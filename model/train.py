@@ -35,6 +35,8 @@ from model.fm import FactorizationMachine
 from model.optim import OptimizerName, TableOptimizer
 from model.progress import progress as progress_bar
 
+DEFAULT_L2_FIELDS = {"item.id": 10.0}
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -49,6 +51,9 @@ class TrainConfig:
     l2_w: float = 0.05
     l2_v: float = 0.3
     l2_context: float = 2.0  # w and V of context features (time, last movie)
+    # field key -> multiplier of its group's L2 weights (both w and V): the item id, whose
+    # signal the movie's raters and attributes also carry, overfits under the common one
+    l2_fields: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_L2_FIELDS))
     init_std: float = 0.001
     patience: int = 6
     seed: int = 0
@@ -91,8 +96,11 @@ class Trainer:
     """
 
     def __init__(self, columns: np.ndarray, n_features: int, config: TrainConfig,
-                 bias: float) -> None:
+                 bias: float, l2_scale: np.ndarray | None = None) -> None:
         self.config = config
+        # per hashed column, the multiplier of its L2 weights (`l2_scale_of`), compacted
+        self.l2_scale = (None if l2_scale is None
+                         else tf.constant(l2_scale[columns], dtype=tf.float32))
         self.columns = columns
         self.n_features = n_features
         self.fm = FactorizationMachine(
@@ -136,9 +144,11 @@ class Trainer:
             avg.assign_add(rate * (var - avg))
 
     @staticmethod
-    def for_data(data: EncodedRatings, n_features: int, config: TrainConfig) -> Trainer:
+    def for_data(data: EncodedRatings, n_features: int, config: TrainConfig,
+                 l2_scale: np.ndarray | None = None) -> Trainer:
         """A trainer over the columns `data` uses, its bias at the mean rating."""
-        return Trainer(used_columns(data), n_features, config, float(np.mean(data.y)))
+        return Trainer(used_columns(data), n_features, config, float(np.mean(data.y)),
+                       l2_scale)
 
     def compact(self, data: EncodedRatings) -> EncodedRatings:
         return data.remap(self.columns)
@@ -148,12 +158,12 @@ class Trainer:
         cfg = self.config
         fm = self.fm
         with tf.GradientTape() as tape:
-            sides = batch_sides(fm, batch)
+            sides = batch_sides(fm, batch, self.l2_scale)
             err = fm.score(sides.user_item + sides.contexts) - batch.y
             mse = tf.reduce_mean(tf.square(err))
             reg = cfg.l2_w0 * tf.square(fm.w0) + tf.reduce_mean(
-                cfg.l2_w * sides.user_item_w_sq + cfg.l2_v * sides.user_item.q
-                + cfg.l2_context * (sides.contexts_w_sq + sides.contexts.q))
+                cfg.l2_v * sides.user_item_l2[:, 0] + cfg.l2_w * sides.user_item_l2[:, 1]
+                + cfg.l2_context * tf.reduce_sum(sides.contexts_l2, axis=1))
             loss = mse + reg
         variables = [self.fm.w0, self.fm.w, self.fm.V]
         grads = tape.gradient(loss, variables)
@@ -202,12 +212,14 @@ def train(
     rating_range: tuple[float, float],
     validation: EncodedRatings | None = None,
     progress: bool = True,
+    l2_scale: np.ndarray | None = None,
 ) -> TrainResult:
     """Train for `config.epochs`, keeping the epoch with the best validation RMSE.
 
-    Without validation data every epoch runs and the last one is kept.
+    Without validation data every epoch runs and the last one is kept. `l2_scale`: per
+    hashed column, a multiplier of its L2 weights (`model.pipeline.l2_scale_of`).
     """
-    trainer = Trainer.for_data(data, n_features, config)
+    trainer = Trainer.for_data(data, n_features, config, l2_scale)
     data = trainer.compact(data)
     held_out = trainer.compact(validation) if validation is not None else None
     rng = np.random.default_rng(config.seed)

@@ -91,7 +91,8 @@ def test_gradient_matches_numeric_difference(fm: FactorizationMachine) -> None:
 
 
 def test_training_block_sums_equal_side_sums_and_pairwise(fm: FactorizationMachine) -> None:
-    """The trainer's sparse-matmul side sums == the gather ones == the definition."""
+    """The trainer's sparse-matmul side sums == the gather ones == the definition, and its
+    L2 terms (with and without per-column multipliers) == their sums."""
     from model.batch_sums import Tables, block_sums
     from model.blocks import Block
 
@@ -100,15 +101,20 @@ def test_training_block_sums_equal_side_sums_and_pairwise(fm: FactorizationMachi
     indices = np.concatenate([i for i, _ in rows])
     values = np.concatenate([v for _, v in rows])
     block = Block(row_ids, indices, values, np.int32(len(rows)))
-    sums, w_sq = block_sums(Tables.of(fm), block)
-    gathered = sums_of(fm, rows)
-    for got, want in zip(sums, gathered, strict=True):
-        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
-    slow = [fm_pairwise(0.7, fm.w.numpy(), fm.V.numpy(), i, v) for i, v in rows]
-    np.testing.assert_allclose(fm.score(sums).numpy(), slow, rtol=1e-4, atol=1e-4)
-    w = fm.w.numpy()
-    np.testing.assert_allclose(w_sq.numpy(), [np.sum((w[i] * v) ** 2) for i, v in rows],
-                               rtol=1e-5, atol=1e-5)
+    scale = np.random.default_rng(5).uniform(0.0, 10.0, N_FEATURES).astype(np.float32)
+    w, V = fm.w.numpy(), fm.V.numpy()
+    for m in (None, scale):
+        sums, l2 = block_sums(Tables.of(fm, None if m is None else tf.constant(m)), block)
+        gathered = sums_of(fm, rows)
+        for got, want in zip(sums, gathered, strict=True):
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+        slow = [fm_pairwise(0.7, w, V, i, v) for i, v in rows]
+        np.testing.assert_allclose(fm.score(sums).numpy(), slow, rtol=1e-4, atol=1e-4)
+        mult = np.ones(N_FEATURES) if m is None else m
+        # per occurrence: sum over the row of m_i x_i^2 |v_i|^2 and m_i x_i^2 w_i^2
+        want_l2 = [[np.sum(mult[i] * v**2 * np.sum(V[i] ** 2, axis=1)),
+                    np.sum(mult[i] * v**2 * w[i] ** 2)] for i, v in rows]
+        np.testing.assert_allclose(l2.numpy(), want_l2, rtol=1e-4, atol=1e-5)
 
 
 def test_average_of_members_scores_their_mean(fm: FactorizationMachine) -> None:

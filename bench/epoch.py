@@ -23,6 +23,7 @@ from bench.train import default_data_dir
 from model.blocks import encode_ratings
 from model.data.movielens import read_movielens
 from model.features import FeatureMap, movielens_spec
+from model.pipeline import feature_keys, l2_scale_of
 from model.train import TrainConfig, Trainer
 
 FEATURE_SETS = {
@@ -49,8 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, groups, run_config in runs:
         spec = movielens_spec(18, groups).fit_numeric(
             "context", {"time": data.train.timestamp.tolist()})
-        encoded = encode_ratings(FeatureMap(spec), data, data.train, data.train)
-        trainer = Trainer.for_data(encoded, spec.n_features, run_config)
+        fmap = FeatureMap(spec)
+        encoded = encode_ratings(fmap, data, data.train, data.train)
+        # the per-field L2 multipliers `fmrec train` uses (their columns cost a little)
+        l2_scale = l2_scale_of(fmap, feature_keys(fmap, data), run_config.l2_fields)
+        trainer = Trainer.for_data(encoded, spec.n_features, run_config, l2_scale)
         encoded = trainer.compact(encoded)
         rng = np.random.default_rng(0)
         seconds = []

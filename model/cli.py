@@ -57,14 +57,14 @@ def load_data(args: argparse.Namespace) -> tuple[Dataset, FeatureSpec]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from model.pipeline import fit_and_save
+    from model.pipeline import fit_and_save, unknown_fields
     from model.train import DEFAULT_L2_FIELDS, TrainConfig
 
     data, spec = load_data(args)
     l2_fields = None
     if args.l2_field:
         l2_fields = {**DEFAULT_L2_FIELDS, **dict(args.l2_field)}
-        unknown = sorted(set(l2_fields) - {f.key for f in spec.fields})
+        unknown = unknown_fields(spec, l2_fields)
         if unknown:
             raise CliError(f"--l2-field: {', '.join(unknown)} not among the features "
                            f"({', '.join(f.key for f in spec.fields)})")

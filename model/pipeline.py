@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,11 @@ def feature_keys(fmap: FeatureMap, data: Dataset) -> set[str]:
             | fmap.tokens("context", contexts))
 
 
+def unknown_fields(spec: FeatureSpec, keys: Iterable[str]) -> list[str]:
+    """The field keys among `keys` that `spec` does not have, sorted."""
+    return sorted(set(keys) - {f.key for f in spec.fields})
+
+
 def l2_scale_of(fmap: FeatureMap, keys: set[str], l2_fields: dict[str, float]
                 ) -> np.ndarray | None:
     """Per hashed column, the multiplier of its L2 weights: `l2_fields[field]` for the
@@ -61,7 +67,7 @@ def l2_scale_of(fmap: FeatureMap, keys: set[str], l2_fields: dict[str, float]
     larger multiplier. A field the spec does not have is an error: a typo must not train
     a model quietly regularised as before.
     """
-    unknown = sorted(set(l2_fields) - {f.key for f in fmap.spec.fields})
+    unknown = unknown_fields(fmap.spec, l2_fields)
     if unknown:
         raise ValueError(f"l2_fields names {unknown}, not fields of the feature spec")
     bad = {k: m for k, m in l2_fields.items() if not m >= 0}

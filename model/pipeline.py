@@ -76,11 +76,11 @@ def l2_scale_of(fmap: FeatureMap, keys: set[str], l2_fields: dict[str, float]
     scaled = {k: m for k, m in l2_fields.items() if m != 1.0}
     if not scaled:
         return None
-    scale = np.zeros(fmap.spec.n_features, np.float32)
+    scale = np.full(fmap.spec.n_features, -1.0, np.float32)  # -1: no key seen yet
     for key in keys:
         column = feature_hash(key, fmap.spec.hash_bits)
         scale[column] = max(scale[column], scaled.get(key.split("=", 1)[0], 1.0))
-    scale[scale == 0] = 1.0  # columns no key uses: not trained
+    scale[scale < 0] = 1.0  # columns no key uses: not trained
     return scale
 
 

@@ -40,6 +40,22 @@ def test_scale_reaches_the_fields_columns_only(small_data: tuple[Dataset, Featur
     np.testing.assert_array_equal(scale[others], 1.0)
 
 
+def test_a_zero_multiplier_turns_a_fields_l2_off(
+        small_data: tuple[Dataset, FeatureSpec]) -> None:
+    """0 is a multiplier like any other, not "unset" (it once came back as 1)."""
+    data, spec = small_data
+    fmap = FeatureMap(spec)
+    keys = feature_keys(fmap, data)
+    scale = l2_scale_of(fmap, keys, {"item.genres": 0.0})
+    assert scale is not None
+    genres = _columns(keys, "item.genres", spec.hash_bits)
+    elsewhere = {feature_hash(k, spec.hash_bits) for k in keys
+                 if not k.startswith("item.genres=")}
+    alone = np.array([c for c in genres if c not in elsewhere])
+    assert len(alone) > 0
+    np.testing.assert_array_equal(scale[alone], 0.0)
+
+
 def test_no_scale_when_every_multiplier_is_one(small_data: tuple[Dataset, FeatureSpec]) -> None:
     data, spec = small_data
     fmap = FeatureMap(spec)

@@ -157,7 +157,7 @@ def because_you_rated(bundle: Bundle, head: str, history_ids: list[str], base: B
     params = explainer.params[head]
     rated = list(occurrences)
     g = history_weight(sum(occurrences.values()), weighting)
-    _, s_user, _ = combine(base[position], history[position], weighting)
+    _, s_user, _ = combine(base[position], history[position], weighting, h.size_sums)
     ctx = h.fmap.encode("context", [context])  # its sum under the head, in NumPy
     s_ctx = (params.V[ctx.indices].astype(np.float64) * ctx.values[:, None]).sum(axis=0)
     indices = np.array([explainer.rated_bucket(bundle, m) for m in rated])

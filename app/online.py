@@ -46,7 +46,6 @@ from app.redis_layout import (
 )
 from app.schemas import InvalidInput, RatingEvent
 from app.store import Store, StoreUnavailable
-from app.user_sums import HISTORY_FIELD
 from model.bundle import Bundle
 
 
@@ -76,10 +75,9 @@ def history_rows(bundle: Bundle, movies: Sequence[str]) -> list[bytes]:
     """Per movie, what it adds to a history part [C, B, A...] of every head (one
     side_sums call per head): w_j, |v_j|^2, v_j of "user.rated=<movie>" with weight 1,
     heads side by side, packed like `hist`."""
-    payloads = [{HISTORY_FIELD: [m]} for m in movies]
     columns = []
     for head in bundle.heads.values():
-        sums = head.side_sums(head.fmap.encode("user", payloads))
+        sums = head.side_sums(head.history_rows(movies))
         columns += [sums.L[:, None], sums.q[:, None], sums.s]
     packed = np.concatenate(columns, axis=1).astype("<f8")
     return [row.tobytes() for row in packed]

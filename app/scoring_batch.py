@@ -21,7 +21,6 @@ import numpy as np
 
 from app.approximate import ApproximateTopN
 from app.user_sums import (
-    HISTORY_FIELD,
     Bases,
     BaseSums,
     Histories,
@@ -31,7 +30,7 @@ from app.user_sums import (
 )
 from model.bundle import Bundle, Head
 from model.engine import rank
-from model.features import Side, SparseRows
+from model.features import SparseRows
 from model.sums import Sums
 
 
@@ -141,17 +140,15 @@ class BatchScorer:
     def _computed_sums(self, jobs: list[Job], head: Head) -> tuple[Sums, Sums, Sums]:
         """A head's side sums of every row the batch lacks, in ONE side_sums call: user
         profiles, single-movie history rows (w_j, v_j, |v_j|^2) and inline movies."""
-        payloads: list[tuple[Side, list[dict[str, Any]]]] = [
-            ("user", [j.user.base_payload for j in jobs if j.user.base is None]),
-            ("user", [{HISTORY_FIELD: [m]} for j in jobs if j.user.history is None
-                      for m in j.user.rated or []]),
-            ("item", [m for j in jobs for m in j.inline_movies]),
-        ]
-        if not any(rows for _, rows in payloads):  # all cached: skip even encoding nothing
+        profiles = [j.user.base_payload for j in jobs if j.user.base is None]
+        rated = [m for j in jobs if j.user.history is None for m in j.user.rated or []]
+        inline = [m for j in jobs for m in j.inline_movies]
+        if not (profiles or rated or inline):  # all cached: skip even encoding nothing
             empty = Sums(np.zeros(0, np.float32), np.zeros((0, head.k), np.float32),
                          np.zeros(0, np.float32))
             return empty, empty, empty
-        blocks = [head.fmap.encode(side, rows) for side, rows in payloads]
+        blocks = [head.fmap.encode("user", profiles), head.history_rows(rated),
+                  head.fmap.encode("item", inline)]
         bounds = np.cumsum([0] + [b.n_rows for b in blocks])
         sums = head.side_sums(stack_rows(blocks))
         a, b, c, d = bounds
@@ -181,7 +178,8 @@ class BatchScorer:
                 history_row += size
             parts[n][0].append(base)
             parts[n][1].append(history)
-            L[n], s[n], q[n] = combine(base, history, self.weighting[head.name])
+            L[n], s[n], q[n] = combine(base, history, self.weighting[head.name],
+                                       head.size_sums)
         return Sums(L.astype(np.float32), s.astype(np.float32), q.astype(np.float32))
 
     def _score_listed(self, jobs: list[Job], mine: list[int], head: Head, query: Sums,

@@ -8,7 +8,9 @@ where (L0, s0, q0) are the side sums of id + attributes and, over the movies j i
 C = sum w_j, A = sum v_j, B = sum |v_j|^2 (w_j, v_j: parameters of "user.rated=j"), and
 g = 1/n or 1/sqrt(n) by the spec's weighting of "rated". Because g depends on n alone,
 a new rating changes C, A, B and n by one term each: O(k), no re-encoding. That is why
-the cache stores the parts and not L, s, q themselves.
+the cache stores the parts and not L, s, q themselves. A head that reads a history-size
+field (`model.features.Field.size_value`) adds that one token's (w, v, |v|^2) for n:
+a lookup in `Head.size_sums`, also O(k).
 
 A bundle has several heads (`model.bundle.HEADS`), FMs over the same features: a user's
 parts are one `BaseSums` and one `HistorySums` per head, in the bundle's head order, and
@@ -23,10 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.features import FeatureSpec
+from model.features import HISTORY_FIELD, FeatureSpec
 from model.sums import Sums
-
-HISTORY_FIELD = "rated"
 
 
 @dataclass(frozen=True)
@@ -78,11 +78,16 @@ def history_weight(n: int, weighting: str | None) -> float:
     return 1.0 / n if weighting == "mean" else 1.0 / math.sqrt(n)
 
 
-def combine(base: BaseSums, history: HistorySums, weighting: str | None
-            ) -> tuple[float, np.ndarray, float]:
-    """The user's (L, s, q): the one place the two parts are put together."""
+def combine(base: BaseSums, history: HistorySums, weighting: str | None,
+            size: Sums | None = None) -> tuple[float, np.ndarray, float]:
+    """The user's (L, s, q): the one place the two parts are put together. `size` row n
+    holds the side sums of the size token a history of n emits (`Head.size_sums`)."""
     g = history_weight(history.n, weighting)
-    return base.L0 + g * history.C, base.s0 + g * history.A, base.q0 + g * g * history.B
+    L, s, q = base.L0 + g * history.C, base.s0 + g * history.A, base.q0 + g * g * history.B
+    if size is not None and history.n < len(size):
+        n = history.n
+        L, s, q = L + float(size.L[n]), s + size.s[n], q + float(size.q[n])
+    return L, s, q
 
 
 Bases = tuple[BaseSums, ...]  # one per head, in the bundle's head order

@@ -28,7 +28,8 @@ from model.features import FEATURE_GROUPS, movielens_spec
 from model.pipeline import fit
 from model.train import TrainConfig
 
-VARIANTS = ["ids", *(f"ids,{g}" for g in FEATURE_GROUPS), "full"]
+# "history_size" is read by the relevance head only (`FeatureSpec.rating_fields`)
+VARIANTS = ["ids", *(f"ids,{g}" for g in FEATURE_GROUPS if g != "history_size"), "full"]
 WITHOUT_SESSION = ",".join(["ids", *(g for g in FEATURE_GROUPS if g != "session")])
 
 

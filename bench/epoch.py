@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, groups, run_config in runs:
         spec = movielens_spec(18, groups).fit_numeric(
             "context", {"time": data.train.timestamp.tolist()})
-        fmap = FeatureMap(spec)
+        fmap = FeatureMap(spec.rating_fields())
         encoded = encode_ratings(fmap, data, data.train, data.train)
         # the per-field L2 multipliers `fmrec train` uses (their columns cost a little)
         l2_scale = l2_scale_of(fmap, feature_keys(fmap, data), run_config.l2_fields)

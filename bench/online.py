@@ -129,7 +129,7 @@ def history_parts(bundle: Bundle, ratings: Mapping[str, Rating]) -> tuple[Histor
     """Every head's history part of a stored history, recomputed from scratch."""
     out = []
     for head in bundle.heads.values():
-        rows = head.side_sums(head.fmap.encode("user", [{"rated": [m]} for m in ratings]))
+        rows = head.side_sums(head.history_rows(list(ratings)))
         out.append(HistorySums.of_rows(rows, 0, len(ratings), *latest(ratings)))
     return tuple(out)
 
@@ -158,8 +158,8 @@ async def event_cost(store: Store, bundle: Bundle, events: Events, size: int, re
     recompute_s = await timed(recompute_user, reps)
     script_s = await timed(script_only, reps)
     ingest_s = await timed(ingest, reps)
-    rows = bundle.side_sums(bundle.fmap.encode("user", [{"rated": [str(m)]} for m in
-                                                        bundle.catalog.ids[:size]]))
+    rows = bundle.side_sums(bundle.heads["rating"].history_rows(
+        [str(m) for m in bundle.catalog.ids[:size]]))
     part = HistorySums.of_rows(rows, 0, size, None)
 
     def sum_all() -> None:

@@ -143,7 +143,7 @@ def fmrec_rating(data: Dataset) -> dict[str, list[str]]:
     spec = movielens_spec()
     report = fit(data, spec, TrainConfig(members=1), progress=False)
     fitted = spec.fit_numeric("context", {"time": data.train.timestamp.tolist()})
-    return rank_fm(report.model, FeatureMap(fitted), data)
+    return rank_fm(report.model, FeatureMap(fitted.rating_fields()), data)
 
 
 def peers(config: RelevanceConfig | None = None, quick: bool = False

@@ -224,12 +224,12 @@ def movielens(data_dir: Path, config: TrainConfig, budget: float, dense_lr: floa
     t0 = time.perf_counter()
     data = read_movielens(data_dir, "ua")
     spec = movielens_spec().fit_numeric("context", {"time": data.train.timestamp.tolist()})
-    fmap = FeatureMap(spec)
+    fmap = FeatureMap(spec.rating_fields())
     train = encode_ratings(fmap, data, data.train, data.train)
     test = encode_ratings(fmap, data, data.test, data.train)
     encode_seconds = time.perf_counter() - t0
     result = compare(train, test, spec.n_features, data.rating_range, config, budget, dense_lr)
-    return {"data": data.name, "features": [f.key for f in spec.fields],
+    return {"data": data.name, "features": [f.key for f in fmap.spec.fields],
             "encode_seconds": encode_seconds, **result}
 
 

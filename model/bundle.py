@@ -40,7 +40,7 @@ import tensorflow as tf
 from model import ann
 from model.blocks import item_payload
 from model.engine import Engine, EngineName, make_engine
-from model.features import FeatureMap, FeatureSpec, SparseRows, with_session
+from model.features import HISTORY_FIELD, FeatureMap, FeatureSpec, SparseRows, with_session
 from model.fm import FactorizationMachine, SideSums, item_bias
 from model.manifest import (
     FORMAT_VERSION,
@@ -282,9 +282,19 @@ class Head:
         self.engine = engine
         self.items = items
         self.ann = index  # approximate top-N over `items` (large catalogs only)
+        self.history_fmap = FeatureMap(fmap.spec.only(
+            f.key for f in fmap.spec.side_fields("user") if f.name == HISTORY_FIELD))
+        size_rows = fmap.size_rows()
+        self.size_sums = None if size_rows is None else self.side_sums(size_rows)
 
     def side_sums(self, rows: SparseRows) -> Sums:
         return Sums(*self.engine.side_sums(rows))
+
+    def history_rows(self, movies: Sequence[str]) -> SparseRows:
+        """One row per movie: the "user.rated" feature alone, with weight 1 (what a rated
+        movie adds to a user's raw history sums). Not `fmap.encode`: that would add the
+        size token of a one-movie history to each."""
+        return self.history_fmap.encode("user", [{HISTORY_FIELD: [m]} for m in movies])
 
     def score_pairs(self, query: Sums, contexts: SparseRows, pair_row: np.ndarray,
                     items: Sums) -> np.ndarray:

@@ -90,11 +90,13 @@ def row_terms(fmap: FeatureMap, side: Side, payload: Mapping[str, Any]) -> list[
     (encoded field by field through the same code, so the buckets and x are the same)."""
     terms = []
     for f in fmap.spec.side_fields(side):
-        value = payload.get(f.name)
+        value = payload.get(f.source)
         if value is None:
             continue
-        block = fmap.encode_columns(side, {f.name: [value]}, 1)
-        values = [value] if f.kind != "multi" else list(value)
+        block = fmap.encode_field(f, [value], 1)
+        if f.kind == "size":  # the list's size bucket, if the list is short enough
+            value = f.size_value(len(value))
+        values = [] if value is None else list(value) if f.kind == "multi" else [value]
         for v, index, x in zip(values, block.indices.tolist(), block.values.tolist(),
                                strict=True):
             terms.append(Term(f.key, v, f.key if f.kind == "numeric" else f.token(v),
@@ -130,6 +132,10 @@ def label(f: Field | None, value: Any, catalog: Catalog) -> str:
             f"movie {value}")
     if key in ("user.id", "item.raters"):
         return f"user {value}"
+    if f is not None and f.kind == "size":  # the log2 bucket: "2" is 4-7
+        low = 1 << int(value)
+        high = min(2 * low, f.below) - 1
+        return f"{low} {f.source}" if high == low else f"{low}-{high} {f.source}"
     if key == "context.time":
         try:
             return dt.datetime.fromtimestamp(float(value), dt.timezone.utc).strftime(

@@ -7,7 +7,9 @@ A feature is `side.field=value` hashed with BLAKE2b (stable and seedless, unlike
 `hash()`) into `2**hash_bits` buckets. Numeric fields hash `side.field` and carry a value
 scaled to [0, 1] by the range seen in training (clipped outside it, so a timestamp from
 2026 cannot blow up a linear term). Multi-valued fields (genres, rated movies) give each
-value the weight 1/n ("mean") or 1/sqrt(n) ("sqrt").
+value the weight 1/n ("mean") or 1/sqrt(n) ("sqrt"). A "size" field reads another field's
+list and emits one categorical token for its length (log2 buckets, short lists only): how
+much a user has rated, which `app.user_sums` adds from the history count in O(1).
 
 Collisions: two features that hash to one bucket share parameters (the hashing trick).
 The FM treats every feature *occurrence* as its own term, so rows may repeat an index and
@@ -27,8 +29,10 @@ from typing import Any, Literal
 import numpy as np
 
 Side = Literal["user", "item", "context"]
-Kind = Literal["categorical", "multi", "numeric"]
+Kind = Literal["categorical", "multi", "numeric", "size"]
+KINDS = ("categorical", "multi", "numeric", "size")
 SIDES: tuple[Side, ...] = ("user", "item", "context")
+HISTORY_FIELD = "rated"  # the user's rated movies: the field every history path reads
 
 
 class FeatureError(ValueError):
@@ -126,10 +130,22 @@ class Field:
     weighting: Literal["mean", "sqrt"] = "mean"  # multi: weight of each of n values
     low: float = 0.0  # numeric: training range, mapped to [0, 1]
     high: float = 1.0
+    of: str = ""  # size: the multi field whose list length this field encodes
+    below: int = 0  # size: lists this long or longer emit no token
 
     @property
     def key(self) -> str:
         return f"{self.side}.{self.name}"
+
+    @property
+    def source(self) -> str:
+        """The payload key this field reads (a size field reads another field's list)."""
+        return self.of or self.name
+
+    def size_value(self, n: int) -> str | None:
+        """A size field's value for a list of n: its log2 bucket ("0": 1, "1": 2-3,
+        "2": 4-7, ...), None for an empty list or one of `below` or more."""
+        return None if n <= 0 or n >= self.below else str(int(n).bit_length() - 1)
 
     def token(self, value: Any) -> str:
         """The hashed key of one categorical value of this field."""
@@ -232,6 +248,12 @@ class FeatureSpec:
         wanted = set(keys)
         return replace(self, fields=tuple(f for f in self.fields if f.key in wanted))
 
+    def rating_fields(self) -> FeatureSpec:
+        """What the rating head reads: every field but the history size. That token is
+        for the relevance head's new users; the rating head is worse with it (ML-100k
+        ua RMSE 0.9021 against 0.9011, docs/accuracy.md)."""
+        return replace(self, fields=tuple(f for f in self.fields if f.kind != "size"))
+
     def with_golden(self, keys: Iterable[str]) -> FeatureSpec:
         return replace(self, golden={k: feature_hash(k, self.hash_bits) for k in keys})
 
@@ -271,9 +293,18 @@ class FeatureSpec:
         except (KeyError, TypeError, ValueError) as exc:
             raise SpecError(f"unreadable feature spec: {exc}") from exc
         for f in spec.fields:
-            if f.side not in SIDES or f.kind not in ("categorical", "multi", "numeric"):
+            if f.side not in SIDES or f.kind not in KINDS:
                 raise SpecError(f"feature spec field {f.key!r}: unknown side or kind")
+            if f.kind == "size" and (not f.of or f.below < 2):
+                raise SpecError(f"feature spec field {f.key!r}: a size field needs 'of' "
+                                "and 'below' >= 2")
         return spec
+
+
+#: A history this short gets a token for its size (`Field.size_value`): what a new user
+#: sends inline. The relevance head learns from it how to rank for a handful of movies
+#: (`model.relevance.new_user_queries`), where a 1/sqrt(n) sum alone is a weak query.
+HISTORY_SIZE_BELOW = 16
 
 
 def movielens_spec(hash_bits: int = 18, features: str = "full") -> FeatureSpec:
@@ -281,7 +312,8 @@ def movielens_spec(hash_bits: int = 18, features: str = "full") -> FeatureSpec:
 
     The source article's set is ids,implicit,time,last; fmrec adds user and movie
     attributes and "raters" (the users who rated a movie: the item-side mirror of the
-    user's rated movies) and "session" (`session_of`). Field names are the payload keys:
+    user's rated movies), "session" (`session_of`) and "history_size" (a short history's
+    size, read from "rated"). Field names are the payload keys:
     user {id, age, gender, occupation, zip, rated}, movie {id, genres, year, raters},
     context {time, last_movie, session, day} (session and day derived from the user id and
     time). "day" (`day_of`) is opt-in: it is not part of "full".
@@ -300,6 +332,8 @@ def movielens_spec(hash_bits: int = 18, features: str = "full") -> FeatureSpec:
         "item_attrs": (Field("genres", "item", "multi"), Field("year", "item", "categorical")),
         "raters": (Field("raters", "item", "multi", weighting="sqrt"),),
         "session": (Field("session", "context", "categorical"),),
+        "history_size": (Field("history_size", "user", "size", of="rated",
+                               below=HISTORY_SIZE_BELOW),),
         "day": (Field("day", "context", "categorical"),),
     }
     chosen = ([g for g in groups if g not in OPTIONAL_GROUPS] if features == "full"
@@ -311,7 +345,8 @@ def movielens_spec(hash_bits: int = 18, features: str = "full") -> FeatureSpec:
     return FeatureSpec(fields, hash_bits)
 
 
-FEATURE_GROUPS = ("implicit", "time", "last", "user_attrs", "item_attrs", "raters", "session")
+FEATURE_GROUPS = ("implicit", "time", "last", "user_attrs", "item_attrs", "raters", "session",
+                  "history_size")
 # groups that "full" leaves out: measured not to pay on ML-100k (docs/accuracy.md)
 OPTIONAL_GROUPS = ("day",)
 
@@ -324,7 +359,8 @@ class FeatureMap:
 
     def encode(self, side: Side, payloads: Sequence[Mapping[str, Any]]) -> SparseRows:
         """Row-wise entry point (the HTTP path): one payload dict per row."""
-        columns = {f.name: [p.get(f.name) for p in payloads] for f in self.spec.side_fields(side)}
+        columns = {f.source: [p.get(f.source) for p in payloads]
+                   for f in self.spec.side_fields(side)}
         return self.encode_columns(side, columns, len(payloads))
 
     def encode_columns(
@@ -335,21 +371,24 @@ class FeatureMap:
         Missing fields or None values add no feature. Each distinct value is hashed once.
         """
         blocks = [
-            self._encode_field(f, columns[f.name], n_rows)
+            self.encode_field(f, columns[f.source], n_rows)
             for f in self.spec.side_fields(side)
-            if f.name in columns
+            if f.source in columns
         ]
         if not blocks:
             return SparseRows(np.zeros(n_rows + 1, np.int64), np.zeros(0, np.int32),
                               np.zeros(0, np.float32))
         return SparseRows.concat_columns(blocks)
 
-    def _encode_field(self, f: Field, column: Sequence[Any], n_rows: int) -> SparseRows:
+    def encode_field(self, f: Field, column: Sequence[Any], n_rows: int) -> SparseRows:
+        """One field's block: `column` holds its source's value for each row."""
         if len(column) != n_rows:
             raise FeatureError(f"{f.side}.{f.name}: {len(column)} values for {n_rows} rows")
         if f.kind == "numeric":
             return self._numeric(f, column)
-        if f.kind == "categorical":
+        if f.kind == "size":
+            column = [None if v is None else f.size_value(_length(f, v)) for v in column]
+        if f.kind in ("categorical", "size"):
             lists: Sequence[Any] = [() if v is None else (v,) for v in column]
         else:
             lists = [() if v is None else v for v in column]
@@ -366,13 +405,22 @@ class FeatureMap:
         cache = f.key not in UNCACHED_FIELDS
         tokens = {x: feature_hash(f.token(x), self.spec.hash_bits, cache) for x in set(flat)}
         indices = np.fromiter((tokens[x] for x in flat), dtype=np.int32, count=len(flat))
-        if f.kind == "categorical":
+        if f.kind != "multi":
             values = np.ones(len(flat), dtype=np.float32)
         else:
             per_row = np.maximum(lengths, 1).astype(np.float32)
             weight = 1.0 / (per_row if f.weighting == "mean" else np.sqrt(per_row))
             values = np.repeat(weight, lengths)
         return SparseRows(indptr, indices, values)
+
+    def size_rows(self) -> SparseRows | None:
+        """Row n: the user's history-size token for a history of n movies (empty where it
+        has none), n < the field's `below`; None if the spec has no size field. What
+        `app.user_sums.combine` adds to a user's sums, as side sums (`Head.size_sums`)."""
+        field = next((f for f in self.spec.side_fields("user") if f.kind == "size"), None)
+        if field is None:
+            return None
+        return self.encode_field(field, [[""] * n for n in range(field.below)], field.below)
 
     def _numeric(self, f: Field, column: Sequence[Any]) -> SparseRows:
         present = np.array([v is not None for v in column], dtype=bool)
@@ -405,13 +453,24 @@ class FeatureMap:
         out: set[str] = set()
         for p in payloads:
             for f in self.spec.side_fields(side):
-                value = p.get(f.name)
+                value = p.get(f.source)
                 if value is None:
                     continue
                 if f.kind == "numeric":
                     out.add(f.key)
+                elif f.kind == "size":
+                    size = f.size_value(_length(f, value))
+                    if size is not None:
+                        out.add(f.token(size))
                 elif f.kind == "categorical":
                     out.add(f.token(value))
                 else:
                     out.update(f.token(x) for x in value)
         return out
+
+
+def _length(f: Field, value: Any) -> int:
+    """The length of the list a size field reads (its source field checks the items)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise FeatureError(f"{f.side}.{f.source}: expected a list, got {value!r}")
+    return len(value)

@@ -132,7 +132,7 @@ def fit(data: Dataset, spec: FeatureSpec, config: TrainConfig, validation_fracti
     """Train `config.members` models (seeds seed, seed+1, ...) on `data.train`, average
     them into one FM and test it on `data.test`."""
     spec = spec.fit_numeric("context", {"time": data.train.timestamp.tolist()})
-    fmap = FeatureMap(spec)
+    fmap = FeatureMap(spec.rating_fields())
     t0 = time.perf_counter()
     encoded = encode_ratings(fmap, data, data.train, data.train)
     test = encode_ratings(fmap, data, data.test, data.train)
@@ -160,7 +160,7 @@ def fit(data: Dataset, spec: FeatureSpec, config: TrainConfig, validation_fracti
     metrics = {
         "data": data.name, "data_info": data.info, "train_ratings": len(data.train),
         "test_ratings": len(data.test), "rating_range": list(data.rating_range),
-        "features": [f.key for f in spec.fields], "hash_bits": spec.hash_bits,
+        "features": [f.key for f in fmap.spec.fields], "hash_bits": spec.hash_bits,
         "collisions": fmap.collision_report(tokens),
         "nnz_per_rating": round(encoded.nnz_per_rating, 1),
         "test_rmse": test_rmse, "test_mae": test_mae,
@@ -202,10 +202,11 @@ def fit_and_save(data: Dataset, spec: FeatureSpec, config: TrainConfig, out: str
     fitted = report.metrics.pop("spec")
     relevance = relevance or RelevanceConfig()
     relevance_fm, relevance_metrics = fit_relevance(data, fitted, relevance, progress)
-    rating_fields = tuple(f.key for f in fitted.fields)
+    rating_fields = tuple(f.key for f in fitted.rating_fields().fields)
     if len(data.test):
         report.metrics["test_ranking"] = {
-            "rating": ranking_summary(rank_fm(report.model, FeatureMap(fitted), data), data),
+            "rating": ranking_summary(rank_fm(report.model, FeatureMap(
+                fitted.rating_fields()), data), data),
             "relevance": relevance_metrics.pop("test_ranking")}
     report.metrics["heads"] = {"relevance": relevance_metrics}
     raters = item_raters(data.train)  # catalog item sums include who rated each movie

@@ -22,7 +22,7 @@ Early stopping is on NDCG@10 of a per-user holdout, ranked exactly as serving ra
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -57,7 +57,8 @@ from model.optim import TableOptimizer
 
 #: The fields the relevance head reads by default, chosen on ML-100k ua (README):
 #: the last movie, time, session and user attributes made its top-10 worse.
-RELEVANCE_FIELDS = ("user.id", "user.rated", "item.id", "item.genres", "item.year")
+RELEVANCE_FIELDS = ("user.id", "user.rated", "item.id", "item.genres", "item.year",
+                    "user.history_size")
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class RelevanceConfig:
     user_weight_power: float = 0.0  # an event's loss weight: n_user ** -power (normalised)
     new_user_share: float = 0.0  # per event: chance its query is a new user's (cold start)
     new_user_max_rated: int = 10  # such a query reads 1..this many of the user's movies
+    average: float = 0.0  # > 0: validate and export a debiased EMA of the weights (decay)
 
     def __post_init__(self) -> None:
         if self.history_dropout and self.new_user_share:
@@ -166,6 +168,11 @@ class RelevanceTrainer:
         self.fm = FactorizationMachine(len(columns), config.k, init_std=config.init_std,
                                        seed=config.seed)
         self.optimizer = TableOptimizer("adam", config.learning_rate, [self.fm.w, self.fm.V])
+        # with `average`, what is validated and exported is a debiased moving average of
+        # the trajectory (as the rating head's `model.train.Trainer`); `fm` is what steps
+        self.averaged = FactorizationMachine(len(columns), config.k, init_std=0.0)
+        self._ema_steps = tf.Variable(0.0)
+        self._sync_average()
         self.items = tuple(tf.constant(x) for x in Block.of(items.remap(columns)))
         self.n_items = items.n_rows
         self.sampled = self.n_items > config.max_softmax_items
@@ -173,9 +180,27 @@ class RelevanceTrainer:
         self.sample_p = share / share.sum()
         self.step = tf.function(self._step, reduce_retracing=True)
 
-    def item_sums(self) -> tuple[tf.Tensor, tf.Tensor]:
-        """(s_j, b_j) of every catalog movie under the current parameters."""
-        sums, _ = block_sums(Tables.of(self.fm), Block(*self.items))
+    @property
+    def scored(self) -> FactorizationMachine:
+        """The weights validation ranks with and `export` writes (the average, if any)."""
+        return self.averaged if self.config.average else self.fm
+
+    def _sync_average(self) -> None:
+        self._ema_steps.assign(0.0)
+        self.averaged.w.assign(self.fm.w)
+        self.averaged.V.assign(self.fm.V)
+
+    def _update_average(self, decay: float) -> None:
+        """avg += (1 - d) / (1 - d^t) (w - avg): the debiased EMA (avg_1 = w_1)."""
+        self._ema_steps.assign_add(1.0)
+        rate = (1.0 - decay) / (1.0 - tf.pow(decay, self._ema_steps))
+        self.averaged.w.assign_add(rate * (self.fm.w - self.averaged.w))
+        self.averaged.V.assign_add(rate * (self.fm.V - self.averaged.V))
+
+    def item_sums(self, fm: FactorizationMachine | None = None
+                  ) -> tuple[tf.Tensor, tf.Tensor]:
+        """(s_j, b_j) of every catalog movie under `fm`'s parameters (the stepped ones)."""
+        sums, _ = block_sums(Tables.of(fm or self.fm), Block(*self.items))
         return sums.s, sums.L + 0.5 * (tf.reduce_sum(tf.square(sums.s), axis=1) - sums.q)
 
     def query(self, users: Block, contexts: Block, left_out: Block, row_user: tf.Tensor
@@ -207,21 +232,25 @@ class RelevanceTrainer:
             total = loss + reg
         grads = tape.gradient(total, [self.fm.w, self.fm.V])
         self.optimizer.apply(grads)
+        if self.config.average:
+            self._update_average(self.config.average)
         return loss
 
     def export(self) -> FactorizationMachine:
         """The head over all 2**hash_bits columns; untrained ones are zero, w0 is 0."""
         fm = FactorizationMachine(self.n_features, self.config.k, init_std=0.0)
-        fm.w.scatter_nd_update(self.columns[:, None], self.fm.w)
-        fm.V.scatter_nd_update(self.columns[:, None], self.fm.V)
+        fm.w.scatter_nd_update(self.columns[:, None], self.scored.w)
+        fm.V.scatter_nd_update(self.columns[:, None], self.scored.V)
         return fm
 
     def snapshot(self) -> list[np.ndarray]:
-        return [self.fm.w.numpy(), self.fm.V.numpy()]
+        """The weights that are scored (the average, with `average`)."""
+        return [self.scored.w.numpy(), self.scored.V.numpy()]
 
     def restore(self, values: list[np.ndarray]) -> None:
         self.fm.w.assign(values[0])
         self.fm.V.assign(values[1])
+        self._sync_average()
 
 
 @dataclass(frozen=True)
@@ -236,6 +265,8 @@ class Events:
     id_column: np.ndarray  # per encoded user row: column of its user.id (-1: none)
     rated_weighting: str  # "sqrt" or "mean": how a history of n movies weighs each
     weight: np.ndarray  # per event: loss weight before the per-batch normalisation
+    size_column: np.ndarray  # per encoded user row: column of its history-size token (-1)
+    sizes: np.ndarray  # per history size m (0..new_user_max_rated): its token's column (-1)
 
 
 def history_dropout(events: Events, rows: np.ndarray, rate: float,
@@ -258,7 +289,8 @@ def new_user_queries(events: Events, rows: np.ndarray, share: float, max_rated: 
                      rng: np.random.Generator) -> SparseRows:
     """Per event in `rows`: occurrences to subtract so that, with probability `share`, its
     query is a new user's as the service would see one: no user id, and m of the user's
-    other movies (m uniform in 1..max_rated, at most all), weighted as a history of m.
+    other movies (m uniform in 1..max_rated, at most all), weighted as a history of m,
+    and the history-size token of m in place of the user's own (if the head reads one).
 
     Why: a user's movies are weighted 1/sqrt(n), so a known user's query is built from
     ~100 movies and a new user's from the handful it sends; trained on full histories
@@ -289,14 +321,20 @@ def new_user_queries(events: Events, rows: np.ndarray, share: float, max_rated: 
     take = chosen[row] & ~first_own  # every other occurrence goes, the kept come back
     id_column = events.id_column[events.data.row_user[rows]]
     with_id = np.flatnonzero(chosen & (id_column >= 0))
-    out_row = np.concatenate([row[take], with_id])
+    old_size = events.size_column[events.data.row_user[rows]]
+    with_old = np.flatnonzero(chosen & (old_size >= 0))
+    new_size = events.sizes[m]
+    with_new = np.flatnonzero(chosen & (new_size >= 0))
+    out_row = np.concatenate([row[take], with_id, with_old, with_new])
     order = np.argsort(out_row, kind="stable")
     indptr = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(out_row, minlength=n), out=indptr[1:])
-    return SparseRows(indptr, np.concatenate([per.indices[take], id_column[with_id]]
-                                             )[order].astype(np.int32),
-                      np.concatenate([values[take], np.ones(len(with_id))]
-                                     )[order].astype(np.float32))
+    indices = np.concatenate([per.indices[take], id_column[with_id], old_size[with_old],
+                              new_size[with_new]])
+    values = np.concatenate([values[take], np.ones(len(with_id) + len(with_old)),
+                             -np.ones(len(with_new))])
+    return SparseRows(indptr, indices[order].astype(np.int32),
+                      values[order].astype(np.float32))
 
 
 def _batch_args(trainer: RelevanceTrainer, events: Events, rows: np.ndarray,
@@ -358,10 +396,10 @@ class Validation:
         self.catalog_ids = np.array(sorted(catalog, key=catalog.__getitem__))
 
     def ndcg(self, trainer: RelevanceTrainer) -> float:
-        tables = Tables.of(trainer.fm)
+        tables = Tables.of(trainer.scored)
         user, _ = block_sums(tables, Block.of(self.user_rows))
         ctx, _ = block_sums(tables, Block.of(self.ctx_rows))
-        item_s, item_b = trainer.item_sums()
+        item_s, item_b = trainer.item_sums(trainer.scored)
         top = rank_catalog((user.s + ctx.s).numpy(), item_s.numpy(), item_b.numpy(),
                            self.exclude, 10)
         ranked = {u: self.catalog_ids[row].tolist()
@@ -402,9 +440,15 @@ def _events(fmap: FeatureMap, data: Dataset, ratings: Ratings, config: Relevance
     known = np.array([m in catalog for m in ratings.item.astype(str)], bool)
     ratings = ratings.subset(np.flatnonzero(known))
     encoded = encode_ratings(fmap, data, ratings, ratings)
-    columns = np.union1d(used_columns(encoded), items.indices)
     users = sorted(set(ratings.user.astype(str).tolist()))  # = encoded user rows
     rated = user_histories(ratings)
+    size_field = next((f for f in fmap.spec.side_fields("user") if f.kind == "size"), None)
+    size_tokens: list[int] = []  # trainable even if no training user has such a history
+    if size_field is not None:
+        size_tokens = [feature_hash(size_field.token(size_field.size_value(n)),
+                                    fmap.spec.hash_bits) for n in range(1, size_field.below)]
+    columns = np.union1d(np.union1d(used_columns(encoded), items.indices),
+                         np.array(size_tokens, np.int64))
     field = next((f for f in fmap.spec.fields if f.key == "user.rated"), None)
     if field is None:
         history = SparseRows(np.zeros(len(users) + 1, np.int64), np.zeros(0, np.int32),
@@ -419,13 +463,27 @@ def _events(fmap: FeatureMap, data: Dataset, ratings: Ratings, config: Relevance
     id_field = next((f for f in fmap.spec.fields if f.key == "user.id"), None)
     id_column = (np.full(len(users), -1, np.int64) if id_field is None
                  else _columns_of(id_field, users, fmap.spec.hash_bits, columns))
-    sizes = np.bincount(encoded.row_user)[encoded.row_user].astype(np.float64)  # n_user
-    weight = sizes ** -config.user_weight_power
+    counts = np.bincount(encoded.row_user)[encoded.row_user].astype(np.float64)  # n_user
+    weight = counts ** -config.user_weight_power
     events = Events(encoded.remap(columns), target, rated_rows(ratings, users, catalog),
                     history, movie_column, id_column,
                     field.weighting if field is not None else "sqrt",
-                    weight * len(weight) / weight.sum())
+                    weight * len(weight) / weight.sum(),
+                    _size_columns(size_field, [len(rated[u]) for u in users],
+                                  fmap.spec.hash_bits, columns),
+                    _size_columns(size_field, range(config.new_user_max_rated + 1),
+                                  fmap.spec.hash_bits, columns))
     return events, columns
+
+
+def _size_columns(field: Field | None, sizes: Iterable[int], hash_bits: int,
+                  columns: np.ndarray) -> np.ndarray:
+    """The trainer's column of the history-size token of each size (-1: it has none)."""
+    values = [None if field is None else field.size_value(n) for n in sizes]
+    if field is None or all(v is None for v in values):
+        return np.full(len(values), -1, np.int64)
+    found = _columns_of(field, [v or "" for v in values], hash_bits, columns)
+    return np.where([v is None for v in values], -1, found)
 
 
 def _columns_of(field: Field, values: Sequence[str], hash_bits: int, columns: np.ndarray

@@ -114,8 +114,9 @@ def synthetic_encoded(n_ratings: int = 100_000, n_users: int | None = None,
                       n_items: int | None = None, k: int = 8, noise: float = 0.3, seed: int = 0,
                       hash_bits: int = 18, test_fraction: float = 0.1
                       ) -> tuple[Dataset, FeatureSpec, EncodedRatings]:
-    """`synthetic`, and its training split encoded as `encode_ratings(FeatureMap(spec),
-    data, data.train, data.train)` gives it: planting the ratings encodes it anyway, and a
+    """`synthetic`, and its training split encoded as `encode_ratings(FeatureMap(
+    spec.rating_fields()), data, data.train, data.train)` gives it (what the rating head
+    reads, and what the ratings are planted with): planting the ratings encodes it anyway, and a
     caller that trains at once (bench.train at 10M ratings) saves encoding it again."""
     rng = np.random.default_rng(seed)
     n_users = n_users or max(20, int(np.sqrt(n_ratings) * 3))
@@ -146,7 +147,7 @@ def synthetic_encoded(n_ratings: int = 100_000, n_users: int | None = None,
     planted = FactorizationMachine(spec.n_features, k, init_std=0.15, bias=3.5, seed=seed + 1)
     planted.w.assign(rng.normal(0.0, 0.25, spec.n_features).astype(np.float32))
     data = Dataset("synthetic", users, items, train, test, (1.0, 5.0))
-    fmap = FeatureMap(spec)
+    fmap = FeatureMap(spec.rating_fields())
     encoded, truths, latents = [], [], []
     for part in (train, test):
         enc = encode_ratings(fmap, data, part, train)

@@ -209,7 +209,11 @@ async def test_a_user_never_seen_starts_from_their_first_rating(
         np.testing.assert_allclose([p["rating"] for p in unknown.json()["predictions"]],
                                    small_bundle.predict({"id": "newbie"}, movies, TIME),
                                    rtol=1e-5, atol=1e-5)
-        for step, (movie, rating) in enumerate([("7", 4.0), ("12", 2.0), ("3", 5.0)]):
+        # 18 ratings: the relevance head's history-size token changes at 2, 4, 8 and is
+        # gone from 16 on (`Field.size_value`); each answer equals the history inline
+        rated = [str(m) for m in small_bundle.catalog.ids[20:38]]
+        for step, movie in enumerate(rated):
+            rating = float(1 + step % 5)
             await post(client, [event(f"n{step}", "newbie", movie, rating, T0 + step)])
             history[movie] = Rating(rating, T0 + step)
             first = await client.post("/predict", json=request)
@@ -218,11 +222,17 @@ async def test_a_user_never_seen_starts_from_their_first_rating(
             # caches it; later events keep that cache current
             assert first.json()["user_cached"] is (step > 0)
             assert second.json()["user_cached"] is True
-            expected = small_bundle.predict({"id": "newbie", "rated": sorted(history)},
-                                            movies, context_of(history))
+            inline = {"id": "newbie", "rated": sorted(history)}
+            expected = small_bundle.predict(inline, movies, context_of(history))
             for answer in (first, second):
                 np.testing.assert_allclose([p["rating"] for p in answer.json()["predictions"]],
                                            expected, rtol=1e-5, atol=1e-5)
+            ranked = (await client.post("/recommend", json={
+                "user": {"id": "newbie"}, "context": TIME, "n": 10})).json()["items"]
+            top = brute_force(small_bundle, inline, context_of(history), 10, set(history))
+            assert [i["movie_id"] for i in ranked] == [m for m, _ in top]
+            np.testing.assert_allclose([i["score"] for i in ranked], [s for _, s in top],
+                                       rtol=1e-5, atol=1e-5)
             cached = cached_history(redis, small_bundle.model_id, "newbie", small_bundle.widths)
             assert cached is not None
             assert_same_history(cached, history_from_scratch(small_bundle, history))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -37,11 +38,13 @@ from tests.support.redis_server import RedisServer
 
 def _parts(side_sums: Callable[[SparseRows], Sums], fmap: FeatureMap, payload: dict[str, Any]
            ) -> tuple[BaseSums, HistorySums]:
-    """The two parts as the scorer computes them: the profile row, one row per movie."""
+    """The two parts as the scorer computes them: the profile row, one row per movie (the
+    history field alone: `Head.history_rows`)."""
     profile = {k: v for k, v in payload.items() if k != "rated"}
     rated = list(payload.get("rated") or [])
     base = BaseSums.of_row(side_sums(fmap.encode("user", [profile])), 0)
-    movies = side_sums(fmap.encode("user", [{"rated": [m]} for m in rated]))
+    movies = side_sums(FeatureMap(fmap.spec.only(["user.rated"])).encode(
+        "user", [{"rated": [m]} for m in rated]))
     return base, HistorySums.of_rows(movies, 0, len(rated), None)
 
 
@@ -52,11 +55,14 @@ def test_parts_combine_to_the_full_user_row(
     weighting = history_weighting(small_bundle.spec)
     assert weighting == "sqrt"
     payloads = [user_payload(u, data.users[u], histories.get(u, [])) for u in ("1", "2", "77")]
-    payloads += [{"id": "x", "rated": []}, {"rated": ["1"]}, {"age": 30, "rated": ["5", "5"]}]
-    for payload in payloads:
-        base, history = _parts(small_bundle.side_sums, small_bundle.fmap, payload)
-        L, s, q = combine(base, history, weighting)
-        full = small_bundle.side_sums(small_bundle.fmap.encode("user", [payload]))
+    payloads += [{"id": "x", "rated": []}, {"rated": ["1"]}, {"age": 30, "rated": ["5", "5"]},
+                 {"id": "y", "rated": [str(m) for m in range(1, 16)]}]
+    assert small_bundle.heads["relevance"].size_sums is not None  # a size token: tested
+    assert small_bundle.heads["rating"].size_sums is None  # the rating head reads none
+    for head, payload in itertools.product(small_bundle.heads.values(), payloads):
+        base, history = _parts(head.side_sums, head.fmap, payload)
+        L, s, q = combine(base, history, weighting, head.size_sums)
+        full = head.side_sums(head.fmap.encode("user", [payload]))
         np.testing.assert_allclose(L, full.L[0], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(s, full.s[0], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(q, full.q[0], rtol=1e-5, atol=1e-5)
@@ -81,11 +87,40 @@ def test_combine_for_both_weightings(weighting: str) -> None:
                "rated": [str(m) for m in range(1, 40, 3)]}
     base, history = _parts(side_sums, fmap, payload)
     L, s, q = combine(base, history, history_weighting(spec))
-    full = side_sums(fmap.encode("user", [payload]))
+    without_size = FeatureMap(spec.only(f.key for f in spec.fields if f.kind != "size"))
+    full = side_sums(without_size.encode("user", [payload]))
     np.testing.assert_allclose([L, q], [full.L[0], full.q[0]], rtol=1e-5)
     np.testing.assert_allclose(s, full.s[0], rtol=1e-5, atol=1e-6)
     g = 1 / 13 if weighting == "mean" else 1 / np.sqrt(13)
     assert abs(L - (base.L0 + g * history.C)) < 1e-9
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 5, 8, 15, 16, 17, 40])
+def test_combine_adds_the_history_size_token_of_short_histories(n: int) -> None:
+    """A history of n movies adds its size token's w, v, |v|^2 (`Head.size_sums` row n)
+    below 16 and nothing from 16 on: the parts combine to the full row either way, so a
+    user whose history crosses 16 through /ratings is scored as if sent inline."""
+    spec = movielens_spec(hash_bits=12, features="ids,implicit,user_attrs,history_size")
+    fm = FactorizationMachine(spec.n_features, 6, init_std=0.5, seed=4)
+    fm.w.assign(np.random.default_rng(1).normal(0, 1, spec.n_features).astype(np.float32))
+
+    def side_sums(rows: SparseRows) -> Sums:
+        out = fm.side_sums(tf.constant(rows.row_ids()), tf.constant(rows.indices),
+                           tf.constant(rows.values), tf.constant(rows.n_rows, tf.int32))
+        return Sums(out.L.numpy(), out.s.numpy(), out.q.numpy())
+
+    fmap = FeatureMap(spec)
+    size_rows = fmap.size_rows()
+    assert size_rows is not None
+    size = side_sums(size_rows)
+    payload = {"id": "7", "gender": "F", "rated": [str(m) for m in range(n)]}
+    base, history = _parts(side_sums, fmap, payload)
+    L, s, q = combine(base, history, history_weighting(spec), size)
+    full = side_sums(fmap.encode("user", [payload]))
+    np.testing.assert_allclose([L, q], [full.L[0], full.q[0]], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(s, full.s[0], rtol=1e-5, atol=1e-5)
+    without = combine(base, history, history_weighting(spec))
+    assert (abs(without[0] - L) > 1e-3) == (0 < n < 16)  # the token is there exactly then
 
 
 def test_no_history_field_means_everything_is_base() -> None:

@@ -156,7 +156,7 @@ def test_star_moments_match_sampling_the_noise() -> None:
 
 def test_synthetic_encoded_gives_the_training_encoding_encode_ratings_gives() -> None:
     data, spec, enc = synthetic_encoded(n_ratings=3000, seed=5, hash_bits=12)
-    again = encode_ratings(FeatureMap(spec), data, data.train, data.train)
+    again = encode_ratings(FeatureMap(spec.rating_fields()), data, data.train, data.train)
     for name in ("users", "items", "contexts", "left_out"):
         mine, theirs = getattr(enc, name), getattr(again, name)
         for part in ("indptr", "indices", "values"):

@@ -169,3 +169,25 @@ def test_groups_label_movies_and_users_and_add_up(small_bundle: Bundle) -> None:
         explained.score, abs=1e-9)
     assert [abs(g["contribution"]) for g in groups] == sorted(
         (abs(g["contribution"]) for g in groups), reverse=True)
+
+
+def test_the_history_size_is_one_term_labelled_by_its_range(small_bundle: Bundle) -> None:
+    """The relevance head reads the size of a short history: USER's 5 movies are one
+    "user.history_size=2" term of weight 1, shown as "4-7 rated", and the split still adds
+    up to the head's served score."""
+    head = small_bundle.heads["relevance"]
+    params = FMParams.of(small_bundle.model.relevance.fm)
+    terms = (row_terms(head.fmap, "user", USER) + row_terms(head.fmap, "context", CONTEXT)
+             + row_terms(head.fmap, "item", small_bundle.catalog.payload(8)))
+    encoded = head.fmap.encode("user", [USER])
+    user_terms = [t for t in terms if t.field.startswith("user.")]
+    assert sorted((t.index, t.x) for t in user_terms) == sorted(
+        zip(encoded.indices.tolist(), encoded.values.tolist(), strict=True))
+    size = [t for t in terms if t.field == "user.history_size"]
+    assert [(t.value, t.token, t.x) for t in size] == [("2", "user.history_size=2", 1.0)]
+    explained = explain_row(params, terms)
+    groups = {g["field"]: g for g in grouped(explained, head.fmap, small_bundle.catalog, {})}
+    assert groups["user.history_size"]["features"][0]["value"] == "4-7 rated"
+    served = head.score_pairs(head.side_sums(encoded), head.fmap.encode("context", [CONTEXT]),
+                              np.zeros(1, np.int32), head.items.take(np.array([8])))
+    assert explained.score == pytest.approx(float(served[0]), abs=1e-5)

@@ -55,7 +55,7 @@ def test_hash_stays_in_range() -> None:
 def test_user_row_has_one_feature_per_field_and_weighted_history() -> None:
     fmap = FeatureMap(movielens_spec(18))
     rows = fmap.encode("user", [USER])
-    assert rows.n_rows == 1 and rows.nnz == 5 + 4
+    assert rows.n_rows == 1 and rows.nnz == 5 + 4 + 1  # + the size token of 4 movies
     spec = fmap.spec
     rated = [feature_hash(f"user.rated={m}", 18) for m in USER["rated"]]
     weights = dict(zip(rows.indices.tolist(), rows.values.tolist(), strict=True))
@@ -142,7 +142,9 @@ def test_golden_mismatch_is_refused_with_a_clear_message() -> None:
 
 @pytest.mark.parametrize("text", ["{", '{"hash_bits": 10}',
                                   '{"hash_bits": 10, "fields": [{"name": "a", "side": "moon",'
-                                  ' "kind": "numeric"}]}'])
+                                  ' "kind": "numeric"}]}',
+                                  '{"hash_bits": 10, "fields": [{"name": "a", "side": "user",'
+                                  ' "kind": "size", "of": "rated"}]}'])
 def test_unreadable_specs_are_refused(text: str) -> None:
     with pytest.raises(SpecError):
         FeatureSpec.from_json(text)
@@ -253,3 +255,39 @@ def test_a_cached_hash_costs_at_most_its_estimate(hash_cache: None) -> None:
         tracemalloc.stop()
     assert hash_cache_size() == len(keys)
     assert used / len(keys) <= HASH_CACHE_ENTRY_BYTES
+
+
+@pytest.mark.parametrize(("n", "token"), [(0, None), (1, "0"), (2, "1"), (3, "1"), (4, "2"),
+                                          (7, "2"), (8, "3"), (15, "3"), (16, None),
+                                          (400, None)])
+def test_history_size_is_one_log2_token_for_short_histories(n: int, token: str | None
+                                                            ) -> None:
+    """The size field reads "rated": a history of 1, 2-3, 4-7, 8-15 movies gets one token
+    of weight 1; none for no history or one of HISTORY_SIZE_BELOW (16) or more."""
+    spec = movielens_spec(16, "ids,implicit,history_size")
+    size_field = spec.fields[-1]
+    rows = FeatureMap(spec.only(["user.history_size"])).encode(
+        "user", [{"id": "1", "rated": [str(m) for m in range(n)]}])
+    want = [] if token is None else [feature_hash(f"user.history_size={token}", 16)]
+    assert rows.indices.tolist() == want and rows.values.tolist() == [1.0] * len(want)
+    assert size_field.size_value(n) == token
+    full = FeatureMap(spec).encode("user", [{"id": "1", "rated": [str(m) for m in range(n)]}])
+    assert full.nnz == 1 + n + len(want)  # id, the movies, the size token
+
+
+def test_size_rows_hold_each_short_history_size_token() -> None:
+    fmap = FeatureMap(movielens_spec(16, "ids,implicit,history_size"))
+    rows = fmap.size_rows()
+    assert rows is not None and rows.n_rows == 16
+    for n in range(16):
+        one = fmap.encode("user", [{"rated": ["x"] * n}])
+        history = FeatureMap(fmap.spec.only(["user.rated"])).encode("user", [{"rated": ["x"] * n}])
+        size_only = set(one.indices.tolist()) - set(history.indices.tolist())
+        assert rows.take(np.array([n])).indices.tolist() == sorted(size_only)
+    assert FeatureMap(movielens_spec(16, "ids,implicit")).size_rows() is None
+
+
+def test_history_size_of_a_non_list_is_refused_naming_the_field() -> None:
+    fmap = FeatureMap(movielens_spec(16, "ids,history_size"))
+    with pytest.raises(FeatureError, match=r"user\.rated: expected a list"):
+        fmap.encode("user", [{"rated": "242"}])

@@ -295,15 +295,18 @@ def test_new_user_query_is_a_few_of_the_other_movies_without_the_id(
         small_data: tuple[Dataset, FeatureSpec]) -> None:
     """An event drawn (chance `share`) gets the query of a new user who sent m of its other
     movies, 1 <= m <= max_rated: no user id, each kept movie weighted 1/sqrt(m) as a
-    history of m (the slow sum over the kept movies), its own movie never among them.
-    Events not drawn keep the full query."""
+    history of m, plus the history-size token of m (the slow sum over the kept movies and
+    that token), its own movie never among them. Events not drawn keep the full query."""
     from model.relevance import _batch_args, new_user_queries
 
     share, longest = 0.5, 4
     config = RelevanceConfig(k=3, init_std=0.3, new_user_share=share,
                              new_user_max_rated=longest,
-                             fields=("user.id", "user.rated", "item.id"))
+                             fields=("user.id", "user.rated", "item.id", "user.history_size"))
     events, trainer = _small_events(small_data, config)
+    size_field = next(f for f in small_data[1].fields if f.kind == "size")
+    size_column = {m: _column(trainer, size_field.token(size_field.size_value(m)))
+                   for m in range(1, longest + 1)}
     rows = np.arange(0, 3000, 37)
     changed = new_user_queries(events, rows, share, longest, np.random.default_rng(3))
     args = _batch_args(trainer, events, rows, np.random.default_rng(3))
@@ -321,16 +324,27 @@ def test_new_user_query_is_a_few_of_the_other_movies_without_the_id(
         user = events.data.row_user[event]
         mine = history.indices[history.indptr[user]:history.indptr[user + 1]]
         own = events.movie_column[events.target[event]]
-        (id_col,) = np.setdiff1d(users.indices[users.indptr[user]:users.indptr[user + 1]], mine)
-        kept = out[values < 0]
-        assert id_col in out[values > 0] and own not in kept
+        profile = np.setdiff1d(users.indices[users.indptr[user]:users.indptr[user + 1]], mine)
+        kept = out[(values < 0) & np.isin(out, mine)]
+        assert set(profile.tolist()) <= set(out[values > 0].tolist()) and own not in kept
         assert 1 <= len(kept) <= min(longest, np.sum(mine != own))
         assert set(kept.tolist()) <= set(mine[mine != own].tolist())
-        np.testing.assert_allclose(a[r], V[kept].sum(axis=0) / np.sqrt(len(kept)), atol=1e-5)
+        token = size_column[len(kept)]
+        np.testing.assert_allclose(a[r], V[kept].sum(axis=0) / np.sqrt(len(kept)) + V[token],
+                                   atol=1e-5)
         sizes.append(len(kept))
     assert 0.35 < len(sizes) / len(rows) < 0.65 and len(set(sizes)) > 1
     with pytest.raises(ValueError, match="choose one"):
         replace(config, history_dropout=0.2)
+
+
+def _column(trainer: RelevanceTrainer, token: str) -> int:
+    """The trainer's compact column of a feature token."""
+    from model.features import feature_hash
+
+    hashed = feature_hash(token, int(np.log2(trainer.n_features)))
+    (at,) = np.flatnonzero(trainer.columns == hashed)
+    return int(at)
 
 
 def test_refit_retrains_on_every_rating_for_the_best_epoch_count(
@@ -351,3 +365,29 @@ def test_refit_retrains_on_every_rating_for_the_best_epoch_count(
     assert len(direct.history) == result.best_epoch
     np.testing.assert_allclose(result.model.V.numpy(), direct.model.V.numpy(), atol=1e-5)
     np.testing.assert_allclose(result.model.w.numpy(), direct.model.w.numpy(), atol=1e-5)
+
+
+def test_average_is_the_debiased_moving_average_of_the_steps(
+        small_data: tuple[Dataset, FeatureSpec]) -> None:
+    """With `average` = d, what is validated and exported is avg_t = (1 - d) sum_s d^(t-s)
+    w_s / (1 - d^t) over the weights after each step (the slow sum), not the last step."""
+    from model.relevance import _batch_args
+
+    decay = 0.7
+    config = RelevanceConfig(k=3, init_std=0.3, average=decay, learning_rate=0.05,
+                             fields=("user.id", "user.rated", "item.id"))
+    events, trainer = _small_events(small_data, config)
+    rng = np.random.default_rng(0)
+    steps = []
+    for start in (0, 500, 1000, 1500):
+        trainer.step(*_batch_args(trainer, events, np.arange(start, start + 400), rng))
+        steps.append((trainer.fm.w.numpy().copy(), trainer.fm.V.numpy().copy()))
+    t = len(steps)
+    weights = np.array([(1 - decay) * decay ** (t - 1 - s) for s in range(t)]) / (1 - decay**t)
+    for got, part in zip(trainer.snapshot(), (0, 1), strict=True):
+        want = sum(wt * step[part] for wt, step in zip(weights, steps, strict=True))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(trainer.snapshot()[1], steps[-1][1], atol=1e-4)
+    exported = trainer.export()
+    np.testing.assert_allclose(exported.V.numpy()[trainer.columns], trainer.snapshot()[1],
+                               atol=1e-7)

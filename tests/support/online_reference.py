@@ -17,6 +17,7 @@ import redis
 from app.redis_layout import Rating, parse_fields, ratings_key, sums_key, version_key
 from app.user_sums import Histories, HistorySums
 from model.bundle import Bundle
+from model.features import FeatureMap
 
 
 def event(event_id: str, user: str, movie: str, rating: float, timestamp: int
@@ -66,7 +67,8 @@ def history_from_scratch(bundle: Bundle, ratings: Mapping[str, Rating]) -> Histo
     last = max(ratings, key=lambda m: (ratings[m].timestamp, m)) if movies else None
     out = []
     for head in bundle.heads.values():
-        rows = head.side_sums(head.fmap.encode("user", [{"rated": [m]} for m in movies]))
+        history_only = FeatureMap(head.fmap.spec.only(["user.rated"]))  # no size token
+        rows = head.side_sums(history_only.encode("user", [{"rated": [m]} for m in movies]))
         C = float(np.sum(rows.L, dtype=np.float64))
         B = float(np.sum(rows.q, dtype=np.float64))
         A = np.sum(rows.s.astype(np.float64), axis=0) if movies else np.zeros(head.k)

@@ -198,9 +198,12 @@ def fit_and_save(data: Dataset, spec: FeatureSpec, config: TrainConfig, out: str
 
     `metrics["test_ranking"]` is how each head ranks the test split (top 10).
     """
+    if relevance is None:  # the default fields the spec has (`fmrec train --features`)
+        relevance = RelevanceConfig(fields=tuple(
+            key for key in RelevanceConfig().fields if key in {f.key for f in spec.fields}))
+    head_spec(spec, relevance.fields)  # fields it lacks: refused before any training
     report = fit(data, spec, config, progress=progress, refit=refit)
     fitted = report.metrics.pop("spec")
-    relevance = relevance or RelevanceConfig()
     relevance_fm, relevance_metrics = fit_relevance(data, fitted, relevance, progress)
     rating_fields = tuple(f.key for f in fitted.rating_fields().fields)
     if len(data.test):

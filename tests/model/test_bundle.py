@@ -138,6 +138,21 @@ def test_cli_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert evaluated["rmse"] == pytest.approx(trained["test_rmse"], abs=1e-5)
 
 
+def test_cli_train_with_fewer_features_narrows_both_heads(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--features ids,implicit: the relevance head reads its default fields among those
+    (it crashed after training the rating head when it wanted genres, year, size)."""
+    out = tmp_path / "b"
+    assert main(["train", "--synthetic", "3000", "--epochs", "1", "--k", "4", "--hash-bits",
+                 "12", "--features", "ids,implicit", "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    heads = Bundle(out).heads
+    assert [f.key for f in heads["relevance"].fmap.spec.fields] == [
+        "user.id", "item.id", "user.rated"]
+    assert [f.key for f in heads["rating"].fmap.spec.fields] == [
+        "user.id", "item.id", "user.rated"]
+
+
 def _write_ratings(path: Path, ratings: Ratings, sep: str) -> None:
     path.write_text("".join(f"{u}{sep}{m}{sep}{r:g}{sep}{t}\n" for u, m, r, t in zip(
         ratings.user, ratings.item, ratings.rating, ratings.timestamp, strict=True)))

@@ -127,7 +127,10 @@ def relevance_config(overrides: Sequence[str]) -> RelevanceConfig:
         except ValueError:
             raise SystemExit(f"--relevance {item!r}: {text!r} is not a "
                              f"{type(current).__name__}") from None
-    return replace(config, **changes)
+    try:
+        return replace(config, **changes)
+    except ValueError as exc:  # RelevanceConfig's own checks
+        raise SystemExit(f"--relevance: {exc}") from None
 
 
 def fmrec_relevance(data: Dataset, config: RelevanceConfig | None = None

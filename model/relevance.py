@@ -63,7 +63,8 @@ RELEVANCE_FIELDS = ("user.id", "user.rated", "item.id", "item.genres", "item.yea
 
 @dataclass(frozen=True)
 class RelevanceConfig:
-    """Hyper-parameters of the relevance head; defaults tuned on ML-100k ua.base."""
+    """Hyper-parameters of the relevance head; defaults tuned on ML-100k ua.base and the
+    cold start of bench/ranking.py (docs/ranking.md has every variant measured)."""
 
     fields: tuple[str, ...] = RELEVANCE_FIELDS
     k: int = 64
@@ -79,11 +80,11 @@ class RelevanceConfig:
     seed: int = 0
     members: int = 1  # heads from seeds seed.., exported as their average
     history_dropout: float = 0.0  # per event: share of the user's other movies dropped
-    refit: bool = False  # retrain on all ratings for the early-stopped epoch count
-    user_weight_power: float = 0.0  # an event's loss weight: n_user ** -power (normalised)
-    new_user_share: float = 0.0  # per event: chance its query is a new user's (cold start)
-    new_user_max_rated: int = 10  # such a query reads 1..this many of the user's movies
-    average: float = 0.0  # > 0: validate and export a debiased EMA of the weights (decay)
+    refit: bool = True  # retrain on all ratings for the early-stopped epoch count
+    user_weight_power: float = 0.5  # an event's loss weight: n_user ** -power (normalised)
+    new_user_share: float = 0.1  # per event: chance its query is a new user's (cold start)
+    new_user_max_rated: int = 5  # such a query reads 1..this many of the user's movies
+    average: float = 0.99  # > 0: validate and export a debiased EMA of the weights (decay)
 
     def __post_init__(self) -> None:
         if self.history_dropout and self.new_user_share:

@@ -9,11 +9,16 @@ from model.relevance import RelevanceConfig
 
 
 def test_relevance_overrides_parse_each_field_type() -> None:
-    got = relevance_config(["k=128", "history_dropout=0.25", "refit=false",
-                            "fields=user.rated,item.id"])
-    assert got == RelevanceConfig(k=128, history_dropout=0.25, refit=False,
-                                  fields=("user.rated", "item.id"))
+    got = relevance_config(["k=128", "history_dropout=0.25", "new_user_share=0",
+                            "refit=false", "fields=user.rated,item.id"])
+    assert got == RelevanceConfig(k=128, history_dropout=0.25, new_user_share=0.0,
+                                  refit=False, fields=("user.rated", "item.id"))
     assert relevance_config([]) == RelevanceConfig()
+
+
+def test_overrides_that_contradict_each_other_are_one_clear_error() -> None:
+    with pytest.raises(SystemExit, match="history_dropout and new_user_share"):
+        relevance_config(["history_dropout=0.25"])  # the default new_user_share is 0.1
 
 
 @pytest.mark.parametrize("bad, message", [("colour=red", "KEY one of"), ("k", "KEY=VALUE"),

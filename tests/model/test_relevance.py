@@ -205,7 +205,7 @@ def test_sampled_softmax_batches_keep_positives_and_mask_only_rated(
 
     data, spec = small_data
     config = RelevanceConfig(k=2, max_softmax_items=10, sampled_negatives=15,
-                             fields=("user.id", "user.rated", "item.id"))
+                             user_weight_power=0.5, fields=("user.id", "user.rated", "item.id"))
     fmap = FeatureMap(head_spec(spec, config.fields))
     ids, payloads = catalog_payloads(data, data.train)
     catalog = {m: n for n, m in enumerate(ids)}
@@ -219,7 +219,8 @@ def test_sampled_softmax_batches_keep_positives_and_mask_only_rated(
     rows = np.arange(40)
     args = _batch_args(trainer, events, rows, np.random.default_rng(0))
     _, _, _, row_user, column_of_target, masked, candidates, log_q, weight = args
-    np.testing.assert_allclose(weight, np.full(len(rows), 1 / len(rows)), rtol=1e-6)
+    n_user = np.bincount(encoded.row_user)[encoded.row_user[rows]]
+    np.testing.assert_allclose(weight, n_user**-0.5 / np.sum(n_user**-0.5), rtol=1e-5)
     assert candidates[column_of_target].tolist() == target[rows].tolist()
     np.testing.assert_allclose(log_q, np.log(trainer.sample_p[candidates] * 15), rtol=1e-6)
     per_user = {u: set(rated.indices[rated.indptr[n]:rated.indptr[n + 1]].tolist())
@@ -256,7 +257,7 @@ def test_history_dropout_query_is_the_kept_movies_scaled(
     from model.relevance import _batch_args, history_dropout
 
     rate = 0.4
-    config = RelevanceConfig(k=3, init_std=0.3, history_dropout=rate,
+    config = RelevanceConfig(k=3, init_std=0.3, history_dropout=rate, new_user_share=0.0,
                              fields=("user.id", "user.rated", "item.id"))
     events, trainer = _small_events(small_data, config)
     rows = np.arange(0, 3000, 37)

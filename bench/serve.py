@@ -102,7 +102,8 @@ def trained_bundle(data: Dataset, spec: FeatureSpec, out: Path, retrain: bool) -
             metrics = Bundle(out).metrics
             if (metrics.get("data"), metrics.get("train_ratings"), metrics.get("features"),
                     metrics.get("config")) == (data.name, len(data.train),
-                                               [f.key for f in spec.fields], config.to_dict()):
+                                               [f.key for f in spec.rating_fields().fields],
+                                               config.to_dict()):
                 print(f"  reusing {out}", flush=True)
                 return out
         except Exception:  # any doubt: train again

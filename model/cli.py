@@ -64,10 +64,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     l2_fields = None
     if args.l2_field:
         l2_fields = {**DEFAULT_L2_FIELDS, **dict(args.l2_field)}
-        unknown = unknown_fields(spec, l2_fields)
+        rating = spec.rating_fields()  # the fields the rating head reads and regularises
+        unknown = unknown_fields(rating, l2_fields)
         if unknown:
             raise CliError(f"--l2-field: {', '.join(unknown)} not among the features "
-                           f"({', '.join(f.key for f in spec.fields)})")
+                           f"({', '.join(f.key for f in rating.fields)})")
     given = dict(
         k=args.k, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
         learning_rate=args.lr, l2_w=args.l2_w, l2_v=args.l2_v, l2_context=args.l2_context,

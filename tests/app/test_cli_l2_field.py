@@ -23,8 +23,11 @@ def test_l2_fields_are_repeatable() -> None:
     assert build_parser().parse_args(["train"]).l2_field is None  # TrainConfig's default
 
 
-def test_unknown_field_is_one_line_before_training(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["train", "--synthetic", "300", "--l2-field", "item.title=2", "--quiet"]) == 2
+@pytest.mark.parametrize("field", ["item.title", "user.history_size"])
+def test_unknown_field_is_one_line_before_training(field: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """user.history_size is in the spec but only the relevance head reads it."""
+    assert main(["train", "--synthetic", "300", "--l2-field", f"{field}=2", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("fmrec: error: --l2-field: item.title not among the features")
+    assert err.startswith(f"fmrec: error: --l2-field: {field} not among the features")
     assert "Traceback" not in err

@@ -68,20 +68,28 @@ def test_parts_combine_to_the_full_user_row(
         np.testing.assert_allclose(q, full.q[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("weighting", ["mean", "sqrt"])
-def test_combine_for_both_weightings(weighting: str) -> None:
-    """Large random parameters, so a wrong power of g could not hide in small numbers."""
-    base_spec = movielens_spec(hash_bits=12)
-    spec = replace(base_spec, fields=tuple(
-        replace(f, weighting=weighting) if f.name == "rated" else f for f in base_spec.fields))
-    fm = FactorizationMachine(spec.n_features, 6, init_std=0.5, seed=3)
-    fm.w.assign(np.random.default_rng(0).normal(0, 1, spec.n_features).astype(np.float32))
+def _random_side_sums(spec: FeatureSpec, fm_seed: int, w_seed: int
+                      ) -> Callable[[SparseRows], Sums]:
+    """Side sums under an FM with large random parameters (w too), so a wrong power of g
+    or a missing term could not hide in small numbers."""
+    fm = FactorizationMachine(spec.n_features, 6, init_std=0.5, seed=fm_seed)
+    fm.w.assign(np.random.default_rng(w_seed).normal(0, 1, spec.n_features).astype(np.float32))
 
     def side_sums(rows: SparseRows) -> Sums:
         out = fm.side_sums(tf.constant(rows.row_ids()), tf.constant(rows.indices),
                            tf.constant(rows.values), tf.constant(rows.n_rows, tf.int32))
         return Sums(out.L.numpy(), out.s.numpy(), out.q.numpy())
 
+    return side_sums
+
+
+@pytest.mark.parametrize("weighting", ["mean", "sqrt"])
+def test_combine_for_both_weightings(weighting: str) -> None:
+    """Large random parameters, so a wrong power of g could not hide in small numbers."""
+    base_spec = movielens_spec(hash_bits=12)
+    spec = replace(base_spec, fields=tuple(
+        replace(f, weighting=weighting) if f.name == "rated" else f for f in base_spec.fields))
+    side_sums = _random_side_sums(spec, fm_seed=3, w_seed=0)
     fmap = FeatureMap(spec)
     payload = {"id": "7", "gender": "F", "zip": "10001",
                "rated": [str(m) for m in range(1, 40, 3)]}
@@ -101,14 +109,7 @@ def test_combine_adds_the_history_size_token_of_short_histories(n: int) -> None:
     below 16 and nothing from 16 on: the parts combine to the full row either way, so a
     user whose history crosses 16 through /ratings is scored as if sent inline."""
     spec = movielens_spec(hash_bits=12, features="ids,implicit,user_attrs,history_size")
-    fm = FactorizationMachine(spec.n_features, 6, init_std=0.5, seed=4)
-    fm.w.assign(np.random.default_rng(1).normal(0, 1, spec.n_features).astype(np.float32))
-
-    def side_sums(rows: SparseRows) -> Sums:
-        out = fm.side_sums(tf.constant(rows.row_ids()), tf.constant(rows.indices),
-                           tf.constant(rows.values), tf.constant(rows.n_rows, tf.int32))
-        return Sums(out.L.numpy(), out.s.numpy(), out.q.numpy())
-
+    side_sums = _random_side_sums(spec, fm_seed=4, w_seed=1)
     fmap = FeatureMap(spec)
     size_rows = fmap.size_rows()
     assert size_rows is not None

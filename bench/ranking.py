@@ -74,15 +74,19 @@ def most_rated(data: Dataset) -> dict[str, list[str]]:
     return x.top(np.broadcast_to(x.X.sum(axis=0), x.X.shape), data)
 
 
-def ease(data: Dataset, lam: float = 500.0) -> dict[str, list[str]]:
-    """EASE: B = I - P diag(1/diag(P)), P = (X'X + lam I)^-1, diag(B) = 0."""
-    x = Interactions(data)
+def ease_scores(x: Interactions, lam: float = 500.0) -> np.ndarray:
+    """EASE: X B, B = I - P diag(1/diag(P)), P = (X'X + lam I)^-1, diag(B) = 0."""
     G = (x.X.T @ x.X).astype(np.float64)
     G[np.diag_indices_from(G)] += lam
     P = np.linalg.inv(G)
     B = -P / np.diag(P)[None, :]
     B[np.diag_indices_from(B)] = 0.0
-    return x.top(x.X @ B, data)
+    return x.X @ B
+
+
+def ease(data: Dataset, lam: float = 500.0) -> dict[str, list[str]]:
+    x = Interactions(data)
+    return x.top(ease_scores(x, lam), data)
 
 
 def implicit_model(kind: str) -> Ranker:

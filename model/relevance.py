@@ -152,7 +152,12 @@ def rank_catalog(query_s: np.ndarray, item_s: np.ndarray, item_b: np.ndarray,
                  exclude: SparseRows, n: int) -> np.ndarray:
     """Top n catalog rows per query by <a, s_j> + b_j, rated rows left out (offline;
     ties by the lower row, as the engines rank)."""
-    scores = (query_s @ item_s.T + item_b[None, :]).astype(np.float32)
+    return rank_scores(query_s @ item_s.T + item_b[None, :], exclude, n)
+
+
+def rank_scores(scores: np.ndarray, exclude: SparseRows, n: int) -> np.ndarray:
+    """Top n columns per row of `scores` (queries x catalog), `exclude` left out."""
+    scores = scores.astype(np.float32)
     no_filter = np.zeros(len(scores), np.int64)  # offline: no genre filter
     return rank(scores, np.zeros(scores.shape[1], np.int64), exclude.row_ids(),
                 exclude.indices, no_filter, n)[0]
@@ -562,10 +567,11 @@ def _epochs(events: Events, columns: np.ndarray, n_features: int, config: Releva
     return result
 
 
-def rank_fm(fm: FactorizationMachine, fmap: FeatureMap, data: Dataset, n: int = 10
-            ) -> dict[str, list[str]]:
-    """Each test user's top-n unrated movies under `fm` (any head), straight from its
-    weights: what `model.evaluate.rank_bundle` gets from the saved bundle (tested)."""
+def catalog_scores(fm: FactorizationMachine, fmap: FeatureMap, data: Dataset
+                   ) -> tuple[list[str], list[str], np.ndarray]:
+    """(test users, catalog ids, scores): each test user's score of every catalog movie
+    under `fm` (any head), straight from its weights, without the terms of the user
+    alone (the same for every movie, so no ranking or per-user standardisation moves)."""
     w, V = fm.w.numpy(), fm.V.numpy()
 
     def sums(rows: SparseRows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -583,6 +589,14 @@ def rank_fm(fm: FactorizationMachine, fmap: FeatureMap, data: Dataset, n: int = 
     _, user_s, _ = sums(fmap.encode("user", [
         user_payload(u, data.users.get(u, {}), rated.get(u, [])) for u in users]))
     _, ctx_s, _ = sums(fmap.encode("context", [contexts.get(u, {}) for u in users]))
+    return users, ids, (user_s + ctx_s) @ item_s.T + item_b[None, :]
+
+
+def rank_fm(fm: FactorizationMachine, fmap: FeatureMap, data: Dataset, n: int = 10
+            ) -> dict[str, list[str]]:
+    """Each test user's top-n unrated movies under `fm` (any head): what
+    `model.evaluate.rank_bundle` gets from the saved bundle (tested)."""
+    users, ids, scores = catalog_scores(fm, fmap, data)
     catalog = {m: r for r, m in enumerate(ids)}
-    top = rank_catalog(user_s + ctx_s, item_s, item_b, rated_rows(data.train, users, catalog), n)
+    top = rank_scores(scores, rated_rows(data.train, users, catalog), n)
     return {u: [ids[r] for r in row] for u, row in zip(users, top.tolist(), strict=True)}

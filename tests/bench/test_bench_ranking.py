@@ -1,10 +1,13 @@
-"""bench/ranking.py's options: --relevance overrides and the --quick peer set."""
+"""bench/ranking.py's options (--relevance overrides, the --quick peer set), its EASE
+and the blend's standardisation against slow references."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from bench.ranking import peers, relevance_config
+from bench.ranking import Interactions, ease_scores, peers, relevance_config
+from bench.ranking_blend import standardised
 from model.relevance import RelevanceConfig
 
 
@@ -33,3 +36,32 @@ def test_quick_leaves_out_the_slow_rows() -> None:
     assert "fmrec rating head" not in names and "implicit BPR (128 factors)" not in names
     assert names[0] == "most rated" and names[-1] == "fmrec relevance head"
     assert {"fmrec rating head", "EASE (lambda 500)"} <= {name for name, _ in peers()}
+
+
+def test_ease_scores_solve_each_column_s_ridge_regression() -> None:
+    """EASE's closed form against its definition: column j of B regresses movie j on
+    every other movie with L2 weight lambda (diag(B) = 0), one solve per column."""
+    rng = np.random.default_rng(0)
+    X = (rng.random((30, 8)) < 0.4).astype(np.float32)
+    x = Interactions.__new__(Interactions)
+    x.X = X
+    lam = 3.0
+    B = np.zeros((8, 8))
+    for j in range(8):
+        others = [i for i in range(8) if i != j]
+        A = X[:, others].astype(np.float64)
+        B[others, j] = np.linalg.solve(A.T @ A + lam * np.eye(7), A.T @ X[:, j])
+    np.testing.assert_allclose(ease_scores(x, lam), X @ B, rtol=1e-6, atol=1e-9)
+
+
+def test_standardised_is_a_z_score_over_each_user_s_unrated_movies() -> None:
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=(4, 6)) * 3 + 1
+    rated = rng.random((4, 6)) < 0.3
+    rated[:, 0] = False  # at least two unrated movies per user
+    rated[:, 1] = False
+    got = standardised(scores, rated)
+    for u in range(4):
+        free = scores[u][~rated[u]]
+        np.testing.assert_allclose(got[u][~rated[u]], (free - free.mean()) / free.std())
+        assert np.all(got[u][rated[u]] == 0.0)

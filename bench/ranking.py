@@ -33,7 +33,7 @@ import numpy as np
 
 from bench.common import Table, update_docs, write_json
 from bench.train import default_data_dir
-from model.data import Dataset, Ratings
+from model.data import DataError, Dataset, Ratings
 from model.data.movielens import read_movielens
 from model.evaluate import ranking_summary
 from model.features import FeatureMap, movielens_spec
@@ -267,6 +267,14 @@ def tables(rows: list[dict[str, Any]], cold: list[dict[str, Any]] | None = None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except DataError as exc:  # no MovieLens where --data points, or an unknown fold
+        print(f"bench.ranking: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(default_data_dir()))
     parser.add_argument("--folds", default="ua,u1,u2,u3,u4,u5")

@@ -25,7 +25,7 @@ import numpy as np
 from bench.common import Table, update_docs, write_json
 from bench.ranking import Interactions, ease_scores
 from bench.train import default_data_dir
-from model.data import Dataset
+from model.data import DataError, Dataset
 from model.data.movielens import read_movielens
 from model.evaluate import ranking_summary
 from model.features import FeatureMap, movielens_spec
@@ -89,7 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fold", default="ua")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite docs")
     args = parser.parse_args(argv)
-    rows = blend_rows(read_movielens(args.data, args.fold))
+    try:
+        data = read_movielens(args.data, args.fold)
+    except DataError as exc:
+        print(f"bench.ranking_blend: error: {exc}", file=sys.stderr)
+        return 2
+    rows = blend_rows(data)
     result = table(rows, args.fold)
     print(result.text())
     write_json("ranking-blend", {"fold": args.fold, "rows": rows})

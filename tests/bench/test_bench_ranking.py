@@ -3,10 +3,15 @@ and the blend's standardisation against slow references."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 
 from bench.ranking import Interactions, ease_scores, peers, relevance_config
+from bench.ranking import main as ranking_main
+from bench.ranking_blend import main as blend_main
 from bench.ranking_blend import standardised
 from model.relevance import RelevanceConfig
 
@@ -65,3 +70,11 @@ def test_standardised_is_a_z_score_over_each_user_s_unrated_movies() -> None:
         free = scores[u][~rated[u]]
         np.testing.assert_allclose(got[u][~rated[u]], (free - free.mean()) / free.std())
         assert np.all(got[u][rated[u]] == 0.0)
+
+
+@pytest.mark.parametrize("command", [ranking_main, blend_main])
+def test_missing_movielens_is_one_line_and_exit_2(command: Any, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert command(["--data", str(tmp_path / "nowhere"), "--no-readme"]) == 2
+    err = capsys.readouterr().err
+    assert "no MovieLens folder at" in err and "Traceback" not in err

@@ -10,14 +10,18 @@ measuring again.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+from collections.abc import Sequence
 
 from bench import compose_check, serve, train
 from bench.common import RESULTS, update_docs
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="python -m bench.readme",
+                            description=__doc__.split("\n\n")[0]).parse_args(argv)
     for name, tables in (("train", train.tables), ("serve", serve.tables),
                          ("compose", compose_check.tables)):
         path = RESULTS / f"{name}.json"

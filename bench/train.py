@@ -15,6 +15,9 @@ Three parts, each printed as a table and written to bench/results/train.json + t
 3. Scaling of fmrec's trainer on the planted-FM generator: seconds per epoch against the
    non-zeros one epoch really processes. Past `--full-epoch-batches` batches a sample of
    batches is timed and the epoch extrapolated (the table says which).
+
+`--parts pipeline` (say) reruns some parts; the others keep their figures from the stored
+results file, so the tables rewritten from it stay whole.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ TARGET_SPEEDUP = 20.0  # fmrec per epoch against the dense formulation
 # mini-batches: 0.01 was the best of {0.003, 0.01, 0.02, 0.05} on ua.test over 60 steps.
 DENSE_FULL_BATCH_LR = 0.01
 PARTS = ("race", "pipeline", "scaling")
+PART_KEYS = {"race": "movielens", "pipeline": "pipeline", "scaling": "scaling"}
 
 
 def default_data_dir() -> Path:
@@ -254,6 +258,16 @@ def pipeline(data_dir: Path, epochs: int | None = None) -> dict[str, Any]:
                                                                   if epochs else ""),
             "wall_seconds": wall, **{k: out[k] for k in keep},
             "reached_target": out["test_rmse"] <= TARGET_RMSE}
+
+
+def keep_parts_not_run(results: dict[str, Any], previous: dict[str, Any],
+                       parts: set[str]) -> dict[str, Any]:
+    """`results` plus, for each part this run skipped, that part's figures from the
+    previous results file: a `--parts` run updates its parts of train.json (and so the
+    tables `bench.readme` rewrites) without dropping the others."""
+    kept = {key: previous[key] for part, key in PART_KEYS.items()
+            if part not in parts and key in previous}
+    return {**results, **kept}
 
 
 # ---------------------------------------------------------------- scaling
@@ -597,6 +611,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["scaling"] = scaling(sizes, args.ratings_per_user, config,
                                      args.full_epoch_batches, args.sample_batches,
                                      started + args.deadline)
+    previous = out / f"{args.name}.json"
+    if not args.quick and previous.is_file():
+        results = keep_parts_not_run(results, json.loads(previous.read_text()), parts)
     results["targets"] = verdicts(results.get("movielens"), results.get("pipeline"))
     results["wall_seconds"] = time.perf_counter() - started
     print()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from bench import readme
 from bench.common import Table, update_docs
 
 README = """# Title
@@ -50,3 +53,9 @@ def test_a_table_is_rewritten_in_every_file_that_marks_it(tmp_path: Path) -> Non
     assert update_docs({"speed": speed}, files) == ["speed", "speed"]
     assert all("| fmrec | 1 |" in f.read_text() for f in files[:2])
     assert files[2].read_text() == "no markers\n"
+
+
+def test_help_prints_usage_and_rewrites_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:  # it used to ignore its arguments and rewrite
+        readme.main(["--help"])
+    assert stop.value.code == 0 and "usage: python -m bench.readme" in capsys.readouterr().out

@@ -24,7 +24,16 @@ from bench.dense_fm import (
     rating_rows,
     repeated_index_rows,
 )
-from bench.train import Curve, compare, plot, report, scaling, verdicts
+from bench.train import (
+    PARTS,
+    Curve,
+    compare,
+    keep_parts_not_run,
+    plot,
+    report,
+    scaling,
+    verdicts,
+)
 from model.blocks import EncodedRatings, encode_ratings, sorted_unique, used_columns
 from model.data.synthetic import synthetic
 from model.features import FeatureMap, FeatureSpec
@@ -154,3 +163,14 @@ def test_benchmark_runs_end_to_end_on_tiny_data(tiny, tmp_path: Path) -> None:
     assert "dense mini-batch" in text and "skipped" in text
     plot(results, tmp_path / "train.png")
     assert (tmp_path / "train.png").stat().st_size > 1000
+
+
+def test_a_parts_run_keeps_the_other_parts_of_the_results_file() -> None:
+    previous = {"movielens": {"old": 1}, "pipeline": {"wall_seconds": 61.3},
+                "scaling": [{"ratings": 100}], "targets": ["stale"]}
+    new = {"config": {}, "pipeline": {"wall_seconds": 248.0}}
+    merged = keep_parts_not_run(new, previous, {"pipeline"})
+    assert merged["pipeline"] == {"wall_seconds": 248.0}  # the part that ran wins
+    assert merged["movielens"] == {"old": 1} and merged["scaling"] == [{"ratings": 100}]
+    assert "targets" not in merged  # recomputed by the caller from the merged parts
+    assert keep_parts_not_run(new, previous, set(PARTS)) == new  # a full run keeps nothing

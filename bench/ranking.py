@@ -37,6 +37,7 @@ from model.data import DataError, Dataset, Ratings
 from model.data.movielens import read_movielens
 from model.evaluate import ranking_summary
 from model.features import FeatureMap, movielens_spec
+from model.fm import FactorizationMachine
 from model.pipeline import fit
 from model.relevance import RelevanceConfig, head_spec, rank_fm, train_relevance
 from model.train import TrainConfig
@@ -137,12 +138,18 @@ def relevance_config(overrides: Sequence[str]) -> RelevanceConfig:
         raise SystemExit(f"--relevance: {exc}") from None
 
 
-def fmrec_relevance(data: Dataset, config: RelevanceConfig | None = None
-                    ) -> dict[str, list[str]]:
+def relevance_head(data: Dataset, config: RelevanceConfig | None = None
+                   ) -> tuple[FactorizationMachine, FeatureMap]:
+    """The relevance head as `fmrec train` trains it on `data`, and its feature map."""
     spec = movielens_spec().fit_numeric("context", {"time": data.train.timestamp.tolist()})
     config = config or RelevanceConfig()
     result = train_relevance(data, spec, config, progress=False)
-    return rank_fm(result.model, FeatureMap(head_spec(spec, config.fields)), data)
+    return result.model, FeatureMap(head_spec(spec, config.fields))
+
+
+def fmrec_relevance(data: Dataset, config: RelevanceConfig | None = None
+                    ) -> dict[str, list[str]]:
+    return rank_fm(*relevance_head(data, config), data)
 
 
 def fmrec_rating(data: Dataset) -> dict[str, list[str]]:

@@ -23,13 +23,12 @@ from typing import Any
 import numpy as np
 
 from bench.common import Table, update_docs, write_json
-from bench.ranking import Interactions, ease_scores
+from bench.ranking import Interactions, ease_scores, relevance_head
 from bench.train import default_data_dir
 from model.data import DataError, Dataset
 from model.data.movielens import read_movielens
 from model.evaluate import ranking_summary
-from model.features import FeatureMap, movielens_spec
-from model.relevance import RelevanceConfig, catalog_scores, head_spec, train_relevance
+from model.relevance import catalog_scores
 
 WEIGHTS = tuple(round(a, 1) for a in np.linspace(0.0, 1.0, 11))
 
@@ -45,10 +44,7 @@ def standardised(scores: np.ndarray, rated: np.ndarray) -> np.ndarray:
 
 def fmrec_scores(data: Dataset, x: Interactions) -> np.ndarray:
     """The default relevance head's scores, rows and columns as `x`'s."""
-    spec = movielens_spec().fit_numeric("context", {"time": data.train.timestamp.tolist()})
-    config = RelevanceConfig()
-    model = train_relevance(data, spec, config, progress=False).model
-    users, ids, scores = catalog_scores(model, FeatureMap(head_spec(spec, config.fields)), data)
+    users, ids, scores = catalog_scores(*relevance_head(data), data)
     out = np.zeros_like(x.X, dtype=np.float64)
     col = {m: n for n, m in enumerate(x.items)}
     out[np.ix_([x.row[u] for u in users], [col[m] for m in ids])] = scores

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -21,7 +20,6 @@ from pydantic import BaseModel, Field
 from app.schemas import ExplainRequest
 from app.store import Store
 from app.user_sums import (
-    HISTORY_FIELD,
     Bases,
     Histories,
     combine,
@@ -38,7 +36,7 @@ from model.explain import (
     row_terms,
     top_columns,
 )
-from model.features import feature_hash
+from model.features import HISTORY_FIELD, STARS_FIELD, feature_hash
 
 if TYPE_CHECKING:  # the scorer imports this module
     from app.scorer import Scorer
@@ -85,17 +83,18 @@ class _Explainer:
 
     params: dict[str, FMParams]
     known: dict[int, set[str]] | None = None
-    rated_buckets: dict[str, int] = field(default_factory=dict)  # catalog movies only
+    # (field name, movie) -> bucket, catalog movies only: a history is hashed on every
+    # explained /recommend, ~half of its cost before
+    rated_buckets: dict[tuple[str, str], int] = field(default_factory=dict)
 
-    def rated_bucket(self, bundle: Bundle, movie: str) -> int:
-        """The bucket of "user.rated=<movie>" (remembered for catalog movies: a history is
-        hashed on every explained /recommend, ~half of its cost before)."""
-        bucket = self.rated_buckets.get(movie)
+    def rated_bucket(self, bundle: Bundle, name: str, movie: str) -> int:
+        """The bucket of "user.<name>=<movie>" (name: "rated" or "rated_stars")."""
+        bucket = self.rated_buckets.get((name, movie))
         if bucket is None:
-            rated = next(f for f in bundle.spec.side_fields("user") if f.name == HISTORY_FIELD)
+            rated = next(f for f in bundle.spec.side_fields("user") if f.name == name)
             bucket = feature_hash(rated.token(movie), bundle.spec.hash_bits)
             if bundle.catalog.row(movie) is not None:
-                self.rated_buckets[movie] = bucket
+                self.rated_buckets[name, movie] = bucket
         return bucket
 
 
@@ -124,7 +123,11 @@ async def explain_request(scorer: Scorer, request: ExplainRequest, store: Store
     movie = request.movies[0].payload()
     row = catalog.row(movie["id"]) if set(movie) == {"id"} else None
     item = catalog.payload(row) if row is not None else movie  # as the catalog encoded it
-    terms = (row_terms(fmap, "user", {**user.base_payload, HISTORY_FIELD: user.rated or []})
+    rated = user.rated or []
+    stars = user.stars or [None] * len(rated)
+    history = {HISTORY_FIELD: rated,
+               STARS_FIELD: [[m, s] for m, s in zip(rated, stars, strict=True)]}
+    terms = (row_terms(fmap, "user", {**user.base_payload, **history})
              + row_terms(fmap, "context", context) + row_terms(fmap, "item", item))
     explainer = _explainer(bundle)
     if explainer.known is None:  # hashes the catalog's vocabulary once: not in the loop
@@ -141,29 +144,36 @@ async def explain_request(scorer: Scorer, request: ExplainRequest, store: Store
         "fields": grouped(explained, fmap, catalog, explainer.known)})
 
 
-def because_you_rated(bundle: Bundle, head: str, history_ids: list[str], base: Bases,
-                      history: Histories, context: dict[str, Any], rows: np.ndarray
-                      ) -> list[list[dict[str, Any]]]:
+def because_you_rated(bundle: Bundle, head: str, history_ids: list[str],
+                      stars: list[float | None] | None, base: Bases, history: Histories,
+                      context: dict[str, Any], rows: np.ndarray) -> list[list[dict[str, Any]]]:
     """Per ranked catalog row, the user's rated movies that add most to its score under
-    `head` (the head that ranked), best first, with what they add. `base` and `history`
-    are the user's parts of every head, in the bundle's head order."""
+    `head` (the head that ranked), best first, with what they add: a movie's features
+    together (it, and its stars where the head reads them; an inline history may repeat
+    it). `base` and `history` are the user's parts of every head, in head order."""
     h = bundle.heads[head]
     position = list(bundle.heads).index(head)
-    occurrences = Counter(history_ids)  # an inline history may repeat a movie
     weighting = history_weighting(h.fmap.spec)
-    if not occurrences or len(rows) == 0 or weighting is None:  # nothing rated counts
+    if not history_ids or len(rows) == 0 or weighting is None:  # nothing rated counts
         return [[] for _ in range(len(rows))]
     explainer = _explainer(bundle)
     params = explainer.params[head]
-    rated = list(occurrences)
-    g = history_weight(sum(occurrences.values()), weighting)
+    rated = list(dict.fromkeys(history_ids))
+    column = {m: n for n, m in enumerate(rated)}
+    g = history_weight(len(history_ids), weighting)
+    occurrences = [(HISTORY_FIELD, m, g) for m in history_ids]
+    graded = next((f for f in h.fmap.spec.side_fields("user") if f.name == STARS_FIELD), None)
+    if graded is not None and stars is not None:
+        occurrences += [(STARS_FIELD, m, g * (s - graded.centre))
+                        for m, s in zip(history_ids, stars, strict=True) if s is not None]
     _, s_user, _ = combine(base[position], history[position], weighting, h.size_sums)
     ctx = h.fmap.encode("context", [context])  # its sum under the head, in NumPy
     s_ctx = (params.V[ctx.indices].astype(np.float64) * ctx.values[:, None]).sum(axis=0)
-    indices = np.array([explainer.rated_bucket(bundle, m) for m in rated])
-    counts = np.array([occurrences[m] for m in rated], np.float64)
-    values = history_contributions(params, g, s_user + s_ctx, indices,
-                                   h.items.s[rows]) * counts[None, :]
+    indices = np.array([explainer.rated_bucket(bundle, name, m) for name, m, _ in occurrences])
+    x = np.array([value for *_, value in occurrences], np.float64)
+    per_occurrence = history_contributions(params, x, s_user + s_ctx, indices, h.items.s[rows])
+    values = np.zeros((len(rows), len(rated)))  # summed per movie
+    np.add.at(values.T, np.array([column[m] for _, m, _ in occurrences]), per_occurrence.T)
     catalog = bundle.catalog
     out = []
     for item, top in enumerate(top_columns(values, BECAUSE_N)):

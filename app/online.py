@@ -11,7 +11,10 @@ script that fails midway; then ONE side_sums call gives each event's movie the r
 * else store the rating, bump the user's history version, and if this model's sums hash
   holds the history part of the version before (i.e. it is current), update it in O(k):
   a movie new to the history adds its row to [C, B, A] and 1 to n; the movie becomes
-  `last` if it is the latest by (timestamp, movie id), as `scorer.latest` orders them.
+  `last` if it is the latest by (timestamp, movie id), as `scorer.latest` orders them;
+* under a model that reads the user's stars, a movie re-rated with other stars changes
+  its row by a term quadratic in the stars: the script drops the history part instead,
+  and the next read recomputes it once from the stored history.
 
 A history part that is absent or stale is left alone: the next read recomputes it from
 the stored history, and `Store.write_sums` refuses that write-back if an event landed
@@ -71,23 +74,25 @@ def check_events(events: Sequence[RatingEvent], bundle: Bundle, max_events: int)
                                f"rating range [{low:g}, {high:g}]", event.rating)
 
 
-def history_rows(bundle: Bundle, movies: Sequence[str]) -> list[bytes]:
+def history_rows(bundle: Bundle, movies: Sequence[str], stars: Sequence[float]
+                 ) -> list[bytes]:
     """Per movie, what it adds to a history part [C, B, A...] of every head (one
-    side_sums call per head): w_j, |v_j|^2, v_j of "user.rated=<movie>" with weight 1,
-    heads side by side, packed like `hist`."""
+    side_sums call per head): the side sums (L, q, s) of `Head.history_rows` (the movie,
+    and its stars where the head reads them), heads side by side, packed like `hist`."""
     columns = []
     for head in bundle.heads.values():
-        sums = head.side_sums(head.history_rows(movies))
+        sums = head.side_sums(head.history_rows(movies, stars))
         columns += [sums.L[:, None], sums.q[:, None], sums.s]
     packed = np.concatenate(columns, axis=1).astype("<f8")
     return [row.tobytes() for row in packed]
 
 
 def script_args(events: Sequence[RatingEvent], rows: Sequence[bytes], model_id: str,
-                sums_ttl_s: int) -> tuple[list[str], list[str | int | bytes]]:
-    """KEYS and ARGV of `APPLY_EVENTS` for these events and their history rows."""
+                sums_ttl_s: int, starred: bool) -> tuple[list[str], list[str | int | bytes]]:
+    """KEYS and ARGV of `APPLY_EVENTS` for these events and their history rows;
+    `starred`: the model reads the user's stars (`reads_stars`)."""
     keys: list[str] = []
-    args: list[str | int | bytes] = [sums_ttl_s, CLAIM_TTL_S]
+    args: list[str | int | bytes] = [sums_ttl_s, CLAIM_TTL_S, int(starred)]
     for event, row in zip(events, rows, strict=True):
         uid = event.user_id
         keys += [claim_key(uid, event.event_id), ratings_key(uid), version_key(uid),
@@ -95,6 +100,11 @@ def script_args(events: Sequence[RatingEvent], rows: Sequence[bytes], model_id: 
         args += [event.movie_id, rating_value(event.rating, event.timestamp), event.timestamp,
                  row]
     return keys, args
+
+
+def reads_stars(bundle: Bundle) -> bool:
+    """Whether a head of `bundle` reads the user's stars (a re-rating changes its row)."""
+    return any(head.reads_stars for head in bundle.heads.values())
 
 
 def slot_groups(events: Sequence[RatingEvent], by_slot: bool) -> list[list[int]]:
@@ -114,12 +124,13 @@ async def apply_events(events: Sequence[RatingEvent], bundle: Bundle, store: Sto
     Raises StoreUnavailable when Redis cannot run the script (then nothing is written,
     or, if only the reply was lost, a retry finds every event a duplicate).
     """
-    rows = await asyncio.to_thread(history_rows, bundle, [e.movie_id for e in events])
+    rows = await asyncio.to_thread(history_rows, bundle, [e.movie_id for e in events],
+                                   [e.rating for e in events])
     try:
         counts = await asyncio.gather(*(
             store.run_script(APPLY_EVENTS, *script_args(
                 [events[i] for i in group], [rows[i] for i in group], bundle.model_id,
-                store.ttl_s))
+                store.ttl_s, reads_stars(bundle)))
             for group in slot_groups(events, store.cluster)), return_exceptions=True)
     finally:  # also when only the reply was lost: the script may have run
         await store.changed(sorted({e.user_id for e in events}))

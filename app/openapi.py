@@ -104,6 +104,7 @@ def _limits(components: dict[str, Any], service: Service) -> None:
         return
     low, high = scorer.bundle.rating_range
     props["RatingEvent"]["rating"].update(minimum=low, maximum=high)
+    components["RatedMovie"]["properties"]["stars"].update(minimum=low, maximum=high)
     genres = "|".join(_caseless(g) for g in scorer.bundle.catalog.genre_names)
     _nullable_array(props["RecommendRequest"]["genres"])["items"]["pattern"] = (
         rf"^\s*({genres})\s*$")

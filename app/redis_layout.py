@@ -185,7 +185,7 @@ return 1
 # TTL, ARGV[4i-1 .. 4i+2]: movie, "rating:timestamp", timestamp, its packed <f8 row.
 # Returns {accepted, duplicates, stale}. Nothing in it can fail on checked input.
 APPLY_EVENTS = """
-local sums_ttl, claim_ttl = ARGV[1], ARGV[2]
+local sums_ttl, claim_ttl, starred = ARGV[1], ARGV[2], ARGV[3] == '1'
 local accepted, duplicates, stale = 0, 0, 0
 
 local function add(a, b)  -- elementwise sum of two packed <f8 vectors
@@ -208,7 +208,7 @@ end
 
 for i = 1, #KEYS / 4 do
   local claim, ratings, version, sums = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
-  local movie, value, ts, row = ARGV[4*i-1], ARGV[4*i], tonumber(ARGV[4*i+1]), ARGV[4*i+2]
+  local movie, value, ts, row = ARGV[4*i], ARGV[4*i+1], tonumber(ARGV[4*i+2]), ARGV[4*i+3]
   if not redis.call('SET', claim, '1', 'NX', 'EX', claim_ttl) then
     duplicates = duplicates + 1
   else
@@ -221,7 +221,11 @@ for i = 1, #KEYS / 4 do
       local now = redis.call('INCR', version)
       local h = redis.call('HMGET', sums, 'hist', 'n', 'last', 'last_time', 'ver')
       local hist, n, last, last_time = h[1], tonumber(h[2]), h[3], tonumber(h[4]) or 0
-      if hist and n and #hist == #row and tonumber(h[5] or '0') == now - 1 then
+      local restarred = starred and old and string.match(old, '^(.-):')
+                        ~= string.match(value, '^(.-):')
+      if restarred then  -- its row changed (not O(k) here): the next read recomputes it
+        redis.call('HDEL', sums, 'hist', 'n', 'last', 'last_time', 'ver')
+      elseif hist and n and #hist == #row and tonumber(h[5] or '0') == now - 1 then
         if not old then
           hist, n = add(hist, row), n + 1
         end

@@ -16,9 +16,11 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     StrictBool,
     StringConstraints,
+    Tag,
     WithJsonSchema,
     model_validator,
 )
@@ -86,6 +88,24 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+class RatedMovie(Strict):
+    """A rated movie with its stars: the rating head reads how a user rated each movie
+    (feature group "stars"), not only that they did."""
+
+    id: Id
+    stars: Annotated[float, Field(description="within the model's rating range"), JsonNumber]
+
+
+def _rated_entry(value: Any) -> str:
+    """Which form a `rated` entry has: an object is a movie with stars, else an id. Errors
+    say which in their loc ([..., "rated", n, "id"] or [..., n, "movie", "stars"])."""
+    return "movie" if isinstance(value, dict) else "id"
+
+
+RatedEntry = Annotated[Annotated[Id, Tag("id")] | Annotated[RatedMovie, Tag("movie")],
+                       Discriminator(_rated_entry)]
+
+
 class UserIn(Strict):
     """A user by id (known to the store), inline (cold start), or both (inline wins)."""
 
@@ -103,14 +123,23 @@ class UserIn(Strict):
                        {"type": "string", "maxLength": 16},
                        {"type": "integer", "minimum": -(10**15 - 1), "maximum": MAX_JSON_INT}
                    ]})] | None = None
-    rated: Annotated[list[Id] | None, Field(
-        description="movies the user rated, oldest first (replaces the stored history)")] = None
+    rated: Annotated[list[RatedEntry] | None, Field(
+        description="movies the user rated, oldest first (replaces the stored history): "
+                    "ids, or {id, stars}; a movie without stars counts as rated at the "
+                    "training ratings' mean")] = None
 
     @model_validator(mode="after")
     def _not_empty(self) -> UserIn:
         if self.id is None and self.rated is None and not self.attributes():
             raise ValueError("give the user's id, or attributes / rated movies inline")
         return self
+
+    def rated_movies(self) -> tuple[list[str], list[float | None]] | None:
+        """The inline history as movie ids and their stars (None: not given)."""
+        if self.rated is None:
+            return None
+        return ([m if isinstance(m, str) else m.id for m in self.rated],
+                [None if isinstance(m, str) else m.stars for m in self.rated])
 
     def attributes(self) -> dict[str, Any]:
         """Inline attributes that were given (these override the stored profile)."""

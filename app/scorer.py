@@ -118,7 +118,7 @@ class Scorer:
         result = await self._run(job, store)
         ratings = self.bundle.clip(result.scores["rating"])
         because = because_you_rated(
-            self.bundle, job.head, user.rated or [], result.base, result.history,
+            self.bundle, job.head, user.rated or [], user.stars, result.base, result.history,
             job.context, result.rows) if request.explain else None
         return RecommendResponse.model_validate({  # from dicts: see predict
             "model_id": self.model_id, "user_cached": user.cached, "rank_by": job.head,
@@ -158,22 +158,27 @@ class Scorer:
         record = await self._read(user, store, need_ratings) if user.id is not None else None
         base = record.base if record is not None and not attrs else None
         history = None
-        if user.rated is not None:
-            rated: list[str] | None = list(user.rated)
+        inline = user.rated_movies()
+        stars: list[float | None] | None
+        if inline is not None:
+            rated: list[str] | None = inline[0]
+            stars = self._checked_stars(inline[1])
             last, last_time = (rated[-1] if rated else None), 0
         elif record is not None and record.history is not None:
             history = record.history
             rated = list(record.ratings) if record.ratings is not None else None
+            stars = ([r.rating for r in record.ratings.values()]
+                     if record.ratings is not None else None)
             last, last_time = history[0].last_movie, history[0].last_time
         else:
             ratings = (record.ratings if record is not None else None) or {}
-            rated = list(ratings)
+            rated, stars = list(ratings), [r.rating for r in ratings.values()]
             last, last_time = latest(ratings)
         known = record is not None and record.known
         payload = {**(record.profile if record is not None else {}), **attrs}
         if user.id is not None:
             payload["id"] = user.id
-        query = UserQuery(user.id, base, payload, history, rated, last, last_time,
+        query = UserQuery(user.id, base, payload, history, rated, stars, last, last_time,
                           cache_base=known and base is None and not attrs,
                           cache_history=known and history is None and user.rated is None,
                           version=record.version if record is not None else 0,
@@ -181,6 +186,15 @@ class Scorer:
         if user.id is not None and record is not None:
             (self.metrics.cache_hits if query.cached else self.metrics.cache_misses).inc()
         return query
+
+    def _checked_stars(self, stars: list[float | None]) -> list[float | None]:
+        """Inline stars within the model's rating range (a 422 naming the first not)."""
+        low, high = self.bundle.rating_range
+        for n, value in enumerate(stars):
+            if value is not None and not low <= value <= high:
+                raise InvalidInput(("user", "rated", n, "stars"), "stars must be within the "
+                                   f"model's rating range [{low:g}, {high:g}]", value)
+        return stars
 
     async def _read(self, user: UserIn, store: Store, need_ratings: bool) -> UserRecord | None:
         """Cached parts and profile in one round trip; the ratings too when the request

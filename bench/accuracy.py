@@ -28,8 +28,10 @@ from model.features import FEATURE_GROUPS, movielens_spec
 from model.pipeline import fit
 from model.train import TrainConfig
 
-# "history_size" is read by the relevance head only (`FeatureSpec.rating_fields`)
-VARIANTS = ["ids", *(f"ids,{g}" for g in FEATURE_GROUPS if g != "history_size"), "full"]
+# "history_size" is read by the relevance head only (`FeatureSpec.rating_fields`); the
+# user's stars grade the rated movies, so they come with them
+VARIANTS = ["ids", *(f"ids,{g}" if g != "stars" else "ids,implicit,stars"
+                     for g in FEATURE_GROUPS if g != "history_size"), "full"]
 WITHOUT_SESSION = ",".join(["ids", *(g for g in FEATURE_GROUPS if g != "session")])
 
 

@@ -48,7 +48,7 @@ from app.scorer import latest
 from app.settings import Settings
 from app.store import Store, StoreUnavailable
 from model.bundle import Bundle
-from model.features import SparseRows, context_payload
+from model.features import HISTORY_FIELD, STARS_FIELD, SparseRows, context_payload
 from model.fm import FactorizationMachine
 
 NO_SUMS = "naive"  # a model-id namespace under which no sums are ever cached
@@ -154,14 +154,17 @@ class NaiveService:
                                                 with_ratings=user.rated is None)
             profile, ratings = record.profile, record.ratings or {}
         stored: dict[str, Any] | None = None
-        if user.rated is not None:
-            rated = list(user.rated)
+        inline = user.rated_movies()
+        stars: list[float | None]
+        if inline is not None:
+            rated, stars = inline
             last = rated[-1] if rated else None
         else:
             stored = ratings
-            rated = list(ratings)
+            rated, stars = list(ratings), [r.rating for r in ratings.values()]
             last = latest(ratings)[0]
-        payload = {**profile, **user.attributes(), "rated": rated}
+        payload = {**profile, **user.attributes(), HISTORY_FIELD: rated,
+                   STARS_FIELD: [[m, s] for m, s in zip(rated, stars, strict=True)]}
         if user.id is not None:
             payload["id"] = user.id
         return payload, rated, last, stored

@@ -43,7 +43,7 @@ from pydantic import SecretStr
 
 from app.cli import main as fmrec
 from app.main import create_app
-from app.online import apply_events, history_rows, script_args
+from app.online import apply_events, history_rows, reads_stars, script_args
 from app.redis_layout import (
     APPLY_EVENTS,
     VERSION_FIELD,
@@ -129,7 +129,8 @@ def history_parts(bundle: Bundle, ratings: Mapping[str, Rating]) -> tuple[Histor
     """Every head's history part of a stored history, recomputed from scratch."""
     out = []
     for head in bundle.heads.values():
-        rows = head.side_sums(head.history_rows(list(ratings)))
+        rows = head.side_sums(head.history_rows(list(ratings),
+                                                [r.rating for r in ratings.values()]))
         out.append(HistorySums.of_rows(rows, 0, len(ratings), *latest(ratings)))
     return tuple(out)
 
@@ -143,8 +144,10 @@ async def event_cost(store: Store, bundle: Bundle, events: Events, size: int, re
     uid = f"h{size}"
     # the script's calls: events of movies new to the user, their rows computed beforehand
     prepared = events.take(reps + 1, user=uid, new_movie=True)
-    calls = iter(script_args([e], [row], bundle.model_id, store.ttl_s) for e, row in zip(
-        prepared, history_rows(bundle, [e.movie_id for e in prepared]), strict=True))
+    calls = iter(script_args([e], [row], bundle.model_id, store.ttl_s, reads_stars(bundle))
+                 for e, row in zip(prepared, history_rows(
+                     bundle, [e.movie_id for e in prepared], [e.rating for e in prepared]),
+                     strict=True))
 
     async def recompute_user() -> None:
         await recompute(store, bundle, uid)

@@ -10,8 +10,9 @@ training split), and the last movie is the latest one rated strictly before the 
 A training rating's own movie is in its user's history (and its user among the movie's
 raters); a test rating's is not. So that the model cannot learn from a signal that never
 exists at test time, each training rating carries `left_out` occurrences
-(user.rated=<its movie>, item.raters=<its user>) whose side sums are subtracted: the FM
-then sees exactly "history without this rating".
+(user.rated=<its movie>, user.rated_stars=<its movie> with its own stars,
+item.raters=<its user>) whose side sums are subtracted: the FM then sees exactly "history
+without this rating".
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from model.data import Dataset, Ratings
-from model.features import FeatureMap, SparseRows, day_of, feature_hash, session_of
+from model.features import (
+    HISTORY_FIELD,
+    STARS_FIELD,
+    FeatureMap,
+    SparseRows,
+    day_of,
+    feature_hash,
+    session_of,
+)
 
 
 class Block(NamedTuple):
@@ -115,15 +124,20 @@ def user_histories(history: Ratings) -> dict[str, list[str]]:
     return _group(history.user, history.item, history.timestamp)
 
 
+def user_stars(history: Ratings) -> dict[str, list[float]]:
+    """Stars of each user's rated movies, in the order of `user_histories`."""
+    return _group(history.user, history.rating.astype(np.float64), history.timestamp)
+
+
 def item_raters(history: Ratings) -> dict[str, list[str]]:
     """Users who rated each movie, in time order."""
     return _group(history.item, history.user, history.timestamp)
 
 
-def _group(owners: np.ndarray, members: np.ndarray, times: np.ndarray) -> dict[str, list[str]]:
+def _group(owners: np.ndarray, members: np.ndarray, times: np.ndarray) -> dict[str, list[Any]]:
     order = np.argsort(times, kind="stable")
-    groups: dict[str, list[str]] = defaultdict(list)
-    for owner, member in zip(owners[order], members[order], strict=True):
+    groups: dict[str, list[Any]] = defaultdict(list)
+    for owner, member in zip(owners[order], members[order].tolist(), strict=True):
         groups[owner].append(member)
     return groups
 
@@ -150,9 +164,14 @@ def sessions(users: np.ndarray, timestamps: np.ndarray) -> list[str]:
             for u, t in zip(users.tolist(), timestamps.tolist(), strict=True)]
 
 
-def user_payload(user_id: str, attrs: dict[str, Any], rated: list[str]) -> dict[str, Any]:
-    """The user payload the feature map reads: id, attributes and rated movies."""
-    return {"id": user_id, **attrs, "rated": rated}
+def user_payload(user_id: str, attrs: dict[str, Any], rated: list[str],
+                 stars: list[float] | None = None) -> dict[str, Any]:
+    """The user payload the feature map reads: id, attributes, rated movies and, given,
+    their stars."""
+    payload = {"id": user_id, **attrs, HISTORY_FIELD: rated}
+    if stars is not None:
+        payload[STARS_FIELD] = [[m, r] for m, r in zip(rated, stars, strict=True)]
+    return payload
 
 
 def item_payload(item_id: str, attrs: dict[str, Any],
@@ -165,11 +184,13 @@ def item_payload(item_id: str, attrs: dict[str, Any],
 
 
 def own_occurrences(fmap: FeatureMap, key: str, owners: np.ndarray, members: np.ndarray,
-                    groups: dict[str, list[str]]) -> SparseRows:
+                    groups: dict[str, list[str]], numbers: np.ndarray | None = None
+                    ) -> SparseRows:
     """Per event, the occurrence of `key`=member in the owner's group, if the group holds it.
 
     user.rated: owner = the user, member = the event's movie; item.raters: owner = the
-    movie, member = the event's user.
+    movie, member = the event's user; user.rated_stars (a graded field): as user.rated,
+    with the event's own stars (`numbers`) as its number.
     """
     field = next((f for f in fmap.spec.fields if f.key == key), None)
     n = len(owners)
@@ -178,8 +199,11 @@ def own_occurrences(fmap: FeatureMap, key: str, owners: np.ndarray, members: np.
     seen = {o: set(group) for o, group in groups.items()}
     present = np.array([m in seen.get(o, ()) for o, m in zip(owners, members, strict=True)],
                        dtype=bool)
-    size = np.array([len(seen[o]) for o in owners[present]], dtype=np.float32)
+    size = np.array([len(seen[o]) for o in owners[present]], dtype=np.float64)
     weight = 1.0 / (size if field.weighting == "mean" else np.sqrt(size))
+    if field.kind == "graded":
+        assert numbers is not None, "a graded field's own occurrence needs its number"
+        weight = (numbers[present].astype(np.float64) - field.centre) * weight
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(present, out=indptr[1:])
     indices = np.array([feature_hash(field.token(m), fmap.spec.hash_bits)
@@ -194,8 +218,10 @@ def encode_ratings(
     user_ids, row_user = np.unique(events.user.astype(str), return_inverse=True)
     item_ids, row_item = np.unique(events.item.astype(str), return_inverse=True)
     rated, raters = user_histories(history), item_raters(history)
+    stars = user_stars(history)
     users = fmap.encode("user", [
-        user_payload(u, data.users.get(u, {}), rated.get(u, [])) for u in user_ids
+        user_payload(u, data.users.get(u, {}), rated.get(u, []), stars.get(u, []))
+        for u in user_ids
     ])
     items = fmap.encode("item", [
         item_payload(i, data.items.get(i, {}), raters.get(i, [])) for i in item_ids
@@ -209,6 +235,8 @@ def encode_ratings(
     )
     left_out = SparseRows.concat_columns([
         own_occurrences(fmap, "user.rated", events.user, events.item, rated),
+        own_occurrences(fmap, f"user.{STARS_FIELD}", events.user, events.item, rated,
+                        events.rating),
         own_occurrences(fmap, "item.raters", events.item, events.user, raters),
     ])
     return EncodedRatings(users, items, contexts, left_out, row_user.astype(np.int64),

@@ -40,7 +40,14 @@ import tensorflow as tf
 from model import ann
 from model.blocks import item_payload
 from model.engine import Engine, EngineName, make_engine
-from model.features import HISTORY_FIELD, FeatureMap, FeatureSpec, SparseRows, with_session
+from model.features import (
+    HISTORY_FIELD,
+    STARS_FIELD,
+    FeatureMap,
+    FeatureSpec,
+    SparseRows,
+    with_session,
+)
 from model.fm import FactorizationMachine, SideSums, item_bias
 from model.manifest import (
     FORMAT_VERSION,
@@ -283,18 +290,25 @@ class Head:
         self.items = items
         self.ann = index  # approximate top-N over `items` (large catalogs only)
         self.history_fmap = FeatureMap(fmap.spec.only(
-            f.key for f in fmap.spec.side_fields("user") if f.name == HISTORY_FIELD))
+            f.key for f in fmap.spec.side_fields("user")
+            if f.name in (HISTORY_FIELD, STARS_FIELD)))
+        self.reads_stars = any(f.name == STARS_FIELD for f in self.history_fmap.spec.fields)
         size_rows = fmap.size_rows()
         self.size_sums = None if size_rows is None else self.side_sums(size_rows)
 
     def side_sums(self, rows: SparseRows) -> Sums:
         return Sums(*self.engine.side_sums(rows))
 
-    def history_rows(self, movies: Sequence[str]) -> SparseRows:
-        """One row per movie: the "user.rated" feature alone, with weight 1 (what a rated
-        movie adds to a user's raw history sums). Not `fmap.encode`: that would add the
-        size token of a one-movie history to each."""
-        return self.history_fmap.encode("user", [{HISTORY_FIELD: [m]} for m in movies])
+    def history_rows(self, movies: Sequence[str],
+                     stars: Sequence[float | None] | None = None) -> SparseRows:
+        """One row per movie: what a rated movie adds to a user's raw history sums, the
+        "user.rated" feature with weight 1 and, if the head reads them, its stars
+        ("user.rated_stars" with stars - centre; unknown stars: the centre, nothing).
+        Not `fmap.encode`: that would add the size token of a one-movie history to each."""
+        given = [None] * len(movies) if stars is None else stars
+        return self.history_fmap.encode("user", [
+            {HISTORY_FIELD: [m], STARS_FIELD: [[m, s]]}
+            for m, s in zip(movies, given, strict=True)])
 
     def score_pairs(self, query: Sums, contexts: SparseRows, pair_row: np.ndarray,
                     items: Sums) -> np.ndarray:

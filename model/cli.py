@@ -65,7 +65,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.l2_field:
         l2_fields = {**DEFAULT_L2_FIELDS, **dict(args.l2_field)}
         rating = spec.rating_fields()  # the fields the rating head reads and regularises
-        unknown = unknown_fields(rating, l2_fields)
+        unknown = unknown_fields(rating, dict(args.l2_field))
         if unknown:
             raise CliError(f"--l2-field: {', '.join(unknown)} not among the features "
                            f"({', '.join(f.key for f in rating.fields)})")
@@ -116,8 +116,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="temporal split: test on the ratings from this date on (YYYY-MM-DD "
                         "or an ISO date-time, UTC unless it says) instead of --holdout")
     p.add_argument("--features", default="full",
-                   help="full, ids, or ids plus a comma list of implicit,time,last,"
-                        "user_attrs,item_attrs,raters,session,day (day is not in full)")
+                   help="full, ids, or ids plus a comma list of implicit,stars,time,last,"
+                        "user_attrs,item_attrs,raters,session,history_size,day (day is not "
+                        "in full; stars needs implicit)")
     p.add_argument("--hash-bits", type=int, default=18, choices=range(10, 31),
                    metavar="{10..30}")
     p.add_argument("--seed", type=int, default=0)
@@ -198,8 +199,9 @@ def add_model_commands(sub: Any) -> None:
     p.add_argument("--patience", type=positive(int))
     p.add_argument("--l2-context", type=float)
     p.add_argument("--l2-field", type=l2_field, action="append", metavar="FIELD=SCALE",
-                   help="multiply one field's L2 weights (w and V), e.g. item.id=10 (the "
-                        "default; item.id=1 turns it off); repeatable")
+                   help="multiply one field's L2 weights (w and V): the defaults are "
+                        "item.id=10 and user.rated_stars=3 (FIELD=1 turns one off); "
+                        "repeatable")
     p.add_argument("--members", type=positive(int),
                    help="models trained from seeds seed.. and averaged into one FM "
                         "(its k is members x --k)")

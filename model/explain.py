@@ -52,18 +52,20 @@ def contributions(params: FMParams, indices: np.ndarray, x: np.ndarray) -> np.nd
     return np.asarray(x * params.w[indices] + 0.5 * (vx @ s - np.einsum("ij,ij->i", vx, vx)))
 
 
-def history_contributions(params: FMParams, g: float, a: np.ndarray, rated: np.ndarray,
+def history_contributions(params: FMParams, x: np.ndarray, a: np.ndarray, indices: np.ndarray,
                           item_s: np.ndarray) -> np.ndarray:
-    """(items, rated): what each history feature (weight g) adds to each item's score.
+    """(items, occurrences): what each history occurrence (bucket `indices`, value x)
+    adds to each item's score.
 
-    For history feature j and item i, with a the user + context sum (which holds g v_j)
-    and s_i the item's side sum: g w_j + g v_j . (a + s_i - g v_j) / 2. The part without
-    s_i is per feature; the rest is ONE matrix product for all items.
+    For occurrence j and item i, with a the user + context sum (which holds x_j v_j) and
+    s_i the item's side sum: x_j w_j + x_j v_j . (a + s_i - x_j v_j) / 2. The part without
+    s_i is per occurrence; the rest is ONE matrix product for all items.
     """
-    w = params.w[rated].astype(np.float64)
-    V = params.V[rated].astype(np.float64)
-    own = g * w + 0.5 * g * (V @ np.asarray(a, np.float64) - g * np.einsum("ij,ij->i", V, V))
-    return np.asarray(own[None, :] + (0.5 * g) * (np.asarray(item_s, np.float64) @ V.T))
+    x = np.asarray(x, np.float64)
+    w = params.w[indices].astype(np.float64)
+    V = params.V[indices].astype(np.float64)
+    own = x * w + 0.5 * x * (V @ np.asarray(a, np.float64) - x * np.einsum("ij,ij->i", V, V))
+    return np.asarray(own[None, :] + 0.5 * (np.asarray(item_s, np.float64) @ V.T) * x[None, :])
 
 
 def top_columns(values: np.ndarray, n: int) -> np.ndarray:
@@ -96,7 +98,8 @@ def row_terms(fmap: FeatureMap, side: Side, payload: Mapping[str, Any]) -> list[
         block = fmap.encode_field(f, [value], 1)
         if f.kind == "size":  # the list's size bucket, if the list is short enough
             value = f.size_value(len(value))
-        values = [] if value is None else list(value) if f.kind == "multi" else [value]
+        values = ([] if value is None else list(value) if f.kind == "multi"
+                  else [pair[0] for pair in value] if f.kind == "graded" else [value])
         for v, index, x in zip(values, block.indices.tolist(), block.values.tolist(),
                                strict=True):
             terms.append(Term(f.key, v, f.key if f.kind == "numeric" else f.token(v),
@@ -111,7 +114,8 @@ def known_features(fmap: FeatureMap, catalog: Catalog) -> dict[int, set[str]]:
     movies = [str(m) for m in catalog.ids.tolist()]
     users = sorted({u for r in catalog.raters for u in r})
     vocab: dict[str, Sequence[Any]] = {
-        "item.id": movies, "user.rated": movies, "context.last_movie": movies,
+        "item.id": movies, "user.rated": movies, "user.rated_stars": movies,
+        "context.last_movie": movies,
         "item.genres": catalog.genre_names, "user.id": users, "item.raters": users,
         "item.year": sorted({int(y) for y in catalog.years.tolist() if y}),
     }
@@ -126,7 +130,7 @@ def known_features(fmap: FeatureMap, catalog: Catalog) -> dict[int, set[str]]:
 def label(f: Field | None, value: Any, catalog: Catalog) -> str:
     """A readable value: titles for movies, "user X" for users, dates for times."""
     key = f.key if f is not None else ""
-    if key in ("item.id", "user.rated", "context.last_movie"):
+    if key in ("item.id", "user.rated", "user.rated_stars", "context.last_movie"):
         row = catalog.row(str(value))
         return str(catalog.titles[row]) if row is not None and catalog.titles[row] else (
             f"movie {value}")

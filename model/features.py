@@ -7,7 +7,10 @@ A feature is `side.field=value` hashed with BLAKE2b (stable and seedless, unlike
 `hash()`) into `2**hash_bits` buckets. Numeric fields hash `side.field` and carry a value
 scaled to [0, 1] by the range seen in training (clipped outside it, so a timestamp from
 2026 cannot blow up a linear term). Multi-valued fields (genres, rated movies) give each
-value the weight 1/n ("mean") or 1/sqrt(n) ("sqrt"). A "size" field reads another field's
+value the weight 1/n ("mean") or 1/sqrt(n) ("sqrt"). A "graded" field is a multi field
+whose values carry a number: [value, number] pairs, each the feature `side.field=value`
+with (number - centre) times that weight, the centre fitted on training (the user's
+stars: how a user rated, not only what). A "size" field reads another field's
 list and emits one categorical token for its length (log2 buckets, short lists only): how
 much a user has rated, which `app.user_sums` adds from the history count in O(1).
 
@@ -29,10 +32,11 @@ from typing import Any, Literal
 import numpy as np
 
 Side = Literal["user", "item", "context"]
-Kind = Literal["categorical", "multi", "numeric", "size"]
-KINDS = ("categorical", "multi", "numeric", "size")
+Kind = Literal["categorical", "multi", "graded", "numeric", "size"]
+KINDS = ("categorical", "multi", "graded", "numeric", "size")
 SIDES: tuple[Side, ...] = ("user", "item", "context")
 HISTORY_FIELD = "rated"  # the user's rated movies: the field every history path reads
+STARS_FIELD = "rated_stars"  # their stars: [movie, stars] pairs, parallel to HISTORY_FIELD
 
 
 class FeatureError(ValueError):
@@ -127,7 +131,8 @@ class Field:
     side: Side
     kind: Kind
     prefix: int = 0  # categorical: keep only the first `prefix` characters (zip codes)
-    weighting: Literal["mean", "sqrt"] = "mean"  # multi: weight of each of n values
+    weighting: Literal["mean", "sqrt"] = "mean"  # multi, graded: weight of each of n values
+    centre: float = 0.0  # graded: a number's value is (number - centre) times the weight
     low: float = 0.0  # numeric: training range, mapped to [0, 1]
     high: float = 1.0
     of: str = ""  # size: the multi field whose list length this field encodes
@@ -236,6 +241,20 @@ class FeatureSpec:
     hash_bits: int = 18
     golden: dict[str, int] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """A graded user field grades the history: the service keeps both in one sum per
+        user with one weight per history size (`app.user_sums.combine`), so it needs the
+        history field, weighted alike."""
+        history = next((f for f in self.fields if f.side == "user" and f.name == HISTORY_FIELD
+                        and f.kind == "multi"), None)
+        for f in self.fields:
+            if f.kind == "graded" and (f.side != "user" or f.name != STARS_FIELD
+                                       or history is None
+                                       or history.weighting != f.weighting):
+                raise SpecError(f"feature spec field {f.key!r}: a graded field is the user's "
+                                f"{STARS_FIELD!r}, next to {HISTORY_FIELD!r} weighted alike "
+                                "(feature group 'stars' needs 'implicit')")
+
     @property
     def n_features(self) -> int:
         return 1 << self.hash_bits
@@ -265,6 +284,11 @@ class FeatureSpec:
                     f"feature spec mismatch: {key!r} hashes to {got} here but to {expected} "
                     "in the bundle; this code cannot reproduce the model's features"
                 )
+
+    def fit_centres(self, centre: float) -> FeatureSpec:
+        """Every graded field measured from `centre` (the training ratings' mean)."""
+        return replace(self, fields=tuple(replace(f, centre=float(centre))
+                                          if f.kind == "graded" else f for f in self.fields))
 
     def fit_numeric(self, side: Side, columns: Mapping[str, Sequence[Any]]) -> FeatureSpec:
         """Record the training range of each numeric field of `side`."""
@@ -298,6 +322,8 @@ class FeatureSpec:
             if f.kind == "size" and (not f.of or f.below < 2):
                 raise SpecError(f"feature spec field {f.key!r}: a size field needs 'of' "
                                 "and 'below' >= 2")
+            if f.kind == "graded" and not np.isfinite(f.centre):
+                raise SpecError(f"feature spec field {f.key!r}: its centre must be finite")
         return spec
 
 
@@ -314,13 +340,15 @@ def movielens_spec(hash_bits: int = 18, features: str = "full") -> FeatureSpec:
     attributes and "raters" (the users who rated a movie: the item-side mirror of the
     user's rated movies), "session" (`session_of`) and "history_size" (a short history's
     size, read from "rated"). Field names are the payload keys:
-    user {id, age, gender, occupation, zip, rated}, movie {id, genres, year, raters},
-    context {time, last_movie, session, day} (session and day derived from the user id and
-    time). "day" (`day_of`) is opt-in: it is not part of "full".
+    user {id, age, gender, occupation, zip, rated, rated_stars}, movie {id, genres, year,
+    raters}, context {time, last_movie, session, day} (session and day derived from the
+    user id and time). "stars" (the user's stars of the movies in "rated", read by the
+    rating head) is in "full"; "day" (`day_of`) is opt-in.
     """
     ids = (Field("id", "user", "categorical"), Field("id", "item", "categorical"))
     groups: dict[str, tuple[Field, ...]] = {
         "implicit": (Field("rated", "user", "multi", weighting="sqrt"),),
+        "stars": (Field(STARS_FIELD, "user", "graded", weighting="sqrt"),),
         "time": (Field("time", "context", "numeric"),),
         "last": (Field("last_movie", "context", "categorical"),),
         "user_attrs": (
@@ -345,8 +373,8 @@ def movielens_spec(hash_bits: int = 18, features: str = "full") -> FeatureSpec:
     return FeatureSpec(fields, hash_bits)
 
 
-FEATURE_GROUPS = ("implicit", "time", "last", "user_attrs", "item_attrs", "raters", "session",
-                  "history_size")
+FEATURE_GROUPS = ("implicit", "stars", "time", "last", "user_attrs", "item_attrs", "raters",
+                  "session", "history_size")
 # groups that "full" leaves out: measured not to pay on ML-100k (docs/accuracy.md)
 OPTIONAL_GROUPS = ("day",)
 
@@ -386,6 +414,8 @@ class FeatureMap:
             raise FeatureError(f"{f.side}.{f.name}: {len(column)} values for {n_rows} rows")
         if f.kind == "numeric":
             return self._numeric(f, column)
+        if f.kind == "graded":
+            return self._graded(f, column)
         if f.kind == "size":
             column = [None if v is None else f.size_value(_length(f, v)) for v in column]
         if f.kind in ("categorical", "size"):
@@ -421,6 +451,28 @@ class FeatureMap:
         if field is None:
             return None
         return self.encode_field(field, [[""] * n for n in range(field.below)], field.below)
+
+    def _graded(self, f: Field, column: Sequence[Any]) -> SparseRows:
+        """[value, number] pairs per row: feature `value` with (number - centre) / n or
+        / sqrt(n); a number of None is the centre (the entry counts in n, adds nothing)."""
+        lists = [() if v is None else v for v in column]
+        tokens, numbers = [], []
+        for v in lists:
+            if isinstance(v, (str, bytes)) or not isinstance(v, (Sequence, np.ndarray)):
+                raise FeatureError(f"{f.side}.{f.name}: expected a list, got {v!r}")
+            for pair in v:
+                tokens.append(_pair_token(f, pair))
+                numbers.append(_pair_number(f, pair))
+        lengths = np.fromiter((len(v) for v in lists), dtype=np.int64, count=len(lists))
+        indptr = np.zeros(len(lists) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        hashed = {t: feature_hash(f.token(t), self.spec.hash_bits) for t in set(tokens)}
+        indices = np.fromiter((hashed[t] for t in tokens), dtype=np.int32, count=len(tokens))
+        per_row = np.maximum(lengths, 1).astype(np.float64)
+        weight = np.repeat(1.0 / (per_row if f.weighting == "mean" else np.sqrt(per_row)),
+                           lengths)
+        values = (np.array(numbers, dtype=np.float64) - f.centre) * weight
+        return SparseRows(indptr, indices, values.astype(np.float32))
 
     def _numeric(self, f: Field, column: Sequence[Any]) -> SparseRows:
         present = np.array([v is not None for v in column], dtype=bool)
@@ -464,9 +516,34 @@ class FeatureMap:
                         out.add(f.token(size))
                 elif f.kind == "categorical":
                     out.add(f.token(value))
+                elif f.kind == "graded":
+                    out.update(f.token(_pair_token(f, pair)) for pair in value)
                 else:
                     out.update(f.token(x) for x in value)
         return out
+
+
+def _pair_token(f: Field, pair: Any) -> str | int:
+    """The value of a graded field's [value, number] pair (checked)."""
+    if (isinstance(pair, (str, bytes)) or not isinstance(pair, (Sequence, np.ndarray))
+            or len(pair) != 2):
+        raise FeatureError(f"{f.side}.{f.name}: expected [value, number] pairs, got {pair!r}")
+    token = pair[0]
+    if not isinstance(token, (str, int, np.integer)) or isinstance(token, bool):
+        raise FeatureError(f"{f.side}.{f.name}: expected a string or integer value, "
+                           f"got {token!r}")
+    return token if isinstance(token, str) else int(token)
+
+
+def _pair_number(f: Field, pair: Sequence[Any]) -> float:
+    """The number of a graded field's pair; None is the centre."""
+    number = pair[1]
+    if number is None:
+        return f.centre
+    if isinstance(number, bool) or not isinstance(number, (int, float, np.number)) \
+            or not np.isfinite(number):
+        raise FeatureError(f"{f.side}.{f.name}: expected a finite number, got {number!r}")
+    return float(number)
 
 
 def _length(f: Field, value: Any) -> int:

@@ -20,6 +20,7 @@ from model.blocks import (
     sessions,
     user_histories,
     user_payload,
+    user_stars,
 )
 from model.bundle import HeadModel, save_bundle
 from model.data import Dataset
@@ -27,7 +28,7 @@ from model.evaluate import ranking_summary, rmse_mae
 from model.features import FeatureMap, FeatureSpec, day_of, feature_hash
 from model.fm import FactorizationMachine, average_of
 from model.relevance import RelevanceConfig, head_spec, rank_fm, train_relevance
-from model.train import TrainConfig, TrainResult, train
+from model.train import DEFAULT_L2_FIELDS, TrainConfig, TrainResult, train
 
 
 @dataclass
@@ -41,8 +42,8 @@ class FitReport:
 
 def feature_keys(fmap: FeatureMap, data: Dataset) -> set[str]:
     """Every distinct feature key the training data can produce (for the collision report)."""
-    rated = user_histories(data.train)
-    users = [user_payload(u, data.users.get(u, {}), rated.get(u, []))
+    rated, stars = user_histories(data.train), user_stars(data.train)
+    users = [user_payload(u, data.users.get(u, {}), rated.get(u, []), stars.get(u, []))
              for u in set(data.train.user) | set(data.users)]
     raters = item_raters(data.train)
     items = [item_payload(i, attrs, raters.get(i, [])) for i, attrs in data.items.items()]
@@ -64,9 +65,13 @@ def l2_scale_of(fmap: FeatureMap, keys: set[str], l2_fields: dict[str, float]
     columns of that field's keys (`keys`, as `feature_keys` gives them), 1 elsewhere.
 
     None when no field is scaled. A column two keys share (a hash collision) takes the
-    larger multiplier. A field the spec does not have is an error: a typo must not train
-    a model quietly regularised as before.
+    larger multiplier. A field the spec does not have is an error (a typo must not train
+    a model quietly regularised as before), but for a default entry (`DEFAULT_L2_FIELDS`):
+    the defaults serve every feature set.
     """
+    own = {f.key for f in fmap.spec.fields}
+    l2_fields = {k: m for k, m in l2_fields.items()
+                 if k in own or DEFAULT_L2_FIELDS.get(k) != m}
     unknown = unknown_fields(fmap.spec, l2_fields)
     if unknown:
         raise ValueError(f"l2_fields names {unknown}, not fields of the feature spec")
@@ -132,6 +137,7 @@ def fit(data: Dataset, spec: FeatureSpec, config: TrainConfig, validation_fracti
     """Train `config.members` models (seeds seed, seed+1, ...) on `data.train`, average
     them into one FM and test it on `data.test`."""
     spec = spec.fit_numeric("context", {"time": data.train.timestamp.tolist()})
+    spec = spec.fit_centres(float(data.train.rating.mean()) if len(data.train) else 0.0)
     fmap = FeatureMap(spec.rating_fields())
     t0 = time.perf_counter()
     encoded = encode_ratings(fmap, data, data.train, data.train)

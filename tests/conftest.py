@@ -10,8 +10,8 @@ import pytest
 
 from model.bundle import Bundle
 from model.data import Dataset
-from model.data.synthetic import synthetic
-from model.features import FeatureSpec
+from model.data.synthetic import PLANTED_FEATURES, synthetic
+from model.features import FeatureSpec, movielens_spec
 from model.pipeline import fit_and_save
 from model.train import TrainConfig
 from tests.support.redis_server import RedisServer
@@ -47,8 +47,10 @@ def small_data() -> tuple[Dataset, FeatureSpec]:
 @pytest.fixture(scope="session")
 def small_bundle_path(tmp_path_factory: pytest.TempPathFactory,
                       small_data: tuple[Dataset, FeatureSpec]) -> Path:
-    """A real SavedModel bundle trained on `small_data` (a few seconds, once per session)."""
-    data, spec = small_data
+    """A real SavedModel bundle trained on `small_data` (a few seconds, once per session):
+    the planted features and the user's stars (fmrec's defaults read them)."""
+    data, _ = small_data
+    spec = movielens_spec(14, f"{PLANTED_FEATURES},stars")
     out = tmp_path_factory.mktemp("bundle") / "small"
     fit_and_save(data, spec, TrainConfig(k=4, epochs=8, batch_size=512, learning_rate=0.02,
                                          members=1),

@@ -96,9 +96,10 @@ def star_moments(truth: np.ndarray, noise: float, thresholds: np.ndarray
     return mean, p @ stars**2 - mean**2
 
 
-# every group but "session": random timestamps make most user-days unique, so a planted
-# session effect would be noise no model can learn for the test split
-PLANTED_FEATURES = ",".join(g for g in FEATURE_GROUPS if g != "session")
+# every group but "session" (random timestamps make most user-days unique, so a planted
+# session effect would be noise no model can learn for the test split) and "stars" (the
+# stars are what the planted model makes)
+PLANTED_FEATURES = ",".join(g for g in FEATURE_GROUPS if g not in ("session", "stars"))
 
 
 def synthetic(n_ratings: int = 100_000, n_users: int | None = None, n_items: int | None = None,

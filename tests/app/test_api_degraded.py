@@ -16,6 +16,7 @@ from tests.support.api_client import (
     CONTEXT,
     copies_dropped,
     full_payload,
+    inline_user,
     load_users,
     metric,
     service_settings,
@@ -52,7 +53,8 @@ async def test_redis_killed_then_restarted(
             np.testing.assert_allclose([p["rating"] for p in down.json()["predictions"]],
                                        id_only, rtol=1e-5, atol=1e-5)
             assert (await client.post("/recommend", json=recommend)).status_code == 200
-            cold = await client.post("/predict", json={**predict, "user": full_payload(data, "9")})
+            inline = inline_user(full_payload(data, "9"))
+            cold = await client.post("/predict", json={**predict, "user": inline})
             np.testing.assert_allclose([p["rating"] for p in cold.json()["predictions"]], full,
                                        rtol=1e-5, atol=1e-5)
         ready = await client.get("/readyz")

@@ -137,10 +137,11 @@ async def test_explain_refuses_bad_input_naming_the_field(settings: Settings) ->
 
 
 def _rated_contributions(body: dict[str, Any]) -> dict[str, float]:
-    """/explain's user.rated contributions by movie id (a repeated movie: summed)."""
+    """/explain's contributions of the history by movie id: a movie and its stars, and a
+    repeated movie, summed."""
     out: dict[str, float] = {}
     for g in body["fields"]:
-        if g["field"] == "user.rated":
+        if g["field"] in ("user.rated", "user.rated_stars"):
             for f in g["features"]:
                 movie = f["feature"].split("=", 1)[1]
                 out[movie] = out.get(movie, 0.0) + f["contribution"]

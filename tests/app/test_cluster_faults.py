@@ -146,7 +146,9 @@ async def test_two_replicas_of_the_service_on_one_cluster(
                 rated.append(movie)
                 after = http.post(f"{reader.url}/predict", json=request).json()
                 assert after["predictions"] != before["predictions"], n
-                expected = small_bundle.predict({"id": user, "rated": sorted(rated)}, movies,
+                stars = [[m, 5.0] for m in sorted(rated)]
+                expected = small_bundle.predict({"id": user, "rated": sorted(rated),
+                                                 "rated_stars": stars}, movies,
                                                 {**context, "last_movie": movie})
                 np.testing.assert_allclose([p["rating"] for p in after["predictions"]],
                                            expected, rtol=1e-5, atol=1e-5)

@@ -78,7 +78,7 @@ BOUNDARIES: list[tuple[str, dict[str, Any], dict[str, Any], list[Any], str]] = [
      {"user": USER, "movies": [{"id": "m" * (MAX_ID_CHARS + 1)}]},
      ["body", "movies", 0, "id"], f"at most {MAX_ID_CHARS}"),
     ("/predict", predict(rated=["r" * MAX_ID_CHARS]), predict(rated=["r" * (MAX_ID_CHARS + 1)]),
-     ["body", "user", "rated", 0], f"at most {MAX_ID_CHARS}"),
+     ["body", "user", "rated", 0, "id"], f"at most {MAX_ID_CHARS}"),
     ("/predict", {**predict(), "context": {"last_movie": "l" * MAX_ID_CHARS}},
      {**predict(), "context": {"last_movie": "l" * (MAX_ID_CHARS + 1)}},
      ["body", "context", "last_movie"], f"at most {MAX_ID_CHARS}"),
@@ -189,7 +189,7 @@ STRING_FIELDS = [
     ("/predict", predict(id="\ud800"), ["body", "user", "id"]),
     ("/predict", predict(gender="\udfff"), ["body", "user", "gender"]),
     ("/predict", predict(zip="\ud800"), ["body", "user", "zip"]),
-    ("/predict", predict(rated=["1", "\ud800"]), ["body", "user", "rated", 1]),
+    ("/predict", predict(rated=["1", "\ud800"]), ["body", "user", "rated", 1, "id"]),
     ("/predict", movie(genres=["\ud800"]), ["body", "movies", 0, "genres", 0]),
     ("/predict", {**predict(), "context": {"last_movie": "\ud800"}},
      ["body", "context", "last_movie"]),
@@ -262,7 +262,7 @@ async def test_malformed_bodies_are_4xx(settings: Settings) -> None:
 
 BLANK_IDS = [
     ("/predict", lambda v: predict(id=v), ["body", "user", "id"]),
-    ("/predict", lambda v: predict(rated=["1", v]), ["body", "user", "rated", 1]),
+    ("/predict", lambda v: predict(rated=["1", v]), ["body", "user", "rated", 1, "id"]),
     ("/predict", lambda v: {**predict(), "context": {"last_movie": v}},
      ["body", "context", "last_movie"]),
     ("/predict", lambda v: {"user": USER, "movies": [{"id": "1"}, {"id": v}]},

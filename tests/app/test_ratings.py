@@ -46,8 +46,11 @@ def settings(small_bundle_path: Path, redis_server: RedisServer) -> Settings:
 
 
 def payload(data: Dataset, uid: str, history: dict[str, Rating]) -> dict[str, Any]:
-    """The user inline: attributes and every movie of `history`."""
-    return {"id": uid, **data.users.get(uid, {}), "rated": sorted(history)}
+    """The user as the feature map reads it: attributes, every movie of `history` and
+    its stars."""
+    movies = sorted(history)
+    return {"id": uid, **data.users.get(uid, {}), "rated": movies,
+            "rated_stars": [[m, history[m].rating] for m in movies]}
 
 
 def context_of(history: dict[str, Rating]) -> dict[str, Any]:
@@ -129,15 +132,22 @@ async def test_random_events_keep_cached_sums_equal_to_a_recomputation(
             if batch == 20:  # reads: the new users' parts get cached from their history
                 for uid in users:
                     await check_user(client, small_bundle, data, uid, reference.history[uid])
+                reference.restarred.clear()
         assert sum(e["event_id"] in {s["event_id"] for s in sent[:n]}
                    for n, e in enumerate(sent)) > 5  # retried events did happen
         for uid in users:
             history = reference.history[uid]
             assert stored_history(redis, uid) == history
             cached = cached_history(redis, model_id, uid, k)
-            assert cached is not None, uid  # kept current by the events, not dropped
-            assert_same_history(cached, history_from_scratch(small_bundle, history))
+            if cached is None:  # dropped only by a re-rating with other stars since a read
+                assert uid in reference.restarred, uid
+            else:  # kept current by the events
+                assert_same_history(cached, history_from_scratch(small_bundle, history))
             await check_user(client, small_bundle, data, uid, history)
+            cached = cached_history(redis, model_id, uid, k)  # the read rebuilt it
+            assert cached is not None, uid
+            assert_same_history(cached, history_from_scratch(small_bundle, history))
+        assert reference.restarred  # the test can tell
         page = (await client.get("/metrics")).text
         assert metric(page, 'fmrec_rating_events_total{outcome="accepted"}') == len(
             reference.seen)
@@ -171,6 +181,10 @@ async def test_one_batch_counts_and_semantics(
         assert after == {**before, new: Rating(4.0, T0), "zz-new": Rating(2.5, T0 + 5),
                          rated: Rating(5.0, old_time + 1)}
         cached = cached_history(redis, small_bundle.model_id, "3", small_bundle.widths)
+        if before[rated].rating != 5.0:  # "d" changed a star the model reads: dropped
+            assert cached is None
+            await check_user(client, small_bundle, data, "3", after)  # a read rebuilds it
+            cached = cached_history(redis, small_bundle.model_id, "3", small_bundle.widths)
         assert cached is not None and cached[0].n == len(before) + 2
         assert_same_history(cached, history_from_scratch(small_bundle, after))
         again = await post(client, batch)  # the whole batch retried
@@ -222,7 +236,8 @@ async def test_a_user_never_seen_starts_from_their_first_rating(
             # caches it; later events keep that cache current
             assert first.json()["user_cached"] is (step > 0)
             assert second.json()["user_cached"] is True
-            inline = {"id": "newbie", "rated": sorted(history)}
+            inline = {"id": "newbie", "rated": sorted(history),
+                      "rated_stars": [[m, history[m].rating] for m in sorted(history)]}
             expected = small_bundle.predict(inline, movies, context_of(history))
             for answer in (first, second):
                 np.testing.assert_allclose([p["rating"] for p in answer.json()["predictions"]],

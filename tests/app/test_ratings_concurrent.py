@@ -24,6 +24,7 @@ from tests.support.online_reference import (
     cached_history,
     event,
     history_from_scratch,
+    history_payload,
     stored_history,
 )
 from tests.support.redis_server import RedisServer
@@ -108,7 +109,7 @@ async def test_concurrent_writers_readers_and_evictions(
             before = [m for m in history if history[m].timestamp < 890_000_000]  # as trained
             last = max(before, key=lambda m: (history[m].timestamp, m))
             context = {"time": 890_000_000, "last_movie": last}
-            full = {"id": uid, **data.users[uid], "rated": sorted(history)}
+            full = {"id": uid, **data.users[uid], **history_payload(history)}
             expected = small_bundle.predict(full, movies, context)
             for client in clients:
                 got = await client.post("/predict", json={

@@ -33,6 +33,7 @@ from tests.support.online_reference import (
     assert_same_history,
     cached_history,
     history_from_scratch,
+    history_payload,
     stored_history,
 )
 from tests.support.redis_server import RedisServer, free_port
@@ -204,7 +205,7 @@ def test_replay_survives_a_redis_restart_and_counts_nothing_twice(
         got = httpx.post(f"{url}/predict", json={
             "user": {"id": uid}, "context": {"time": 890_000_000}, "movies": movies},
             timeout=10).json()
-        full = {"id": uid, **data.users[uid], "rated": sorted(stored[uid])}
+        full = {"id": uid, **data.users[uid], **history_payload(stored[uid])}
         expected = small_bundle.predict(full, movies, {"time": 890_000_000,
                                                        "last_movie": last})
         np.testing.assert_allclose([p["rating"] for p in got["predictions"]], expected,

@@ -88,7 +88,8 @@ def test_combine_for_both_weightings(weighting: str) -> None:
     """Large random parameters, so a wrong power of g could not hide in small numbers."""
     base_spec = movielens_spec(hash_bits=12)
     spec = replace(base_spec, fields=tuple(
-        replace(f, weighting=weighting) if f.name == "rated" else f for f in base_spec.fields))
+        replace(f, weighting=weighting) if f.name in ("rated", "rated_stars") else f
+        for f in base_spec.fields))
     side_sums = _random_side_sums(spec, fm_seed=3, w_seed=0)
     fmap = FeatureMap(spec)
     payload = {"id": "7", "gender": "F", "zip": "10001",

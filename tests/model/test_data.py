@@ -231,3 +231,28 @@ def test_train_and_test_files_in_any_format(tmp_path: Path) -> None:
         read_files(other / "r.csv", other / "r.csv", attributes=other)
     with pytest.raises(DataError, match="missing file"):
         read_files(other / "nope", other / "r.csv")
+
+
+def test_a_training_ratings_own_star_is_left_out_like_its_movie(ml100k_dir: Path) -> None:
+    """user row - left out = the user's history without this rating: every other movie
+    at 1/sqrt(n) and its stars at (r - centre)/sqrt(n), n the whole history's size."""
+    data = read_movielens(ml100k_dir, "ua")
+    spec = movielens_spec(18, "ids,implicit,stars").fit_centres(3.5)
+    fmap = FeatureMap(spec)
+    train = encode_ratings(fmap, data, data.train, data.train)
+    r = 17
+    user, movie = str(data.train.user[r]), str(data.train.item[r])
+    mine = data.train.user == user
+    stars = dict(zip(data.train.item[mine].tolist(), data.train.rating[mine].tolist(),
+                     strict=True))
+    n = len(stars)
+    expected = np.zeros(spec.n_features)
+    expected[feature_hash(f"user.id={user}", 18)] += 1
+    for m, s in stars.items():
+        if m != movie:
+            expected[feature_hash(f"user.rated={m}", 18)] += 1 / np.sqrt(n)
+            expected[feature_hash(f"user.rated_stars={m}", 18)] += (s - 3.5) / np.sqrt(n)
+    got = (train.users.take([train.row_user[r]]).to_dense(spec.n_features)[0]
+           - train.left_out.take([r]).to_dense(spec.n_features)[0])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert train.left_out.take([r]).nnz == 2

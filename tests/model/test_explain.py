@@ -23,7 +23,8 @@ from model.sums import Sums
 from tests.support.reference import fm_pairwise
 
 USER = {"id": "7", "age": 31, "gender": "F", "occupation": "writer", "zip": "94110",
-        "rated": ["1", "5", "9", "12", "40"]}
+        "rated": ["1", "5", "9", "12", "40"],
+        "rated_stars": [["1", 5], ["5", 2], ["9", None], ["12", 4], ["40", 1]]}
 CONTEXT = with_session({"time": 885_000_000, "last_movie": "5"}, "7")
 
 
@@ -91,17 +92,19 @@ def test_history_contributions_equal_each_items_explanation(small_bundle: Bundle
     params = _bundle_params(small_bundle)
     fmap = small_bundle.fmap
     user_terms = row_terms(fmap, "user", USER) + row_terms(fmap, "context", CONTEXT)
-    rated = [t for t in user_terms if t.field == "user.rated"]
-    g = rated[0].x
+    history = ("user.rated", "user.rated_stars")
+    rated = [t for t in user_terms if t.field in history]
+    assert {t.field for t in rated} == set(history)  # the bundle reads the stars
     a = sum(params.V[t.index].astype(np.float64) * t.x for t in user_terms)
     rows = np.array([3, 50, 77, 120])
-    batched = history_contributions(params, g, a, np.array([t.index for t in rated]),
+    batched = history_contributions(params, np.array([t.x for t in rated]), a,
+                                    np.array([t.index for t in rated]),
                                     small_bundle.catalog.sums.s[rows])
     assert batched.shape == (len(rows), len(rated))
     for n, row in enumerate(rows.tolist()):
         explained = explain_row(params, _full_terms(small_bundle, USER, row))
         per_item = [c for t, c in zip(explained.terms, explained.contributions, strict=True)
-                    if t.field == "user.rated"]
+                    if t.field in history]
         np.testing.assert_allclose(batched[n], per_item, rtol=1e-5, atol=1e-6)
 
 

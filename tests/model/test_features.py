@@ -291,3 +291,37 @@ def test_history_size_of_a_non_list_is_refused_naming_the_field() -> None:
     fmap = FeatureMap(movielens_spec(16, "ids,history_size"))
     with pytest.raises(FeatureError, match=r"user\.rated: expected a list"):
         fmap.encode("user", [{"rated": "242"}])
+
+
+def test_graded_field_weights_each_movie_by_its_stars_from_the_centre() -> None:
+    """user.rated_stars=j carries (stars_j - centre) / sqrt(n), n the list's length; a
+    star of None is the centre: it counts in n and adds nothing."""
+    spec = movielens_spec(18, "ids,implicit,stars").fit_centres(3.5)
+    pairs = [["242", 5], ["302", 2.0], ["377", None], ["51", 3.5]]
+    rows = FeatureMap(spec).encode("user", [{"rated_stars": pairs}, {"rated_stars": []}])
+    assert rows.n_rows == 2 and list(np.diff(rows.indptr)) == [4, 0]
+    expected = {feature_hash(f"user.rated_stars={m}", 18): (0.0 if s is None else s - 3.5) / 2
+                for m, s in pairs}
+    got = dict(zip(rows.indices.tolist(), rows.values.tolist(), strict=True))
+    assert got == pytest.approx(expected)
+    assert FeatureMap(spec).tokens("user", [{"rated_stars": pairs}]) == {
+        f"user.rated_stars={m}" for m, _ in pairs}
+
+
+@pytest.mark.parametrize("value", ["5", [["242"]], [[None, 4]], [["242", "four"]],
+                                   [["242", float("nan")]], [["242", True]]])
+def test_malformed_stars_are_refused_naming_the_field(value: Any) -> None:
+    fmap = FeatureMap(movielens_spec(18, "ids,implicit,stars"))
+    with pytest.raises(FeatureError, match=r"user\.rated_stars"):
+        fmap.encode("user", [{"rated_stars": value}])
+
+
+def test_stars_need_the_history_field_weighted_alike() -> None:
+    with pytest.raises(SpecError, match="needs 'implicit'"):
+        movielens_spec(10, "ids,stars")
+    spec = movielens_spec(10, "ids,implicit,stars").fit_centres(3.25)
+    again = FeatureSpec.from_json(spec.to_json())
+    assert again == spec and again.fields[-1].centre == 3.25
+    text = spec.to_json().replace('"weighting": "sqrt"', '"weighting": "mean"', 1)
+    with pytest.raises(SpecError, match="weighted alike"):
+        FeatureSpec.from_json(text)

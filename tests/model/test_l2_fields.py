@@ -101,6 +101,22 @@ def test_a_scaled_field_is_shrunk_and_the_others_are_not(
     assert norms[1][rest].mean() > 0.8 * norms[0][rest].mean()
 
 
-def test_defaults_scale_the_item_id() -> None:
-    assert TrainConfig().l2_fields == DEFAULT_L2_FIELDS == {"item.id": 10.0}
+def test_defaults_scale_the_item_id_and_the_users_stars() -> None:
+    assert TrainConfig().l2_fields == DEFAULT_L2_FIELDS == {"item.id": 10.0,
+                                                            "user.rated_stars": 3.0}
     assert TrainConfig().l2_fields is not DEFAULT_L2_FIELDS  # each config owns its dict
+
+
+def test_a_default_entry_for_a_field_the_spec_lacks_scales_nothing(
+        small_data: tuple[Dataset, FeatureSpec]) -> None:
+    """The planted spec has no stars: the defaults still train it (item.id x10), and the
+    same entry given with another multiplier is refused (a typo, not a default)."""
+    data, spec = small_data
+    fmap = FeatureMap(spec)
+    keys = feature_keys(fmap, data)
+    assert "user.rated_stars" not in {f.key for f in spec.fields}
+    scale = l2_scale_of(fmap, keys, DEFAULT_L2_FIELDS)
+    assert scale is not None
+    np.testing.assert_array_equal(scale, l2_scale_of(fmap, keys, {"item.id": 10.0}))
+    with pytest.raises(ValueError, match=r"user\.rated_stars"):
+        l2_scale_of(fmap, keys, {**DEFAULT_L2_FIELDS, "user.rated_stars": 2.0})

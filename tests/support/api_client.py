@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from app.main import create_app
 from app.settings import Settings
 from app.store import Store, user_records
-from model.blocks import user_histories, user_payload
+from model.blocks import user_histories, user_payload, user_stars
 from model.bundle import Bundle
 from model.data import Dataset
 
@@ -65,9 +65,21 @@ async def load_users(settings: Settings, data: Dataset) -> int:
 
 
 def full_payload(data: Dataset, uid: str) -> dict[str, Any]:
-    """The user payload the store holds for `uid`: attributes and every training movie."""
+    """The user payload the store holds for `uid`: attributes and every training movie
+    with its stars (the feature map's form; `inline_user` is the request's)."""
     rated = user_histories(data.train).get(uid, [])
-    return user_payload(uid, data.users.get(uid, {}), rated)
+    return user_payload(uid, data.users.get(uid, {}), rated,
+                        user_stars(data.train).get(uid, []))
+
+
+def inline_user(payload: dict[str, Any]) -> dict[str, Any]:
+    """A feature-map user payload as a request's inline user: `rated` as {id, stars}."""
+    out = {k: v for k, v in payload.items() if k not in ("rated", "rated_stars")}
+    if "rated_stars" in payload:
+        out["rated"] = [{"id": m, "stars": s} for m, s in payload["rated_stars"]]
+    elif "rated" in payload:
+        out["rated"] = payload["rated"]
+    return out
 
 
 def latest_movie(data: Dataset, uid: str, before: float = np.inf) -> str:

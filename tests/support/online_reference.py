@@ -33,6 +33,9 @@ class Reference:
     def __init__(self, start: Mapping[str, Mapping[str, Rating]]) -> None:
         self.history = {uid: dict(movies) for uid, movies in start.items()}
         self.seen: set[str] = set()
+        # users who re-rated a movie with other stars: a model that reads the stars drops
+        # their cached history part (the test clears this when a read rebuilds it)
+        self.restarred: set[str] = set()
 
     def apply(self, events: Iterable[dict[str, Any]]) -> dict[str, int]:
         """The counts the response must give for this batch."""
@@ -48,8 +51,16 @@ class Reference:
             if old is not None and old.timestamp > e["timestamp"]:
                 counts["stale"] += 1
             else:
+                if old is not None and old.rating != float(e["rating"]):
+                    self.restarred.add(e["user_id"])
                 mine[e["movie_id"]] = Rating(float(e["rating"]), int(e["timestamp"]))
         return counts
+
+
+def history_payload(ratings: Mapping[str, Rating]) -> dict[str, Any]:
+    """A stored history as the feature map reads it: the movies and their stars."""
+    movies = sorted(ratings)
+    return {"rated": movies, "rated_stars": [[m, ratings[m].rating] for m in movies]}
 
 
 def stored_history(client: redis.Redis, uid: str) -> dict[str, Rating]:
@@ -62,13 +73,16 @@ def stored_history(client: redis.Redis, uid: str) -> dict[str, Rating]:
 
 
 def history_from_scratch(bundle: Bundle, ratings: Mapping[str, Rating]) -> Histories:
-    """Per head: [C, B, A], n and the latest movie over the whole history, one row per movie."""
+    """Per head: [C, B, A], n and the latest movie over the whole history, one row per
+    movie: the movie, and its stars where the head reads them."""
     movies = sorted(ratings)
     last = max(ratings, key=lambda m: (ratings[m].timestamp, m)) if movies else None
     out = []
     for head in bundle.heads.values():
-        history_only = FeatureMap(head.fmap.spec.only(["user.rated"]))  # no size token
-        rows = head.side_sums(history_only.encode("user", [{"rated": [m]} for m in movies]))
+        history_only = FeatureMap(head.fmap.spec.only(  # no size token
+            ["user.rated", "user.rated_stars"]))
+        rows = head.side_sums(history_only.encode("user", [
+            {"rated": [m], "rated_stars": [[m, ratings[m].rating]]} for m in movies]))
         C = float(np.sum(rows.L, dtype=np.float64))
         B = float(np.sum(rows.q, dtype=np.float64))
         A = np.sum(rows.s.astype(np.float64), axis=0) if movies else np.zeros(head.k)

@@ -1,0 +1,93 @@
+"""The user's stars (feature group "stars", in fmrec's defaults) through the API: a stored
+history and the same history inline with its stars give the same answers, which differ
+from the history without stars; stars outside the rating range are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from app.settings import Settings
+from model.bundle import Bundle
+from model.data import Dataset
+from model.features import FeatureSpec
+from tests.support.api_client import (
+    CONTEXT,
+    brute_force,
+    full_payload,
+    inline_user,
+    latest_movie,
+    load_users,
+    service_settings,
+    serving,
+)
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["numpy", "savedmodel"])
+def settings(small_bundle_path: Path, redis_server: RedisServer,
+             request: pytest.FixtureRequest) -> Settings:
+    return service_settings(bundle=small_bundle_path, redis_url=redis_server.url,
+                            engine=request.param)
+
+
+def _ratings(body: dict[str, Any]) -> list[float]:
+    return [p["rating"] for p in body["predictions"]]
+
+
+async def test_stored_and_inline_stars_answer_alike_and_the_stars_count(
+        settings: Settings, small_bundle: Bundle, small_data: tuple[Dataset, FeatureSpec]
+) -> None:
+    data, _ = small_data
+    await load_users(settings, data)
+    assert small_bundle.heads["rating"].reads_stars
+    movies = [{"id": str(m)} for m in small_bundle.catalog.ids[:30]]
+    uid = "11"
+    payload = full_payload(data, uid)
+    context = {**CONTEXT, "last_movie": latest_movie(data, uid)}
+    inline = inline_user(payload)
+    assert all(isinstance(r, dict) for r in inline["rated"])
+    without = {**inline, "rated": [r["id"] for r in inline["rated"]]}  # ids: no stars
+    async with serving(settings) as (_, client):
+        answers = {}
+        for name, user in (("stored", {"id": uid}), ("inline", inline),
+                           ("without", without)):
+            response = await client.post("/predict", json={
+                "user": user, "context": context, "movies": movies})
+            assert response.status_code == 200, response.text
+            answers[name] = _ratings(response.json())
+        ranked = await client.post("/recommend", json={
+            "user": inline, "context": context, "n": 10, "rank_by": "rating"})
+    expected = small_bundle.predict(payload, movies, context)
+    np.testing.assert_allclose(answers["stored"], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(answers["inline"], expected, rtol=1e-5, atol=1e-5)
+    no_stars = {k: v for k, v in payload.items() if k != "rated_stars"}
+    np.testing.assert_allclose(answers["without"], small_bundle.predict(
+        no_stars, movies, context), rtol=1e-5, atol=1e-5)
+    assert np.abs(np.subtract(answers["without"], expected)).max() > 1e-3  # stars count
+    top = brute_force(small_bundle, payload, context, 10, exclude=set(payload["rated"]),
+                      head="rating")
+    assert [i["movie_id"] for i in ranked.json()["items"]] == [m for m, _ in top]
+
+
+@pytest.mark.parametrize(("entry", "loc", "words"), [
+    ({"id": "3", "stars": 9}, ["body", "user", "rated", 1, "stars"], "rating range"),
+    ({"id": "3", "stars": "four"}, ["body", "user", "rated", 1, "movie", "stars"], "number"),
+    ({"id": "3", "stars": 4, "when": 1}, ["body", "user", "rated", 1, "movie", "when"],
+     "not permitted"),
+    ({"stars": 4}, ["body", "user", "rated", 1, "movie", "id"], "required"),
+])
+async def test_bad_stars_are_refused_naming_the_entry(
+        settings: Settings, entry: dict[str, Any], loc: list[Any], words: str) -> None:
+    async with serving(settings) as (_, client):
+        for route, extra in (("/predict", {"movies": [{"id": "1"}]}), ("/recommend", {})):
+            response = await client.post(route, json={
+                "user": {"rated": ["1", entry]}, **extra})
+            assert response.status_code == 422, response.text
+            errors = [e for e in response.json()["detail"] if e["loc"] == loc]
+            assert errors and words in errors[0]["msg"], response.text

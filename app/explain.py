@@ -123,8 +123,7 @@ async def explain_request(scorer: Scorer, request: ExplainRequest, store: Store
     movie = request.movies[0].payload()
     row = catalog.row(movie["id"]) if set(movie) == {"id"} else None
     item = catalog.payload(row) if row is not None else movie  # as the catalog encoded it
-    rated = user.rated or []
-    stars = user.stars or [None] * len(rated)
+    rated, stars = user.rated or [], user.stars or []
     history = {HISTORY_FIELD: rated,
                STARS_FIELD: [[m, s] for m, s in zip(rated, stars, strict=True)]}
     terms = (row_terms(fmap, "user", {**user.base_payload, **history})

@@ -43,7 +43,7 @@ class UserQuery:
     base_payload: dict[str, Any]
     history: Histories | None  # cached, per head; None = compute from rated
     rated: list[str] | None  # history in use; None only when cached and not read
-    stars: list[float | None] | None  # their stars, parallel to `rated` (None: unknown)
+    stars: list[float | None] | None  # their stars (None: unknown), None when `rated` is
     last_movie: str | None
     last_time: int
     cache_base: bool  # write a computed base back under uid
@@ -143,8 +143,7 @@ class BatchScorer:
         profiles, single-movie history rows (w_j, v_j, |v_j|^2) and inline movies."""
         profiles = [j.user.base_payload for j in jobs if j.user.base is None]
         rated = [m for j in jobs if j.user.history is None for m in j.user.rated or []]
-        stars = [s for j in jobs if j.user.history is None
-                 for s in j.user.stars or [None] * len(j.user.rated or [])]
+        stars = [s for j in jobs if j.user.history is None for s in j.user.stars or []]
         inline = [m for j in jobs for m in j.inline_movies]
         if not (profiles or rated or inline):  # all cached: skip even encoding nothing
             empty = Sums(np.zeros(0, np.float32), np.zeros((0, head.k), np.float32),

@@ -453,26 +453,16 @@ class FeatureMap:
         return self.encode_field(field, [[""] * n for n in range(field.below)], field.below)
 
     def _graded(self, f: Field, column: Sequence[Any]) -> SparseRows:
-        """[value, number] pairs per row: feature `value` with (number - centre) / n or
-        / sqrt(n); a number of None is the centre (the entry counts in n, adds nothing)."""
-        lists = [() if v is None else v for v in column]
-        tokens, numbers = [], []
-        for v in lists:
-            if isinstance(v, (str, bytes)) or not isinstance(v, (Sequence, np.ndarray)):
-                raise FeatureError(f"{f.side}.{f.name}: expected a list, got {v!r}")
-            for pair in v:
-                tokens.append(_pair_token(f, pair))
-                numbers.append(_pair_number(f, pair))
-        lengths = np.fromiter((len(v) for v in lists), dtype=np.int64, count=len(lists))
-        indptr = np.zeros(len(lists) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=indptr[1:])
-        hashed = {t: feature_hash(f.token(t), self.spec.hash_bits) for t in set(tokens)}
-        indices = np.fromiter((hashed[t] for t in tokens), dtype=np.int32, count=len(tokens))
-        per_row = np.maximum(lengths, 1).astype(np.float64)
-        weight = np.repeat(1.0 / (per_row if f.weighting == "mean" else np.sqrt(per_row)),
-                           lengths)
-        values = (np.array(numbers, dtype=np.float64) - f.centre) * weight
-        return SparseRows(indptr, indices, values.astype(np.float32))
+        """[value, number] pairs per row: the values as a multi field (same hashing and
+        1/n or 1/sqrt(n) weights), each weight times (number - centre); a number of None
+        is the centre (the entry counts in n, adds nothing)."""
+        pairs = [[] if v is None else _pairs(f, v) for v in column]
+        rows = self.encode_field(replace(f, kind="multi"), [[t for t, _ in p] for p in pairs],
+                                 len(column))
+        numbers = np.array([f.centre if n is None else n for p in pairs for _, n in p],
+                           dtype=np.float64)
+        return SparseRows(rows.indptr, rows.indices,
+                          ((numbers - f.centre) * rows.values).astype(np.float32))
 
     def _numeric(self, f: Field, column: Sequence[Any]) -> SparseRows:
         present = np.array([v is not None for v in column], dtype=bool)
@@ -517,33 +507,30 @@ class FeatureMap:
                 elif f.kind == "categorical":
                     out.add(f.token(value))
                 elif f.kind == "graded":
-                    out.update(f.token(_pair_token(f, pair)) for pair in value)
+                    out.update(f.token(t) for t, _ in _pairs(f, value))
                 else:
                     out.update(f.token(x) for x in value)
         return out
 
 
-def _pair_token(f: Field, pair: Any) -> str | int:
-    """The value of a graded field's [value, number] pair (checked)."""
-    if (isinstance(pair, (str, bytes)) or not isinstance(pair, (Sequence, np.ndarray))
-            or len(pair) != 2):
-        raise FeatureError(f"{f.side}.{f.name}: expected [value, number] pairs, got {pair!r}")
-    token = pair[0]
-    if not isinstance(token, (str, int, np.integer)) or isinstance(token, bool):
-        raise FeatureError(f"{f.side}.{f.name}: expected a string or integer value, "
-                           f"got {token!r}")
-    return token if isinstance(token, str) else int(token)
-
-
-def _pair_number(f: Field, pair: Sequence[Any]) -> float:
-    """The number of a graded field's pair; None is the centre."""
-    number = pair[1]
-    if number is None:
-        return f.centre
-    if isinstance(number, bool) or not isinstance(number, (int, float, np.number)) \
-            or not np.isfinite(number):
-        raise FeatureError(f"{f.side}.{f.name}: expected a finite number, got {number!r}")
-    return float(number)
+def _pairs(f: Field, value: Any) -> list[tuple[Any, float | None]]:
+    """A graded field's [value, number] pairs, checked (the values are checked as a multi
+    field's when encoded)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise FeatureError(f"{f.side}.{f.name}: expected a list, got {value!r}")
+    out = []
+    for pair in value:
+        if (isinstance(pair, (str, bytes)) or not isinstance(pair, (Sequence, np.ndarray))
+                or len(pair) != 2):
+            raise FeatureError(f"{f.side}.{f.name}: expected [value, number] pairs, got "
+                               f"{pair!r}")
+        number = pair[1]
+        if number is not None and (isinstance(number, bool)
+                                   or not isinstance(number, (int, float, np.number))
+                                   or not np.isfinite(number)):
+            raise FeatureError(f"{f.side}.{f.name}: expected a finite number, got {number!r}")
+        out.append((pair[0], None if number is None else float(number)))
+    return out
 
 
 def _length(f: Field, value: Any) -> int:

@@ -3,7 +3,6 @@ score, which is /predict's and /recommend's for the same request and the pairwis
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,18 +14,11 @@ from model.bundle import Bundle
 from model.data import Dataset
 from model.explain import FMParams
 from model.features import FeatureSpec, with_session
-from tests.support.api_client import CONTEXT, full_payload, load_users, service_settings, serving
-from tests.support.redis_server import RedisServer
+from tests.support.api_client import CONTEXT, full_payload, load_users, serving
 from tests.support.reference import fm_pairwise
 
 pytestmark = pytest.mark.anyio
 
-
-@pytest.fixture(params=["numpy", "savedmodel"])
-def settings(small_bundle_path: Path, redis_server: RedisServer,
-             request: pytest.FixtureRequest) -> Settings:
-    return service_settings(bundle=small_bundle_path, redis_url=redis_server.url,
-                            engine=request.param)
 
 
 def _pairwise(bundle: Bundle, user: dict[str, Any], movie: dict[str, Any],

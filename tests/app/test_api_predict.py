@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,20 +18,12 @@ from tests.support.api_client import (
     latest_movie,
     load_users,
     metric,
-    service_settings,
     serving,
 )
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
 
-
-@pytest.fixture(params=["numpy", "savedmodel"])
-def settings(small_bundle_path: Path, redis_server: RedisServer,
-             request: pytest.FixtureRequest) -> Settings:
-    """Every test runs with both engines: NumPy inline and the SavedModel in a thread."""
-    return service_settings(bundle=small_bundle_path, redis_url=redis_server.url,
-                            engine=request.param)
 
 
 def _ratings(body: dict[str, Any]) -> np.ndarray:

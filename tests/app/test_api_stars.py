@@ -4,7 +4,6 @@ from the history without stars; stars outside the rating range are refused."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,19 +20,11 @@ from tests.support.api_client import (
     inline_user,
     latest_movie,
     load_users,
-    service_settings,
     serving,
 )
-from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
 
-
-@pytest.fixture(params=["numpy", "savedmodel"])
-def settings(small_bundle_path: Path, redis_server: RedisServer,
-             request: pytest.FixtureRequest) -> Settings:
-    return service_settings(bundle=small_bundle_path, redis_url=redis_server.url,
-                            engine=request.param)
 
 
 def _ratings(body: dict[str, Any]) -> list[float]:

@@ -20,6 +20,7 @@ import numpy as np
 
 from bench.common import Table, ratio, update_docs, write_json
 from bench.train import default_data_dir
+from model.batch_sums import wide_sides
 from model.blocks import encode_ratings
 from model.data.movielens import read_movielens
 from model.features import FeatureMap, movielens_spec
@@ -56,13 +57,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         l2_scale = l2_scale_of(fmap, feature_keys(fmap, data), run_config.l2_fields)
         trainer = Trainer.for_data(encoded, spec.n_features, run_config, l2_scale)
         encoded = trainer.compact(encoded)
+        sides = wide_sides(encoded, config.batch_size)
         rng = np.random.default_rng(0)
         seconds = []
         for _ in range(args.epochs + 1):  # the first epoch traces the step: not counted
             order = rng.permutation(len(encoded))
             start = time.perf_counter()
             for i in range(0, len(encoded), config.batch_size):
-                trainer.step(*encoded.batch(order[i : i + config.batch_size]))
+                trainer.step(*encoded.batch(order[i : i + config.batch_size], sides))
             seconds.append(time.perf_counter() - start)
         rows.append({"features": name, "nnz_per_rating": round(encoded.nnz_per_rating, 1),
                      "seconds_per_epoch": float(np.median(seconds[1:]))})

@@ -49,7 +49,8 @@ from bench.dense_fm import (
     rating_rows,
     repeated_index_rows,
 )
-from model.blocks import Batch, EncodedRatings, encode_ratings, used_columns
+from model.batch_sums import wide_sides
+from model.blocks import Batch, EncodedRatings, Sides, encode_ratings, used_columns
 from model.data.movielens import read_movielens
 from model.data.synthetic import synthetic_encoded
 from model.evaluate import rmse_mae
@@ -149,14 +150,15 @@ def race(contestants: Sequence[Contestant], y_test: np.ndarray,
     return [c.curve for c in contestants]
 
 
-def fmrec_epoch(trainer: Trainer, data: EncodedRatings, rng: np.random.Generator,
-                batch_size: int) -> float:
+def fmrec_epoch(trainer: Trainer, data: EncodedRatings, sides: Sides,
+                rng: np.random.Generator, batch_size: int) -> float:
     """One shuffled pass of fmrec's trainer, exactly as `model.train.train` runs an epoch.
 
-    `data` is in the trainer's compact columns (`Trainer.compact`).
+    `data` is in the trainer's compact columns (`Trainer.compact`), `sides` its
+    `wide_sides`.
     """
     order = rng.permutation(len(data))
-    losses = [float(trainer.step(*data.batch(order[i : i + batch_size])))
+    losses = [float(trainer.step(*data.batch(order[i : i + batch_size], sides)))
               for i in range(0, len(data), batch_size)]
     return float(np.sqrt(np.mean(losses)))
 
@@ -196,11 +198,13 @@ def compare(train: EncodedRatings, test: EncodedRatings, n_features: int,
     full, mini = dense(dense_lr), dense(config.learning_rate)
     # fmrec in the dense baseline's own regime: one full-batch step per epoch, same lr
     fmrec_full = Trainer.for_data(train, n_features, replace(config, learning_rate=dense_lr))
-    whole = fmrec_train.batch(np.arange(len(train)))
+    sides = wide_sides(fmrec_train, config.batch_size)
+    whole = fmrec_train.batch(np.arange(len(train)), wide_sides(fmrec_train, len(train)))
     rngs = [np.random.default_rng(config.seed) for _ in range(3)]
     curves = race([
         Contestant(Curve("fmrec"),
-                   lambda: fmrec_epoch(fmrec, fmrec_train, rngs[0], config.batch_size),
+                   lambda: fmrec_epoch(fmrec, fmrec_train, sides, rngs[0],
+                                       config.batch_size),
                    lambda: fmrec.predict_all(test)),
         Contestant(Curve("fmrec full-batch"), lambda: full_batch_epoch(fmrec_full, whole),
                    lambda: fmrec_full.predict_all(test)),
@@ -279,11 +283,12 @@ class StepTimer:
     def __init__(self, data: EncodedRatings, n_features: int, config: TrainConfig) -> None:
         self.trainer = Trainer.for_data(data, n_features, config)
         self.data, self.batch_size = self.trainer.compact(data), config.batch_size
+        self.sides = wide_sides(self.data, self.batch_size)
         self.order = np.random.default_rng(config.seed).permutation(len(data))
         self.start = 0
         self.batches = self.nnz = 0
         self.batch_seconds = self.step_seconds = 0.0
-        self.trainer.step(*self.data.batch(self.order[: self.batch_size]))  # trace, not timed
+        self.trainer.step(*self.data.batch(self.order[: self.batch_size], self.sides))  # trace
 
     @property
     def epoch_batches(self) -> int:
@@ -297,12 +302,13 @@ class StepTimer:
         """Build and train on the next `count` batches, timing NumPy and TF apart."""
         for _ in range(count):
             t0 = time.perf_counter()
-            batch = self.data.batch(self.order[self.start : self.start + self.batch_size])
+            batch = self.data.batch(self.order[self.start : self.start + self.batch_size],
+                                    self.sides)
             t1 = time.perf_counter()
             float(self.trainer.step(*batch))
             self.step_seconds += time.perf_counter() - t1
             self.batch_seconds += t1 - t0
-            self.nnz += sum(len(b.indices) for b in batch[:4])
+            self.nnz += sum(len(b.values) for b in batch[:4])
             self.batches += 1
             self.start = (self.start + self.batch_size) % len(self.data)
 

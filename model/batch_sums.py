@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from model.blocks import Batch, Block
+from model.blocks import Batch, Block, EncodedRatings, Operand, Sides
 from model.fm import FactorizationMachine, SideSums
 
 
@@ -30,7 +30,7 @@ class Tables(NamedTuple):
         return Tables(tf.concat([fm.w[:, None], fm.V], axis=1), squares)
 
 
-def block_sums(tables: Tables, block: Block) -> tuple[SideSums, tf.Tensor]:
+def block_sums(tables: Tables, block: Block | Operand) -> tuple[SideSums, tf.Tensor]:
     """(side sums, L2 terms) of each row of a block, by sparse matrix products. The L2
     terms (rows, 2) are [sum m_i |v_i|^2 x_i^2, sum m_i w_i^2 x_i^2] (m = 1 without a
     scale): per occurrence, as libFM's SGD regularises.
@@ -39,13 +39,22 @@ def block_sums(tables: Tables, block: Block) -> tuple[SideSums, tf.Tensor]:
     rows and suits small blocks against the full 2**hash_bits table (serving), this one
     suits large blocks against the compact training table.
     """
-    row_ids, indices, values, n_rows = block
-    where = tf.cast(tf.stack([row_ids, indices], axis=1), tf.int64)
-    shape = tf.cast(tf.stack([n_rows, tf.shape(tables.linear)[0]]), tf.int64)
+    if isinstance(block, Block):
+        where = tf.cast(tf.stack([block.row_ids, block.indices], axis=1), tf.int64)
+        values, n_rows = block.values, tf.cast(block.n_rows, tf.int64)
+    else:
+        where, values, n_rows = block
+    shape = tf.stack([n_rows, tf.shape(tables.linear, out_type=tf.int64)[0]])
     linear = tf.sparse.sparse_dense_matmul(tf.SparseTensor(where, values, shape), tables.linear)
     squares = tf.sparse.sparse_dense_matmul(
         tf.SparseTensor(where, tf.square(values), shape), tables.squares)
     return SideSums(linear[:, 0], linear[:, 1:], squares[:, 0]), squares[:, -2:]
+
+
+def wide_sides(data: EncodedRatings, batch_size: int) -> Sides:
+    """`data.wide_sides` as tensors: converted once, then passed to every step."""
+    sides = data.wide_sides(batch_size)
+    return Sides(*(None if op is None else Operand(*map(tf.constant, op)) for op in sides))
 
 
 class BatchSides(NamedTuple):

@@ -30,10 +30,12 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from model.batch_sums import Tables, block_sums
+from model.batch_sums import Tables, block_sums, wide_sides
 from model.blocks import (
     Block,
     EncodedRatings,
+    Operand,
+    Sides,
     encode_ratings,
     item_payload,
     item_raters,
@@ -179,7 +181,7 @@ class RelevanceTrainer:
         self.averaged = FactorizationMachine(len(columns), config.k, init_std=0.0)
         self._ema_steps = tf.Variable(0.0)
         self._sync_average()
-        self.items = tuple(tf.constant(x) for x in Block.of(items.remap(columns)))
+        self.items = Operand(*map(tf.constant, Operand.of(items.remap(columns))))
         self.n_items = items.n_rows
         self.sampled = self.n_items > config.max_softmax_items
         share = np.maximum(popularity, 1).astype(np.float64) ** 0.5
@@ -206,10 +208,10 @@ class RelevanceTrainer:
     def item_sums(self, fm: FactorizationMachine | None = None
                   ) -> tuple[tf.Tensor, tf.Tensor]:
         """(s_j, b_j) of every catalog movie under `fm`'s parameters (the stepped ones)."""
-        sums, _ = block_sums(Tables.of(fm or self.fm), Block(*self.items))
+        sums, _ = block_sums(Tables.of(fm or self.fm), self.items)
         return sums.s, sums.L + 0.5 * (tf.reduce_sum(tf.square(sums.s), axis=1) - sums.q)
 
-    def query(self, users: Block, contexts: Block, left_out: Block, row_user: tf.Tensor
+    def query(self, users: Operand, contexts: Block, left_out: Block, row_user: tf.Tensor
               ) -> tf.Tensor:
         """a = user + context sums (minus the left-out occurrences) of each row."""
         tables = Tables.of(self.fm)
@@ -218,14 +220,14 @@ class RelevanceTrainer:
         out, _ = block_sums(tables, left_out)
         return tf.gather(user.s, row_user) + ctx.s - out.s
 
-    def _step(self, users: Block, contexts: Block, left_out: Block, row_user: tf.Tensor,
+    def _step(self, users: Operand, contexts: Block, left_out: Block, row_user: tf.Tensor,
               target: tf.Tensor, masked: tf.Tensor, candidates: tf.Tensor,
               log_q: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
         """One step; `candidates` are the columns of the softmax (all movies, or the
         targets plus a sample), `masked` (row, column) pairs the user rated, `weight`
         each event's share of the loss (sums to 1)."""
         with tf.GradientTape() as tape:
-            a = self.query(Block(*users), Block(*contexts), Block(*left_out), row_user)
+            a = self.query(Operand(*users), Block(*contexts), Block(*left_out), row_user)
             item_s, item_b = self.item_sums()
             s, b = tf.gather(item_s, candidates), tf.gather(item_b, candidates)
             logits = tf.matmul(a, s, transpose_b=True) + (b - log_q)[None, :]
@@ -344,10 +346,11 @@ def new_user_queries(events: Events, rows: np.ndarray, share: float, max_rated: 
 
 
 def _batch_args(trainer: RelevanceTrainer, events: Events, rows: np.ndarray,
-                rng: np.random.Generator) -> tuple[Any, ...]:
-    """The step's tensors for the events `rows` (users encoded once per batch)."""
+                sides: Sides, rng: np.random.Generator) -> tuple[Any, ...]:
+    """The step's tensors for the events `rows` (users encoded once per batch, or all
+    of them from `sides`)."""
     data, target, rated = events.data, events.target, events.rated
-    batch = data.batch(rows)
+    batch = data.batch(rows, sides)
     config = trainer.config
     rewrites: list[SparseRows] = []  # of the query: subtracted after the own movie
     if config.history_dropout > 0:
@@ -357,9 +360,7 @@ def _batch_args(trainer: RelevanceTrainer, events: Events, rows: np.ndarray,
                                          config.new_user_max_rated, rng))
     left_out = (Block.of(SparseRows.concat_columns([data.left_out.take(rows), *rewrites]))
                 if rewrites else batch.left_out)
-    users = np.unique(data.row_user[rows])
-    own = rated.take(users)  # per distinct user: its rated catalog rows
-    per_row = own.take(batch.row_user)
+    per_row = rated.take(data.row_user[rows])  # per event: its user's rated catalog rows
     pos = target[rows]
     if trainer.sampled:
         sample = rng.choice(trainer.n_items, trainer.config.sampled_negatives,
@@ -537,6 +538,7 @@ def _epochs(events: Events, columns: np.ndarray, n_features: int, config: Releva
     popularity = np.bincount(events.target, minlength=items.n_rows)
     trainer = RelevanceTrainer(columns, n_features, config, items, popularity)
     rng = np.random.default_rng(config.seed)
+    sides = wide_sides(events.data, config.batch_size)
     result = RelevanceResult(trainer.fm)
     best, best_values, waited = -1.0, trainer.snapshot(), 0
     bar = tqdm(range(1, epochs + 1), desc="relevance", unit="epoch", disable=not progress)
@@ -544,7 +546,7 @@ def _epochs(events: Events, columns: np.ndarray, n_features: int, config: Releva
         t0 = time.perf_counter()
         order = rng.permutation(len(events.data))
         losses = [float(trainer.step(*_batch_args(trainer, events,
-                                                  order[i:i + config.batch_size], rng)))
+                                                  order[i:i + config.batch_size], sides, rng)))
                   for i in range(0, len(order), config.batch_size)]
         row = {"epoch": epoch, "loss": float(np.mean(losses)),
                "seconds": time.perf_counter() - t0}

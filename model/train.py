@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from model.batch_sums import batch_scores, batch_sides
-from model.blocks import Batch, Block, EncodedRatings, used_columns
+from model.batch_sums import batch_scores, batch_sides, wide_sides
+from model.blocks import Batch, Block, EncodedRatings, Operand, Sides, used_columns
 from model.evaluate import rmse_mae
 from model.fm import FactorizationMachine
 from model.optim import OptimizerName, TableOptimizer
@@ -79,14 +79,16 @@ _BLOCK = (
     tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32),
     tf.TensorSpec([None], tf.float32), tf.TensorSpec([], tf.int32),
 )
-_BATCH = (_BLOCK, _BLOCK, _BLOCK, _BLOCK, tf.TensorSpec([None], tf.int32),
+_OPERAND = (tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([None], tf.float32),
+            tf.TensorSpec([], tf.int64))
+_BATCH = (_OPERAND, _OPERAND, _BLOCK, _BLOCK, tf.TensorSpec([None], tf.int32),
           tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32))
 
 
 def _as_batch(args: tuple[Any, ...]) -> Batch:
     """Rebuild the named tuples that tf.function flattened into plain tuples."""
-    users, items, contexts, left_out = (Block(*a) for a in args[:4])
-    return Batch(users, items, contexts, left_out, *args[4:])
+    return Batch(Operand(*args[0]), Operand(*args[1]), Block(*args[2]), Block(*args[3]),
+                 *args[4:])
 
 
 class Trainer:
@@ -178,11 +180,15 @@ class Trainer:
         """Unclipped scores of every rating in `data` (hashed indices)."""
         return self.predict_compact(self.compact(data), batch_size)
 
-    def predict_compact(self, data: EncodedRatings, batch_size: int = 8192) -> np.ndarray:
+    def predict_compact(self, data: EncodedRatings, batch_size: int = 8192,
+                        sides: Sides | None = None) -> np.ndarray:
         """`predict_all` of data already `compact`: what an epoch's validation repeats
-        (remapping 9,000 ML-100k ratings took 60% of scoring them)."""
+        (remapping 9,000 ML-100k ratings took 60% of scoring them), with its
+        `wide_sides` if they are at hand."""
+        sides = wide_sides(data, batch_size) if sides is None else sides
         out = [
-            self.predict(*data.batch(np.arange(i, min(i + batch_size, len(data))))).numpy()
+            self.predict(*data.batch(np.arange(i, min(i + batch_size, len(data))), sides)
+                         ).numpy()
             for i in range(0, len(data), batch_size)
         ]
         return np.concatenate(out) if out else np.zeros(0, np.float32)
@@ -229,20 +235,23 @@ def train(
     best, best_values, waited = np.inf, trainer.snapshot(), 0
     start = time.perf_counter()
     bar = progress_bar(range(1, config.epochs + 1), "train", "epoch", enabled=progress)
+    sides = wide_sides(data, config.batch_size)
+    held_sides = wide_sides(held_out, 8192) if held_out is not None else None
     # full batch: one step per epoch whose rows' order changes nothing, so build it once
-    whole = data.batch(np.arange(len(data))) if config.batch_size >= len(data) else None
+    whole = (data.batch(np.arange(len(data)), sides) if config.batch_size >= len(data)
+             else None)
     for epoch in bar:
         t0 = time.perf_counter()
         if whole is not None:
             losses = [float(trainer.step(*whole))]
         else:
             order = rng.permutation(len(data))
-            losses = [float(trainer.step(*data.batch(order[i : i + config.batch_size])))
+            losses = [float(trainer.step(*data.batch(order[i : i + config.batch_size], sides)))
                       for i in range(0, len(data), config.batch_size)]
         row = {"epoch": epoch, "train_rmse": float(np.sqrt(np.mean(losses))),
                "seconds": time.perf_counter() - t0}
         if held_out is not None:
-            pred = np.clip(trainer.predict_compact(held_out), *rating_range)
+            pred = np.clip(trainer.predict_compact(held_out, sides=held_sides), *rating_range)
             row["val_rmse"], row["val_mae"] = rmse_mae(pred, held_out.y)
         result.history.append(row)
         bar.set_postfix({k: round(v, 4) for k, v in row.items() if k != "epoch"})

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from model.blocks import Block, encode_ratings
+from model.blocks import PER_BATCH, Block, Operand, encode_ratings
 from model.bundle import Bundle
 from model.data import Dataset, Ratings
 from model.data.movielens import read_movielens
@@ -91,7 +91,7 @@ def test_logits_are_fm_score_differences(small_data: tuple[Dataset, FeatureSpec]
                                np.ones(len(ids), np.int64))
     data_c = encoded.remap(columns)
     batch = data_c.batch(np.arange(len(data_c)))
-    a = trainer.query(Block(*batch.users), Block(*batch.contexts), Block(*batch.left_out),
+    a = trainer.query(batch.users, Block(*batch.contexts), Block(*batch.left_out),
                       batch.row_user).numpy()
     item_s, item_b = (t.numpy() for t in trainer.item_sums())
     logits = a @ item_s.T + item_b
@@ -217,7 +217,7 @@ def test_sampled_softmax_batches_keep_positives_and_mask_only_rated(
     users = sorted(set(data.train.user.astype(str).tolist()))
     rated, target, encoded = events.rated, events.target, events.data
     rows = np.arange(40)
-    args = _batch_args(trainer, events, rows, np.random.default_rng(0))
+    args = _batch_args(trainer, events, rows, PER_BATCH, np.random.default_rng(0))
     _, _, _, row_user, column_of_target, masked, candidates, log_q, weight = args
     n_user = np.bincount(encoded.row_user)[encoded.row_user[rows]]
     np.testing.assert_allclose(weight, n_user**-0.5 / np.sum(n_user**-0.5), rtol=1e-5)
@@ -262,8 +262,8 @@ def test_history_dropout_query_is_the_kept_movies_scaled(
     events, trainer = _small_events(small_data, config)
     rows = np.arange(0, 3000, 37)
     dropped = history_dropout(events, rows, rate, np.random.default_rng(3))
-    args = _batch_args(trainer, events, rows, np.random.default_rng(3))
-    a = trainer.query(Block(*args[0]), Block(*args[1]), Block(*args[2]), args[3]).numpy()
+    args = _batch_args(trainer, events, rows, PER_BATCH, np.random.default_rng(3))
+    a = trainer.query(Operand(*args[0]), Block(*args[1]), Block(*args[2]), args[3]).numpy()
     V, users, history = trainer.fm.V.numpy(), events.data.users, events.history
     n_dropped = n_kept = 0
     for r, event in enumerate(rows):
@@ -286,10 +286,32 @@ def test_history_dropout_query_is_the_kept_movies_scaled(
         np.testing.assert_allclose(a[r], want, atol=1e-5)
     assert abs(n_dropped / (n_dropped + n_kept) - rate) < 0.05
     plain = _batch_args(_small_events(small_data, replace(config, history_dropout=0.0))[1],
-                        events, rows, np.random.default_rng(3))
+                        events, rows, PER_BATCH, np.random.default_rng(3))
     own_only = events.data.left_out.take(rows)
     np.testing.assert_array_equal(plain[2][1], own_only.indices)
     np.testing.assert_array_equal(plain[2][2], own_only.values)
+
+
+def test_query_from_the_whole_users_equals_the_batchs_own(
+        small_data: tuple[Dataset, FeatureSpec]) -> None:
+    """Every user computed once (`wide_sides`) or the batch's distinct users: the same
+    query for every event."""
+    from model.batch_sums import wide_sides
+    from model.relevance import _batch_args
+
+    config = RelevanceConfig(k=3, init_std=0.3, new_user_share=0.0,
+                             fields=("user.id", "user.rated", "item.id"))
+    events, trainer = _small_events(small_data, config)
+    sides = wide_sides(events.data, len(events.data))
+    assert sides.users is not None
+    rows = np.arange(0, 3000, 37)
+    queries = []
+    for how in (PER_BATCH, sides):
+        args = _batch_args(trainer, events, rows, how, np.random.default_rng(3))
+        queries.append(trainer.query(Operand(*args[0]), Block(*args[1]), Block(*args[2]),
+                                     args[3]).numpy())
+    assert queries[0].shape == (len(rows), 3) and np.abs(queries[0]).max() > 0.1
+    np.testing.assert_allclose(queries[1], queries[0], atol=1e-5)
 
 
 def test_new_user_query_is_a_few_of_the_other_movies_without_the_id(
@@ -310,9 +332,9 @@ def test_new_user_query_is_a_few_of_the_other_movies_without_the_id(
                    for m in range(1, longest + 1)}
     rows = np.arange(0, 3000, 37)
     changed = new_user_queries(events, rows, share, longest, np.random.default_rng(3))
-    args = _batch_args(trainer, events, rows, np.random.default_rng(3))
-    a = trainer.query(Block(*args[0]), Block(*args[1]), Block(*args[2]), args[3]).numpy()
-    full = trainer.query(Block(*args[0]), Block(*args[1]),
+    args = _batch_args(trainer, events, rows, PER_BATCH, np.random.default_rng(3))
+    a = trainer.query(Operand(*args[0]), Block(*args[1]), Block(*args[2]), args[3]).numpy()
+    full = trainer.query(Operand(*args[0]), Block(*args[1]),
                          Block.of(events.data.left_out.take(rows)), args[3]).numpy()
     V, users, history = trainer.fm.V.numpy(), events.data.users, events.history
     sizes = []
@@ -381,7 +403,7 @@ def test_average_is_the_debiased_moving_average_of_the_steps(
     rng = np.random.default_rng(0)
     steps = []
     for start in (0, 500, 1000, 1500):
-        trainer.step(*_batch_args(trainer, events, np.arange(start, start + 400), rng))
+        trainer.step(*_batch_args(trainer, events, np.arange(start, start + 400), PER_BATCH, rng))
         steps.append((trainer.fm.w.numpy().copy(), trainer.fm.V.numpy().copy()))
     t = len(steps)
     weights = np.array([(1 - decay) * decay ** (t - 1 - s) for s in range(t)]) / (1 - decay**t)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from model.batch_sums import wide_sides
 from model.blocks import EncodedRatings, encode_ratings
 from model.data import Dataset
 from model.evaluate import rmse_mae
@@ -106,6 +107,47 @@ def test_full_batch_epochs_are_one_step_on_every_rating(
         np.testing.assert_array_equal(got, same)
         np.testing.assert_allclose(got, close, atol=5e-4)
         assert not np.array_equal(got, before)  # the steps moved every group
+
+
+def test_steps_on_the_whole_sides_equal_steps_on_each_batchs_distinct_rows(
+        small_data: tuple[Dataset, FeatureSpec]) -> None:
+    """A batch reads its users and movies either as its distinct rows or as every row of
+    the data (`wide_sides`): the same ratings, the same sums, so the same steps (up to
+    float summation order). Batches of 64 touch a fraction of the rows, so the whole
+    sides compute rows no rating reads, and those must move nothing."""
+    data, spec = small_data
+    spec, train_part, _ = _encoded(data, spec)
+    config = TrainConfig(k=4, learning_rate=0.02, members=1)
+    per_batch, whole = (Trainer.for_data(train_part, spec.n_features, config)
+                        for _ in range(2))
+    compact = per_batch.compact(train_part)
+    sides = wide_sides(compact, len(compact))
+    assert sides.users is not None and sides.items is not None
+    order = np.random.default_rng(2).permutation(len(compact))
+    for start in range(0, 640, 64):
+        rows = order[start:start + 64]
+        assert len(np.unique(compact.row_user[rows])) < compact.users.n_rows
+        loss = float(per_batch.step(*compact.batch(rows)))
+        assert abs(float(whole.step(*compact.batch(rows, sides))) - loss) < 1e-5 * loss
+    for got, want in zip(whole.snapshot(), per_batch.snapshot(), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    rows = order[:500]
+    np.testing.assert_allclose(whole.predict(*compact.batch(rows, sides)).numpy(),
+                               whole.predict(*compact.batch(rows)).numpy(), atol=1e-5)
+
+
+def test_wide_sides_only_where_a_batch_reads_most_of_them(
+        small_data: tuple[Dataset, FeatureSpec]) -> None:
+    """Whole users or movies are worth computing every step only if a batch reads half
+    their non-zeros or more: for the whole data yes, for one rating no."""
+    data, spec = small_data
+    _, train_part, _ = _encoded(data, spec)
+    wide = train_part.wide_sides(len(train_part))
+    assert wide.users is not None and wide.items is not None
+    assert wide.users.where.shape == (train_part.users.nnz, 2)
+    np.testing.assert_array_equal(wide.users.where[:, 0], train_part.users.row_ids())
+    np.testing.assert_array_equal(wide.users.where[:, 1], train_part.users.indices)
+    assert train_part.wide_sides(1) == (None, None)
 
 
 def test_early_stopping_keeps_the_best_epoch(small_data: tuple[Dataset, FeatureSpec]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -143,8 +144,8 @@ async def explain_request(scorer: Scorer, request: ExplainRequest, store: Store
         "fields": grouped(explained, fmap, catalog, explainer.known)})
 
 
-def because_you_rated(bundle: Bundle, head: str, history_ids: list[str],
-                      stars: list[float | None] | None, base: Bases, history: Histories,
+def because_you_rated(bundle: Bundle, head: str, history_ids: Sequence[str],
+                      stars: Sequence[float | None] | None, base: Bases, history: Histories,
                       context: dict[str, Any], rows: np.ndarray) -> list[list[dict[str, Any]]]:
     """Per ranked catalog row, the user's rated movies that add most to its score under
     `head` (the head that ranked), best first, with what they add: a movie's features

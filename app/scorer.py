@@ -12,7 +12,7 @@ the other.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import replace
 from typing import Any
@@ -33,7 +33,7 @@ from app.schemas import (
     RecommendResponse,
     UserIn,
 )
-from app.scoring_batch import BatchScorer, Job, JobResult, Ranking, UserQuery
+from app.scoring_batch import BatchScorer, Deferred, Job, JobResult, Ranking, UserQuery
 from app.settings import Settings
 from app.store import Rating, Store, StoreUnavailable, UserRecord
 from model.bundle import Bundle
@@ -159,16 +159,17 @@ class Scorer:
         base = record.base if record is not None and not attrs else None
         history = None
         inline = user.rated_movies()
-        stars: list[float | None] | None
+        stars: Sequence[float | None] | None
         if inline is not None:
-            rated: list[str] | None = inline[0]
+            rated: Sequence[str] | None = inline[0]
             stars = self._checked_stars(inline[1])
             last, last_time = (rated[-1] if rated else None), 0
         elif record is not None and record.history is not None:
-            history = record.history
-            rated = list(record.ratings) if record.ratings is not None else None
-            stars = ([r.rating for r in record.ratings.values()]
-                     if record.ratings is not None else None)
+            history = record.history  # the sums are cached: the ratings only if read
+            stored = record.ratings
+            rated = None if stored is None else Deferred(lambda: list(stored), len(stored))
+            stars = None if stored is None else Deferred(
+                lambda: [r.rating for r in stored.values()], len(stored))
             last, last_time = history[0].last_movie, history[0].last_time
         else:
             ratings = (record.ratings if record is not None else None) or {}

@@ -89,7 +89,8 @@ async def test_a_cached_recommend_parses_no_stored_rating_unless_it_explains(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A cached user's sums hold its history, stars included, so /recommend needs only
     which movies it rated (the exclusion); the stars are parsed when an explanation by a
-    head that reads them does. Counted, not timed: parsing every rating was a quarter of the route's CPU."""
+    head that reads them does. Counted, not timed: parsing every rating was a quarter of
+    the route's CPU."""
     from app import redis_layout
 
     data, _ = small_data

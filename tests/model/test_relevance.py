@@ -228,7 +228,8 @@ def test_sampled_softmax_batches_keep_positives_and_mask_only_rated(
     row_users = np.unique(encoded.row_user[rows])[row_user]
     want = {(r, c) for r in range(len(rows)) for c, movie in enumerate(candidates)
             if movie in per_user[users[row_users[r]]] and movie != target[rows][r]}
-    assert {tuple(p) for p in masked.tolist()} == want
+    assert masked.shape == (len(rows), len(candidates))
+    assert {tuple(p) for p in np.argwhere(masked).tolist()} == want
     loss = float(trainer.step(*args))
     assert np.isfinite(loss)
 

@@ -143,8 +143,8 @@ class EncodedRatings:
         rows = np.random.default_rng(seed).permutation(len(self))[:batch_size]
 
         def wide(block: SparseRows, row_of: np.ndarray) -> Operand | None:
-            touched = block.indptr[1:] - block.indptr[:-1]
-            share = touched[np.unique(row_of[rows])].sum() / max(block.nnz, 1)
+            lengths = block.indptr[1:] - block.indptr[:-1]
+            share = lengths[np.unique(row_of[rows])].sum() / max(block.nnz, 1)
             return Operand.of(block) if share >= 0.5 else None
 
         return Sides(wide(self.users, self.row_user), wide(self.items, self.row_item))

@@ -199,7 +199,7 @@ def compare(train: EncodedRatings, test: EncodedRatings, n_features: int,
     # fmrec in the dense baseline's own regime: one full-batch step per epoch, same lr
     fmrec_full = Trainer.for_data(train, n_features, replace(config, learning_rate=dense_lr))
     sides = wide_sides(fmrec_train, config.batch_size)
-    whole = fmrec_train.batch(np.arange(len(train)), wide_sides(fmrec_train, len(train)))
+    whole = fmrec_train.batch(np.arange(len(train)), sides)
     rngs = [np.random.default_rng(config.seed) for _ in range(3)]
     curves = race([
         Contestant(Curve("fmrec"),

@@ -54,7 +54,7 @@ class Operand(NamedTuple):
 
     Why not a Block: a block every step reuses (the whole data's users, `Sides`) is
     stacked and converted once; per step, stacking 180,000 pairs and converting them
-    cost more than the product itself (docs/benchmarks.md).
+    cost more than the product itself (docs/accuracy.md).
     """
 
     where: np.ndarray  # (nnz, 2) int64

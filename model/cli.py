@@ -73,7 +73,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         k=args.k, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
         learning_rate=args.lr, l2_w=args.l2_w, l2_v=args.l2_v, l2_context=args.l2_context,
         l2_fields=l2_fields, patience=args.patience, seed=args.seed, members=args.members,
-        average=args.average)
+        average=args.average, min_improvement=args.min_improvement,
+        refit_epochs=args.refit_epochs)
     # flags not given keep TrainConfig's defaults (the parser leaves them None so that
     # building it does not import TensorFlow)
     config = TrainConfig(**{k: v for k, v in given.items() if v is not None})
@@ -143,14 +144,17 @@ def _date(text: str) -> int:
     return int((when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp())
 
 
-def decay(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a decay in [0, 1)")
-    return value
+def unit_share(what: str) -> Callable[[str], float]:
+    """A parser of a number in [0, 1): `what` names it in the error."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not 0.0 <= value < 1.0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what} in [0, 1)")
+        return value
+    return parse
 
 
 def positive(kind: Callable[[str], float]) -> Callable[[str], float]:
@@ -205,11 +209,17 @@ def add_model_commands(sub: Any) -> None:
     p.add_argument("--members", type=positive(int),
                    help="models trained from seeds seed.. and averaged into one FM "
                         "(its k is members x --k)")
-    p.add_argument("--average", type=decay,
+    p.add_argument("--average", type=unit_share("a decay"),
                    help="Polyak averaging: the per-step decay of the weights' moving average "
                         "that is validated and saved (0 = off)")
+    p.add_argument("--min-improvement", type=unit_share("a share"), metavar="SHARE",
+                   help="early stop: an epoch is better only if it cuts the best validation "
+                        "RMSE by this share (default 0.0006)")
+    p.add_argument("--refit-epochs", type=positive(int), metavar="N",
+                   help="after the early stop, train the model on all ratings for N more "
+                        "epochs (default 12)")
     p.add_argument("--no-refit", action="store_true",
-                   help="keep the early-stopped model instead of retraining on all ratings")
+                   help="keep the early-stopped model instead of training it on all ratings")
     p.add_argument("--ann-threshold", type=nonnegative_int, metavar="MOVIES",
                    help="catalogs of this many movies or more get an approximate top-N "
                         "index (0: never; default 200,000; docs/ann.md)")

@@ -58,6 +58,10 @@ class TrainConfig:
     l2_fields: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_L2_FIELDS))
     init_std: float = 0.001
     patience: int = 6
+    # an epoch counts as better only if it cuts the best validation RMSE by this share: the
+    # Polyak average creeps on by ~1e-4 an epoch for dozens of epochs (docs/accuracy.md)
+    min_improvement: float = 6e-4
+    refit_epochs: int = 12  # after the early stop: epochs on all ratings (pipeline.train_member)
     seed: int = 0
     members: int = 1  # models from seeds seed.., exported as their average (fm.average_of)
     average: float = 0.995  # Polyak: validate and export a debiased EMA of the weights (decay
@@ -221,13 +225,16 @@ def train(
     validation: EncodedRatings | None = None,
     progress: bool = True,
     l2_scale: np.ndarray | None = None,
+    trainer: Trainer | None = None,
 ) -> TrainResult:
     """Train for `config.epochs`, keeping the epoch with the best validation RMSE.
 
     Without validation data every epoch runs and the last one is kept. `l2_scale`: per
-    hashed column, a multiplier of its L2 weights (`model.pipeline.l2_scale_of`).
+    hashed column, a multiplier of its L2 weights (`model.pipeline.l2_scale_of`). Given a
+    `trainer` (whose columns cover `data`'s), training continues it instead of a fresh one.
     """
-    trainer = Trainer.for_data(data, n_features, config, l2_scale)
+    if trainer is None:
+        trainer = Trainer.for_data(data, n_features, config, l2_scale)
     data = trainer.compact(data)
     held_out = trainer.compact(validation) if validation is not None else None
     rng = np.random.default_rng(config.seed)
@@ -257,7 +264,7 @@ def train(
         bar.set_postfix({k: round(v, 4) for k, v in row.items() if k != "epoch"})
         if held_out is None:
             continue
-        if row["val_rmse"] < best - 1e-5:
+        if row["val_rmse"] < best * (1.0 - config.min_improvement):
             best, best_values, waited = row["val_rmse"], trainer.snapshot(), 0
             result.best_epoch = epoch
         else:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from model.batch_sums import wide_sides
-from model.blocks import EncodedRatings, encode_ratings
+from model.blocks import EncodedRatings, encode_ratings, used_columns
 from model.data import Dataset
 from model.evaluate import rmse_mae
 from model.features import FeatureMap, FeatureSpec
 from model.optim import TableOptimizer
-from model.pipeline import per_user_holdout
+from model.pipeline import per_user_holdout, train_member
 from model.train import TrainConfig, Trainer, train
 
 
@@ -154,7 +156,7 @@ def test_early_stopping_keeps_the_best_epoch(small_data: tuple[Dataset, FeatureS
     data, spec = small_data
     spec, train_part, test_part = _encoded(data, spec)
     config = TrainConfig(k=4, epochs=12, batch_size=256, learning_rate=0.05, l2_v=0.0,
-                         l2_w=0.0, patience=3)
+                         l2_w=0.0, patience=3, min_improvement=0.0)
     result = train(train_part, config, spec.n_features, data.rating_range, test_part,
                    progress=False)
     best = min(h["val_rmse"] for h in result.history)
@@ -162,6 +164,43 @@ def test_early_stopping_keeps_the_best_epoch(small_data: tuple[Dataset, FeatureS
                      test_part.y)[0]
     assert final == pytest.approx(best, abs=1e-5)
     assert result.history[result.best_epoch - 1]["val_rmse"] == best
+
+
+def test_an_epoch_is_better_only_by_the_min_improvement(
+        small_data: tuple[Dataset, FeatureSpec]) -> None:
+    """With a share no epoch can cut, training keeps epoch 1 and stops after `patience`;
+    with none, the same run finds later epochs better."""
+    data, spec = small_data
+    spec, train_part, test_part = _encoded(data, spec)
+    config = TrainConfig(k=4, epochs=8, batch_size=256, learning_rate=0.05, patience=2)
+    runs = {share: train(train_part, replace(config, min_improvement=share), spec.n_features,
+                         data.rating_range, test_part, progress=False)
+            for share in (0.0, 0.9)}
+    assert runs[0.0].best_epoch > 1
+    assert (runs[0.9].best_epoch, len(runs[0.9].history)) == (1, 3)
+
+
+def test_refit_continues_the_early_stopped_model_on_every_rating(
+        small_data: tuple[Dataset, FeatureSpec]) -> None:
+    """The refit trains the selected model on, over every rating's columns, for
+    `refit_epochs`: its first epoch fits the data as well as the selection's last did,
+    where a fresh model's first epoch does not."""
+    data, spec = small_data
+    spec, train_part, _ = _encoded(data, spec)
+    config = TrainConfig(k=4, epochs=10, batch_size=256, learning_rate=0.02, refit_epochs=3)
+    selection, final = train_member(train_part, spec.n_features, config, data.rating_range,
+                                    0.1, progress=False, refit=True)
+    assert final.trainer is selection.trainer
+    np.testing.assert_array_equal(final.trainer.columns, used_columns(train_part))
+    assert len(final.history) == 3 and len(selection.history) > 1
+    fresh = train(train_part, replace(config, epochs=1), spec.n_features, data.rating_range,
+                  progress=False)
+    last = selection.history[-1]["train_rmse"]
+    assert final.history[0]["train_rmse"] < last + 0.05
+    assert fresh.history[0]["train_rmse"] > last + 0.2
+    no_refit = train_member(train_part, spec.n_features, config, data.rating_range, 0.1,
+                            progress=False, refit=False)
+    assert no_refit[0] is no_refit[1]
 
 
 def test_per_user_holdout_takes_the_same_count_from_each_eligible_user() -> None:

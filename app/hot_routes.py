@@ -64,7 +64,7 @@ class HotRoutes:
             return
         scoring, request = plain
         try:
-            answer = (await score(scoring, request)).model_dump_json().encode()
+            answer = await score(scoring, request)
         except Exception as exc:  # the app's handler decides, as in FastAPI
             refusal = error_response(exc, self.service.metrics)
             if refusal is None:

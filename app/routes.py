@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
 from app.explain import ExplainResponse, explain_request
 from app.online import record_ratings
@@ -60,10 +59,9 @@ router = APIRouter()
 read_key = [Depends(require_read_key)]
 
 
-def _json(model: BaseModel) -> Response:
-    """The answer serialised once, by pydantic-core: returned as a model, it would be
-    validated again and encoded by FastAPI (response_model still documents it)."""
-    return Response(model.model_dump_json(), media_type="application/json")
+def _json(answer: bytes) -> Response:
+    """The answer as `app.scoring.score` serialised it (response_model documents it)."""
+    return Response(answer, media_type="application/json")
 
 
 # /predict and /recommend: app.hot_routes answers the plain case before FastAPI; these
@@ -85,7 +83,8 @@ async def explain(body: ExplainRequest, scoring: ScoringDep) -> Response:
     """Why /predict gives this score: /predict's body with exactly one movie; the unclipped
     score, the bias, and every feature's exact contribution, by field (they add up)."""
     check_limits(body, scoring.settings)
-    return _json(await explain_request(scoring.scorer, body, scoring.store))
+    answer = await explain_request(scoring.scorer, body, scoring.store)
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 @router.post("/ratings", response_model=RatingsResponse,

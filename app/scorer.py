@@ -28,9 +28,7 @@ from app.schemas import (
     ContextIn,
     InvalidInput,
     PredictRequest,
-    PredictResponse,
     RecommendRequest,
-    RecommendResponse,
     UserIn,
 )
 from app.scoring_batch import BatchScorer, Deferred, Job, JobResult, Ranking, UserQuery
@@ -71,7 +69,8 @@ class Scorer:
 
     # --- requests ------------------------------------------------------------------------
 
-    async def predict(self, request: PredictRequest, store: Store) -> PredictResponse:
+    async def predict(self, request: PredictRequest, store: Store) -> dict[str, Any]:
+        """The fields of a `PredictResponse`, to serialise as they are (`app.scoring`)."""
         movies = [m.payload() for m in request.movies]
         catalog = self.bundle.catalog
         found = [catalog.row(p["id"]) if set(p) == {"id"} else None for p in movies]
@@ -85,13 +84,14 @@ class Scorer:
         known = [r is not None or set(p) != {"id"} for p, r in zip(movies, found, strict=True)]
         if not all(known):
             self.metrics.unknown_movies.inc(known.count(False))
-        # validated from dicts: pydantic-core does that faster than model_construct
-        return PredictResponse.model_validate({
-            "model_id": self.model_id, "user_cached": user.cached, "predictions": [
+        return {
+            "model_id": self.model_id, "predictions": [
                 {"movie_id": p["id"], "rating": r, "known": k}
-                for p, r, k in zip(movies, ratings.tolist(), known, strict=True)]})
+                for p, r, k in zip(movies, ratings.tolist(), known, strict=True)],
+            "user_cached": user.cached}
 
-    async def recommend(self, request: RecommendRequest, store: Store) -> RecommendResponse:
+    async def recommend(self, request: RecommendRequest, store: Store) -> dict[str, Any]:
+        """The fields of a `RecommendResponse`, to serialise as they are (`app.scoring`)."""
         catalog = self.bundle.catalog
         mask = 0
         for n, genre in enumerate(request.genres or []):
@@ -120,17 +120,18 @@ class Scorer:
         because = because_you_rated(
             self.bundle, job.head, user.rated or [], user.stars, result.base, result.history,
             job.context, result.rows) if request.explain else None
-        return RecommendResponse.model_validate({  # from dicts: see predict
-            "model_id": self.model_id, "user_cached": user.cached, "rank_by": job.head,
-            "path": result.path,
+        return {
+            "model_id": self.model_id, "rank_by": job.head, "path": result.path,
             "items": [
-                {"movie_id": str(catalog.ids[row]), "title": str(catalog.titles[row]),
+                {"movie_id": movie, "title": title,
                  "score": score, "relevance": relevance, "rating": rating,
                  "known": True,  # catalog movies only
                  "because": because and because[n]}
-                for n, (row, score, relevance, rating) in enumerate(zip(
-                    result.rows.tolist(), result.scores[job.head].tolist(),
-                    result.scores["relevance"].tolist(), ratings.tolist(), strict=True))]})
+                for n, (movie, title, score, relevance, rating) in enumerate(zip(
+                    catalog.ids[result.rows].tolist(), catalog.titles[result.rows].tolist(),
+                    result.scores[job.head].tolist(), result.scores["relevance"].tolist(),
+                    ratings.tolist(), strict=True))],
+            "user_cached": user.cached}
 
     async def user_and_context(self, user: UserIn, context: ContextIn | None, store: Store
                                ) -> tuple[UserQuery, dict[str, Any]]:

@@ -13,10 +13,12 @@ import httpx
 import pytest
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.types import Message, Receive, Scope, Send
 
 from app.hot_routes import HotRoutes
 from app.metrics import Metrics
+from app.schemas import PredictResponse, RecommendResponse
 from app.service import Service
 from app.settings import Settings
 from model.bundle import Bundle
@@ -164,6 +166,10 @@ def _bodies(bundle: Bundle) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
+DOCUMENTED: dict[str, type[BaseModel]] = {"/predict": PredictResponse,
+                                          "/recommend": RecommendResponse}
+
+
 async def test_both_paths_answer_alike_and_are_timed_under_the_route(
         settings: Settings, small_bundle: Bundle, small_data: tuple[Dataset, FeatureSpec]
 ) -> None:
@@ -175,6 +181,9 @@ async def test_both_paths_answer_alike_and_are_timed_under_the_route(
             reference = await client.post(path, headers=VIA_FASTAPI, content=json.dumps(body))
             assert (fast.status_code, fast.json()) == (
                 reference.status_code, reference.json()), path
+            if fast.status_code == 200:  # the documented schema, every field, nothing else
+                documented = DOCUMENTED[path].model_validate_json(fast.content)
+                assert documented.model_dump(mode="json") == fast.json(), path
         page = (await client.get("/metrics")).text
     timed = metric(page, 'fmrec_request_seconds_count{method="POST",route="/recommend",'
                          'status="200"}')

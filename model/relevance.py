@@ -87,11 +87,14 @@ class RelevanceConfig:
     new_user_share: float = 0.1  # per event: chance its query is a new user's (cold start)
     new_user_max_rated: int = 5  # such a query reads 1..this many of the user's movies
     average: float = 0.99  # > 0: validate and export a debiased EMA of the weights (decay)
+    temperature: float = 1.0  # training's softmax reads the scores / this (ranking: any)
 
     def __post_init__(self) -> None:
         if self.history_dropout and self.new_user_share:
             raise ValueError("history_dropout and new_user_share both rewrite the query: "
                              "choose one")
+        if not 0.0 < self.temperature < float("inf"):
+            raise ValueError("temperature must be a positive number")
         if not 0.0 <= self.new_user_share <= 1.0 or self.new_user_max_rated < 1:
             raise ValueError("new_user_share is a share in [0, 1] and new_user_max_rated "
                              ">= 1")
@@ -230,7 +233,8 @@ class RelevanceTrainer:
             a = self.query(Operand(*users), Block(*contexts), Block(*left_out), row_user)
             item_s, item_b = self.item_sums()
             s, b = tf.gather(item_s, candidates), tf.gather(item_b, candidates)
-            logits = tf.matmul(a, s, transpose_b=True) + (b - log_q)[None, :]
+            scores = tf.matmul(a, s, transpose_b=True) + b[None, :]
+            logits = scores / self.config.temperature - log_q[None, :]
             logits = tf.where(masked, tf.constant(-1e9), logits)
             loss = tf.reduce_sum(
                 weight * tf.nn.sparse_softmax_cross_entropy_with_logits(target, logits))

@@ -250,6 +250,36 @@ def _small_events(small_data: tuple[Dataset, FeatureSpec], config: RelevanceConf
                                     np.bincount(events.target, minlength=len(ids)))
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_step_loss_is_the_weighted_cross_entropy_of_scores_over_temperature(
+        small_data: tuple[Dataset, FeatureSpec], temperature: float) -> None:
+    """The loss a step reports (before it updates) is, in NumPy, sum_e weight_e *
+    -log softmax((a_e . s_j + b_j) / T) at the event's movie, its user's other rated
+    movies left out of the softmax."""
+    from model.relevance import _batch_args
+
+    config = RelevanceConfig(k=3, init_std=0.3, new_user_share=0.0, average=0.0,
+                             temperature=temperature, fields=("user.id", "user.rated", "item.id"))
+    events, trainer = _small_events(small_data, config)
+    rows = np.arange(40)
+    args = _batch_args(trainer, events, rows, PER_BATCH, np.random.default_rng(0))
+    users, contexts, left_out, row_user, target, masked, _, _, weight = args
+    a = trainer.query(Operand(*users), Block(*contexts), Block(*left_out), row_user).numpy()
+    item_s, item_b = (t.numpy().astype(np.float64) for t in trainer.item_sums())
+    logits = (a @ item_s.T + item_b) / temperature
+    logits[masked] = -np.inf
+    log_p = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1,
+                            keepdims=True)) - logits.max(1, keepdims=True)
+    expected = -(weight * log_p[np.arange(len(rows)), target]).sum()
+    assert float(trainer.step(*args)) == pytest.approx(expected, rel=1e-4)
+
+
+def test_temperature_must_be_positive() -> None:
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="temperature"):
+            RelevanceConfig(temperature=bad)
+
+
 def test_history_dropout_query_is_the_kept_movies_scaled(
         small_data: tuple[Dataset, FeatureSpec]) -> None:
     """With dropout rate r an event's query is user id + 1/(1-r) * the kept other movies'

@@ -87,7 +87,9 @@ class RelevanceConfig:
     new_user_share: float = 0.1  # per event: chance its query is a new user's (cold start)
     new_user_max_rated: int = 5  # such a query reads 1..this many of the user's movies
     average: float = 0.99  # > 0: validate and export a debiased EMA of the weights (decay)
-    temperature: float = 1.0  # training's softmax reads the scores / this (ranking: any)
+    # training's softmax reads the scores / this (any T ranks alike): 0.5 ranks as well as
+    # 1 in two thirds of the training, stopping earlier (docs/ranking.md)
+    temperature: float = 0.5
 
     def __post_init__(self) -> None:
         if self.history_dropout and self.new_user_share:

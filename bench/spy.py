@@ -27,7 +27,7 @@ GROUPS: list[tuple[str, tuple[str, ...]]] = [
                                              "model_validate_json")),
     ("response (pydantic, JSON)", ("serialize_response", "jsonable_encoder", "render (",
                                    "JSONResponse.__init__", "Response.__init__",
-                                   "model_dump_json", "orjson")),
+                                   "model_dump_json")),
     ("HTTP write (uvicorn send)", ("RequestResponseCycle.send",)),
     ("FastAPI dependencies", ("solve_dependencies",)),
     ("micro-batcher, thread hand-off", ("MicroBatcher", "to_thread", "concurrent/futures",

@@ -43,6 +43,8 @@ if TYPE_CHECKING:  # the scorer imports this module
     from app.scorer import Scorer
 
 BECAUSE_N = 2  # rated movies named per recommended item
+# /explain's field for the rating head's neighbourhood: per neighbour, what its residual adds
+NEIGHBOURS_FIELD = "neighbours"
 
 
 class SharedBucket(BaseModel):
@@ -134,14 +136,41 @@ async def explain_request(scorer: Scorer, request: ExplainRequest, store: Store
         explainer.known = await asyncio.to_thread(known_features, bundle.fmap, catalog)
     explained = explain_row(explainer.params[request.head], terms)
     found = catalog.row(movie["id"])
+    fields = grouped(explained, fmap, catalog, explainer.known)
+    score = explained.score
+    if request.head == "rating" and row is not None:
+        own = neighbour_group(bundle, {**user.base_payload, **history}, rated, stars, row)
+        if own is not None:
+            fields = sorted([*fields, own], key=lambda g: -abs(g["contribution"]))
+            score += sum(f["contribution"] for f in own["features"])
     return ExplainResponse.model_validate({
         "model_id": scorer.model_id, "head": request.head, "movie_id": movie["id"],
         "title": str(catalog.titles[found]) if found is not None else None,
-        "score": explained.score,
-        "rating": float(bundle.clip(np.array(explained.score)))
-        if request.head == "rating" else None,
-        "bias": explained.bias,
-        "fields": grouped(explained, fmap, catalog, explainer.known)})
+        "score": score,
+        "rating": float(bundle.clip(np.array(score))) if request.head == "rating" else None,
+        "bias": explained.bias, "fields": fields})
+
+
+def neighbour_group(bundle: Bundle, user: dict[str, Any], rated: Sequence[str],
+                    stars: Sequence[float | None], row: int) -> dict[str, Any] | None:
+    """The rating head's neighbourhood correction of catalog row `row`, one feature per
+    neighbour it reads (`model.neighbours`); None without neighbours or residuals."""
+    if bundle.neighbours is None:
+        return None
+    head = bundle.heads["rating"]
+    residuals = bundle.residuals(head.side_sums(head.fmap.encode("user", [user])), rated,
+                                 stars)
+    if residuals is None:
+        return None
+    rows, parts = bundle.neighbours.contributions(row, *residuals)
+    if len(rows) == 0:
+        return None
+    catalog = bundle.catalog
+    order = np.argsort(-np.abs(parts), kind="stable")
+    features = [{"field": NEIGHBOURS_FIELD, "value": str(catalog.titles[rows[n]]),
+                 "feature": f"{NEIGHBOURS_FIELD}={catalog.ids[rows[n]]}",
+                 "contribution": float(parts[n])} for n in order.tolist()]
+    return {"field": NEIGHBOURS_FIELD, "contribution": float(parts.sum()), "features": features}
 
 
 def because_you_rated(bundle: Bundle, head: str, history_ids: Sequence[str],

@@ -193,8 +193,8 @@ class RecommendRequest(Strict):
     genres: Annotated[list[Text] | None, Field(max_length=MAX_GENRES)] = None
     rank_by: Annotated[Literal["relevance", "rating"], Field(
         description="relevance (default): what the user is likely to watch next, from the "
-                    "head trained on implicit feedback; rating: the highest predicted "
-                    "rating, which favours rarely watched movies")] = "relevance"
+                    "head trained on implicit feedback; rating: the highest rating "
+                    "head FM score, which favours rarely watched movies")] = "relevance"
     explain: Annotated[bool, Field(description="items gain `because`: the user's rated "
                                                "movies that add most to their score (the "
                                                "ranking head's)")] = False
@@ -206,7 +206,9 @@ KNOWN = Field(description="false: the movie is not in the catalog and came witho
 
 class Prediction(BaseModel):
     movie_id: str
-    rating: float
+    rating: Annotated[float, Field(description="the rating head's FM score plus its "
+                                               "neighbourhood's correction from the user's "
+                                               "starred history, clipped to the rating range")]
     known: Annotated[bool, KNOWN]
 
 
@@ -226,12 +228,15 @@ class Recommendation(BaseModel):
     movie_id: str
     title: str
     score: Annotated[float, Field(description="the ranking key: the relevance, or the "
-                                              "unclipped rating with rank_by=rating")]
+                                              "rating head's unclipped FM score with "
+                                              "rank_by=rating")]
     relevance: Annotated[float, Field(description="the relevance head's score: higher is "
                                                   "likelier to be watched; comparable "
                                                   "within one user's list only")]
-    rating: Annotated[float, Field(description="predicted rating, clipped to the rating "
-                                               "range")]
+    rating: Annotated[float, Field(description="the rating head's FM score, clipped to "
+                                               "the rating range; /predict also adds the "
+                                               "neighbourhood's correction, which reads the "
+                                               "user's stars")]
     known: Annotated[bool, KNOWN]
     because: Annotated[list[Because] | None, Field(
         description="with `explain`: top rated movies by contribution to `score`")] = None

@@ -34,8 +34,10 @@ from app.schemas import (
 from app.scoring_batch import BatchScorer, Deferred, Job, JobResult, Ranking, UserQuery
 from app.settings import Settings
 from app.store import Rating, Store, StoreUnavailable, UserRecord
+from app.user_sums import combine, history_weighting
 from model.bundle import Bundle
 from model.features import context_payload
+from model.sums import Sums
 
 
 def latest(ratings: Mapping[str, Rating]) -> tuple[str | None, int]:
@@ -44,6 +46,15 @@ def latest(ratings: Mapping[str, Rating]) -> tuple[str | None, int]:
         return None, 0
     movie, rating = max(ratings.items(), key=lambda mr: (mr[1].timestamp, mr[0]))
     return movie, rating.timestamp
+
+
+def rating_sums(bundle: Bundle, result: JobResult) -> Sums:
+    """The user's rating-head sums (no context) from the parts a job used."""
+    head = bundle.heads["rating"]
+    position = list(bundle.heads).index("rating")
+    L, s, q = combine(result.base[position], result.history[position],
+                      history_weighting(head.fmap.spec), head.size_sums)
+    return Sums(np.array([L], np.float32), np.array([s], np.float32), np.array([q], np.float32))
 
 
 class Scorer:
@@ -75,11 +86,16 @@ class Scorer:
         catalog = self.bundle.catalog
         found = [catalog.row(p["id"]) if set(p) == {"id"} else None for p in movies]
         rows = np.array([-1 if r is None else r for r in found], dtype=np.int64)  # -1: inline
-        user = await self._user(request.user, store, need_ratings=False)
+        neighbours = self.bundle.neighbours is not None  # they read the user's stars
+        user = await self._user(request.user, store, need_ratings=neighbours)
         job = Job(user, await self._context(request.context, user, store), rows,
                   [p for p, r in zip(movies, rows, strict=True) if r < 0])
         result = await self._run(job, store)
-        ratings = self.bundle.clip(result.scores["rating"])
+        scores = result.scores["rating"]
+        if neighbours:
+            scores = scores + self.bundle.neighbour_term(
+                rating_sums(self.bundle, result), user.rated or [], user.stars, rows)
+        ratings = self.bundle.clip(scores)
         # unknown: by id only and not in the catalog (inline attributes describe a movie)
         known = [r is not None or set(p) != {"id"} for p, r in zip(movies, found, strict=True)]
         if not all(known):

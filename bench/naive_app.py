@@ -187,9 +187,11 @@ class NaiveService:
         movies = [m.payload() for m in request.movies]
         user, _, last, stored = await self.user(request.user)
         context = self.context(request.context, request.user.id, last, stored)
-        scores = await asyncio.to_thread(
-            lambda: self.scorer.scores(user, context, self.scorer.listed(movies)))
-        ratings = self.scorer.bundle.clip(scores)
+        bundle = self.scorer.bundle
+        scores = await asyncio.to_thread(  # plus the correction fmrec adds from the history
+            lambda: self.scorer.scores(user, context, self.scorer.listed(movies))
+            + bundle.neighbour_correction(user, movies))
+        ratings = bundle.clip(scores)
         catalog = self.scorer.bundle.catalog
         return PredictResponse(model_id=self.scorer.bundle.model_id, user_cached=False,
                                predictions=[Prediction(

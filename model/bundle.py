@@ -6,7 +6,10 @@
       spec.json      feature spec with golden hashes
       catalog.npz    movie ids, titles, genres, years, raters, each head's item side sums
       metrics.json   data set, split, RMSE/MAE, ranking metrics, rating range, config,
-                     per head its k, the fields it reads and its index (if any)
+                     per head its k, the fields it reads and its index (if any), and the
+                     rating head's neighbourhood settings (if it has one)
+      neighbours.npz the rating head's neighbourhood (`model.neighbours`): per catalog
+                     movie its most similar movies, the correction /predict adds
       ann_<head>.faiss  catalogs of `ann_threshold` movies or more: per head an
                      inner-product index over the item sums (`model.ann`)
       model_id       content hash of the files above; namespaces every cache key
@@ -56,9 +59,11 @@ from model.manifest import (
     check_bundle,
     content_hash,
 )
+from model.neighbours import Neighbours
 from model.sums import Sums
 
 SIGNATURES = ("side_sums", "score_pairs", "top_n")
+NO_CONTEXT = SparseRows(np.zeros(2, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
 
 
 def signature_name(head: str, name: str) -> str:
@@ -225,11 +230,12 @@ def build_catalog(fm: FactorizationMachine, fmap: FeatureMap,
 
 def save_bundle(path: str | Path, heads: dict[str, HeadModel], spec: FeatureSpec,
                 items: dict[str, dict[str, Any]], metrics: dict[str, Any],
-                ann_threshold: int = ann.DEFAULT_THRESHOLD) -> str:
+                ann_threshold: int = ann.DEFAULT_THRESHOLD,
+                neighbours: Neighbours | None = None) -> str:
     """Write a bundle atomically (to a temp dir, then rename); returns its model id.
 
     A catalog of `ann_threshold` movies or more (0: never) also gets each head's
-    approximate top-N index.
+    approximate top-N index. `neighbours`' rows are rows of the catalog (sorted ids).
     """
     target = Path(path)
     if set(heads) != set(HEADS):
@@ -264,6 +270,11 @@ def save_bundle(path: str | Path, heads: dict[str, HeadModel], spec: FeatureSpec
             if 0 < ann_threshold <= len(catalog):
                 described[h]["ann"] = ann.write(sums[h], tmp, h)
         meta = {"format_version": FORMAT_VERSION, **metrics, "heads": described}
+        meta.pop("neighbours", None)  # declared only where this export writes them
+        if neighbours is not None:
+            np.savez(tmp / "neighbours.npz", rows=neighbours.rows, sims=neighbours.sims)
+            meta["neighbours"] = {"k": neighbours.k, "lam": neighbours.lam,
+                                  "alpha": neighbours.alpha}
         (tmp / "metrics.json").write_text(json.dumps(meta, indent=2, default=float))
         model_id = content_hash(tmp)
         (tmp / "model_id").write_text(model_id + "\n")
@@ -385,8 +396,35 @@ class Bundle:
         self.fmap, self.k, self.engine = rating.fmap, rating.k, rating.engine
         self.widths = tuple(h.k for h in self.heads.values())  # cached parts' layout
         check_catalog(root, self.catalog, self.k)  # and the rating head's sums
+        self.neighbours = self._neighbours()
 
     check = staticmethod(check_bundle)  # Bundle.check(path): the files, without TensorFlow
+
+    def _neighbours(self) -> Neighbours | None:
+        """The rating head's neighbourhood, checked against the catalog; None if the
+        bundle has none."""
+        described = self.metrics.get("neighbours")
+        if described is None:
+            return None
+        root, n = self.path, len(self.catalog)
+        try:
+            with np.load(root / "neighbours.npz") as z:
+                rows, sims = z["rows"], z["sims"]
+            found = Neighbours(rows.astype(np.int32), sims.astype(np.float32),
+                               int(described["k"]), float(described["lam"]),
+                               float(described["alpha"]))
+        except Exception as exc:
+            raise BundleError(f"bundle {root}: cannot load its neighbours "
+                              f"({type(exc).__name__}: {exc})") from None
+        if (rows.ndim != 2 or rows.shape != sims.shape or len(rows) != n
+                or rows.dtype.kind not in "iu" or sims.dtype.kind != "f"
+                or ((rows < -1) | (rows >= n)).any() or not np.isfinite(sims).all()
+                or (sims < 0).any() or found.k < 1 or not found.lam > 0
+                or not np.isfinite(found.alpha)):
+            raise BundleError(f"bundle {root}: neighbours disagree with its {n} movies "
+                              "(rows within the catalog, finite similarities >= 0, k >= 1, "
+                              "lam > 0)")
+        return found
 
     def _head(self, name: str, items: Sums, engine: EngineName) -> Head:
         """Head `name`, checked: its signatures exist and every width of it agrees."""
@@ -463,8 +501,51 @@ class Bundle:
 
     def predict(self, user: dict[str, Any], movies: list[dict[str, Any]],
                 context: dict[str, Any] | None = None) -> np.ndarray:
-        """Clipped ratings of one user (payload with history) for several movies."""
-        return self.clip(self.scores(user, movies, context))
+        """Clipped ratings of one user (payload with history) for several movies: the
+        rating head's scores plus its neighbourhood's correction."""
+        return self.clip(self.scores(user, movies, context)
+                         + self.neighbour_correction(user, movies))
+
+    def neighbour_correction(self, user: dict[str, Any], movies: list[dict[str, Any]]
+                             ) -> np.ndarray:
+        """The neighbourhood's correction of `movies` (payloads; a catalog id sent alone
+        is its catalog movie) for one user payload, from its starred history (zeros
+        without neighbours)."""
+        if self.neighbours is None:
+            return np.zeros(len(movies))
+        h = self.heads["rating"]
+        pairs = user.get(STARS_FIELD) or []
+        found = [self.catalog.row(str(m["id"])) if set(m) <= {"id"} else None for m in movies]
+        return self.neighbour_term(
+            h.side_sums(h.fmap.encode("user", [user])), [str(m) for m, _ in pairs],
+            [s for _, s in pairs], np.array([-1 if r is None else r for r in found]))
+
+    def neighbour_term(self, query: Sums, rated: Sequence[str],
+                       stars: Sequence[float | None] | None, rows: np.ndarray) -> np.ndarray:
+        """The neighbourhood's correction of catalog rows `rows` (-1: a movie outside the
+        catalog, 0) for one user: `query` its rating-head sums (no context), `rated` and
+        `stars` its history. A rated movie without stars, or outside the catalog, has no
+        residual and is no neighbour."""
+        residuals = self.residuals(query, rated, stars)
+        if self.neighbours is None or residuals is None:
+            return np.zeros(len(rows))
+        return self.neighbours.term(rows, *residuals)
+
+    def residuals(self, query: Sums, rated: Sequence[str],
+                  stars: Sequence[float | None] | None
+                  ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(catalog rows, stars - the rating head's score from the user's and the movie's
+        sums alone) of the user's starred catalog movies; None if there are none."""
+        if stars is None:
+            return None
+        found = [(row, value) for m, value in zip(rated, stars, strict=True)
+                 if value is not None and (row := self.catalog.row(m)) is not None]
+        if not found:
+            return None
+        rows = np.array([r for r, _ in found], dtype=np.int64)
+        h = self.heads["rating"]
+        fm = h.score_pairs(query, NO_CONTEXT, np.zeros(len(rows), np.int32), h.items.take(rows))
+        return rows, np.array([v for _, v in found], np.float64) - fm
 
     def warm_up(self) -> None:
         """Run every signature once so the first real request is not the slow one."""

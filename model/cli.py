@@ -57,6 +57,8 @@ def load_data(args: argparse.Namespace) -> tuple[Dataset, FeatureSpec]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
     from model.pipeline import fit_and_save, unknown_fields
     from model.train import DEFAULT_L2_FIELDS, TrainConfig
 
@@ -78,12 +80,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     # flags not given keep TrainConfig's defaults (the parser leaves them None so that
     # building it does not import TensorFlow)
     config = TrainConfig(**{k: v for k, v in given.items() if v is not None})
+    if args.no_neighbours:
+        config = replace(config, neighbours=None)
     model_id, metrics = fit_and_save(data, spec, config, args.out, progress=not args.quiet,
                                      refit=not args.no_refit, **(
                                          {} if args.ann_threshold is None
                                          else {"ann_threshold": args.ann_threshold}))
-    keep = ("data", "test_rmse", "test_mae", "test_ranking", "best_epoch", "refit_epochs",
-            "seconds_per_epoch", "train_seconds", "nnz_per_rating", "collisions")
+    keep = ("data", "test_rmse", "test_rmse_fm", "test_mae", "test_ranking", "best_epoch",
+            "refit_epochs", "seconds_per_epoch", "train_seconds", "nnz_per_rating",
+            "collisions")
     print(json.dumps({"model_id": model_id, "bundle": str(args.out),
                       **{k: metrics[k] for k in keep if k in metrics}}, indent=2))
 
@@ -220,6 +225,9 @@ def add_model_commands(sub: Any) -> None:
                         "epochs (default 12)")
     p.add_argument("--no-refit", action="store_true",
                    help="keep the early-stopped model instead of training it on all ratings")
+    p.add_argument("--no-neighbours", action="store_true",
+                   help="no item-item correction on the rating head's residuals: /predict "
+                        "answers with the FM alone (model/neighbours.py)")
     p.add_argument("--ann-threshold", type=nonnegative_int, metavar="MOVIES",
                    help="catalogs of this many movies or more get an approximate top-N "
                         "index (0: never; default 200,000; docs/ann.md)")

@@ -6,9 +6,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from model.blocks import encode_ratings, user_histories, user_payload
+from model.blocks import encode_ratings, user_histories, user_payload, user_stars
 from model.bundle import Bundle
 from model.data import Dataset
+from model.sums import Sums
 
 
 def rmse_mae(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -131,5 +132,24 @@ def evaluate_bundle(bundle: Bundle, data: Dataset) -> dict[str, float]:
     users, items = bundle.side_sums(enc.users), bundle.side_sums(enc.items)
     scores = bundle.score_pairs(users.take(enc.row_user), enc.contexts,
                                 np.arange(len(enc), dtype=np.int32), items.take(enc.row_item))
+    if bundle.neighbours is not None:
+        scores = scores + neighbour_terms(bundle, data, enc.row_user, users)
     rmse, mae = rmse_mae(bundle.clip(scores), enc.y)
     return {"rmse": rmse, "mae": mae, "ratings": float(len(enc))}
+
+
+def neighbour_terms(bundle: Bundle, data: Dataset, row_user: np.ndarray, users: Sums
+                    ) -> np.ndarray:
+    """Per test rating, the rating head's neighbourhood correction, each user's history
+    being their training ratings (what /predict reads from the store); `row_user` and
+    `users` as `encode_ratings` orders the test split's users."""
+    rated, stars = user_histories(data.train), user_stars(data.train)
+    catalog = bundle.catalog
+    rows = np.array([-1 if (r := catalog.row(str(m))) is None else r for m in data.test.item],
+                    dtype=np.int64)
+    out = np.zeros(len(row_user))
+    for n, uid in enumerate(np.unique(data.test.user.astype(str)).tolist()):
+        mine = np.flatnonzero(row_user == n)
+        out[mine] = bundle.neighbour_term(users.take(np.array([n])), rated.get(uid, []),
+                                          stars.get(uid, []), rows[mine])
+    return out

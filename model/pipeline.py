@@ -24,8 +24,9 @@ from model.blocks import (
 from model.bundle import HeadModel, save_bundle
 from model.data import Dataset
 from model.evaluate import ranking_summary, rmse_mae
-from model.features import FeatureMap, FeatureSpec, day_of, feature_hash
+from model.features import FeatureMap, FeatureSpec, SparseRows, day_of, feature_hash
 from model.fm import FactorizationMachine, average_of
+from model.neighbours import Neighbours, fit_neighbours, pair_terms
 from model.relevance import RelevanceConfig, head_spec, rank_fm, train_relevance
 from model.train import DEFAULT_L2_FIELDS, TrainConfig, Trainer, TrainResult, train
 
@@ -37,6 +38,7 @@ class FitReport:
     metrics: dict[str, Any]
     model: FactorizationMachine  # all members averaged into one FM (`average_of`)
     results: list[TrainResult]  # per member: the model whose predictions were tested
+    neighbours: Neighbours | None = None  # the correction tested with it (`model.neighbours`)
 
 
 def feature_keys(fmap: FeatureMap, data: Dataset) -> set[str]:
@@ -165,7 +167,13 @@ def fit(data: Dataset, spec: FeatureSpec, config: TrainConfig, validation_fracti
             "train_seconds": selection.seconds + (final.seconds if final is not selection
                                                   else 0.0)})
     # the mean of the members' scores is exactly the score of `average_of(members)`
-    test_pred = np.clip(np.mean([pred for _, _, pred in runs], axis=0), *data.rating_range)
+    fm_pred = np.mean([pred for _, _, pred in runs], axis=0)
+    fm_rmse = rmse_mae(np.clip(fm_pred, *data.rating_range), test.y)[0]
+    t0 = time.perf_counter()
+    neighbours, term = residual_neighbours(data, encoded, [f.trainer for _, f, _ in runs],
+                                           config)
+    neighbour_seconds = time.perf_counter() - t0
+    test_pred = np.clip(fm_pred + term, *data.rating_range)
     test_rmse, test_mae = rmse_mae(test_pred, test.y)
     epochs = runs[0][0].history
     metrics = {
@@ -175,17 +183,46 @@ def fit(data: Dataset, spec: FeatureSpec, config: TrainConfig, validation_fracti
         "collisions": fmap.collision_report(tokens),
         "nnz_per_rating": round(encoded.nnz_per_rating, 1),
         "test_rmse": test_rmse, "test_mae": test_mae,
+        "test_rmse_fm": fm_rmse,  # the FM alone, without the neighbourhood's correction
         "members": members,
         "best_epoch": members[0]["best_epoch"], "epochs_run": members[0]["epochs_run"],
         "refit_epochs": members[0]["refit_epochs"],
         "seconds_per_epoch": float(np.median([e["seconds"] for e in epochs])),
-        "train_seconds": sum(m["train_seconds"] for m in members),
+        "train_seconds": sum(m["train_seconds"] for m in members) + neighbour_seconds,
+        "neighbour_seconds": neighbour_seconds,
         "encode_seconds": encode_seconds,
         "config": config.to_dict(), "history": epochs, "spec": spec,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     model = average_of([final.trainer.export() for _, final, _ in runs])
-    return FitReport(metrics, model, [final for _, final, _ in runs])
+    return FitReport(metrics, model, [final for _, final, _ in runs], neighbours)
+
+
+def residual_neighbours(data: Dataset, encoded: EncodedRatings, trainers: list[Trainer],
+                        config: TrainConfig) -> tuple[Neighbours | None, np.ndarray]:
+    """(the neighbourhood fitted on the residuals of the members' average, its
+    correction of every test rating); (None, zeros) when it is off or the catalog is
+    too large.
+
+    A residual is a training rating minus the average FM's score of its user's and
+    movie's sums alone: `encoded` with no context and nothing left out, the user's sums
+    as the service caches them (`model.neighbours`).
+    """
+    settings, catalog = config.neighbours, sorted(data.items)
+    if settings is None or not 0 < len(catalog) <= settings.max_movies or not len(data.train):
+        return None, np.zeros(len(data.test))
+    n = len(encoded)
+    empty = SparseRows(np.zeros(n + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
+    plain = replace(encoded, contexts=empty, left_out=empty)
+    fm = np.mean([t.predict_all(plain) for t in trainers], axis=0)
+    position = {m: r for r, m in enumerate(catalog)}
+    rows = np.array([position.get(m, -1) for m in data.train.item], dtype=np.int64)
+    known = rows >= 0
+    users, rows = data.train.user[known], rows[known]
+    residuals = (data.train.rating.astype(np.float64) - fm)[known]
+    neighbours = fit_neighbours(users, rows, residuals, len(catalog), settings)
+    test_rows = np.array([position.get(m, -1) for m in data.test.item], dtype=np.int64)
+    return neighbours, pair_terms(neighbours, data.test.user, test_rows, users, rows, residuals)
 
 
 def fit_relevance(data: Dataset, spec: FeatureSpec, config: RelevanceConfig,
@@ -227,5 +264,6 @@ def fit_and_save(data: Dataset, spec: FeatureSpec, config: TrainConfig, out: str
     items = {i: {**attrs, "raters": raters.get(i, [])} for i, attrs in data.items.items()}
     heads = {"rating": HeadModel(report.model, rating_fields),
              "relevance": HeadModel(relevance_fm, relevance.fields)}
-    model_id = save_bundle(out, heads, fitted, items, report.metrics, ann_threshold)
+    model_id = save_bundle(out, heads, fitted, items, report.metrics, ann_threshold,
+                           report.neighbours)
     return model_id, report.metrics

@@ -32,6 +32,7 @@ from model.batch_sums import batch_scores, batch_sides, wide_sides
 from model.blocks import Batch, Block, EncodedRatings, Operand, Sides, used_columns
 from model.evaluate import rmse_mae
 from model.fm import FactorizationMachine
+from model.neighbours import NeighbourConfig
 from model.optim import OptimizerName, TableOptimizer
 from model.progress import progress as progress_bar
 
@@ -66,6 +67,8 @@ class TrainConfig:
     members: int = 1  # models from seeds seed.., exported as their average (fm.average_of)
     average: float = 0.995  # Polyak: validate and export a debiased EMA of the weights (decay
     # per step; 0 = off). 0.995 spans ~200 steps, ~10 epochs of ML-100k at batch 4,096
+    # the item-item correction on the FM's residuals that /predict adds (None: off)
+    neighbours: NeighbourConfig | None = field(default_factory=NeighbourConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

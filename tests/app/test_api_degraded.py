@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -84,18 +85,20 @@ async def test_hung_redis_costs_one_timeout_then_backs_off(
 
     settings = service_settings(bundle=small_bundle_path, redis_url=redis_server.url,
                         redis_timeout_s=0.3, redis_retry_s=30)
-    body = {"user": {"id": "1"}, "movies": [{"id": "1"}]}
+    def body(uid: int) -> dict[str, Any]:  # a user each: none is in the near cache
+        return {"user": {"id": str(uid)}, "movies": [{"id": "1"}]}
+
     async with serving(settings) as (_, client):
-        assert (await client.post("/predict", json=body)).status_code == 200
+        assert (await client.post("/predict", json=body(1))).status_code == 200
         assert redis_server.process is not None
         os.kill(redis_server.process.pid, signal.SIGSTOP)
         try:
             start = time.perf_counter()
-            assert (await client.post("/predict", json=body)).status_code == 200
+            assert (await client.post("/predict", json=body(2))).status_code == 200
             first = time.perf_counter() - start
             start = time.perf_counter()
-            for _ in range(5):
-                assert (await client.post("/predict", json=body)).status_code == 200
+            for uid in range(3, 8):
+                assert (await client.post("/predict", json=body(uid))).status_code == 200
             rest = time.perf_counter() - start
         finally:
             os.kill(redis_server.process.pid, signal.SIGCONT)

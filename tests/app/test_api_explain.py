@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
+from app.explain import NEIGHBOURS_FIELD
 from app.settings import Settings
 from model.bundle import Bundle
 from model.data import Dataset
@@ -47,6 +48,11 @@ async def _served_score(client: httpx.AsyncClient, user: dict[str, Any], movie: 
     return ranked.json()["items"][0]["score"], predicted.json()["predictions"][0]["rating"]
 
 
+def _neighbours(body: dict[str, Any]) -> float:
+    """What the rating head's neighbourhood adds to an explained score (0 if nothing)."""
+    return sum(g["contribution"] for g in body["fields"] if g["field"] == NEIGHBOURS_FIELD)
+
+
 def _check_sum(body: dict[str, Any]) -> None:
     total = body["bias"] + sum(f["contribution"] for g in body["fields"]
                                for f in g["features"])
@@ -63,6 +69,7 @@ async def test_explain_adds_up_to_predict_and_the_pairwise_fm(
     data, _ = small_data
     await load_users(settings, data)
     catalog = small_bundle.catalog
+    corrected = 0
     async with serving(settings) as (_, client):
         for uid, movie in (("1", "3"), ("2", "150"), ("30", "77"), ("99", "1")):
             request = {"user": {"id": uid}, "context": CONTEXT, "movies": [{"id": movie}],
@@ -74,21 +81,31 @@ async def test_explain_adds_up_to_predict_and_the_pairwise_fm(
                 assert body["head"] == head
                 _check_sum(body)
                 score, rating = await _served_score(client, {"id": uid}, movie, head)
-                assert body["score"] == pytest.approx(score, abs=1e-5)
+                # /recommend ranks by the FM; /predict's rating adds the neighbourhood
+                assert body["score"] - _neighbours(body) == pytest.approx(score, abs=1e-5)
                 if head == "rating":
                     assert body["rating"] == pytest.approx(rating, abs=1e-5)
                 else:
                     assert body["rating"] is None
             row = catalog.row(movie)
             assert row is not None
-            assert body["score"] == pytest.approx(
+            assert body["score"] - _neighbours(body) == pytest.approx(
                 _pairwise(small_bundle, full_payload(data, uid), catalog.payload(row), head),
                 abs=1e-5)
+            neighbours = [g for g in body["fields"] if g["field"] == NEIGHBOURS_FIELD]
+            if head == "relevance":
+                assert not neighbours
+            elif neighbours:  # each one a movie the user rated, by title
+                corrected += 1
+                titles = {str(catalog.titles[catalog.row(m)])
+                          for m in full_payload(data, uid)["rated"]}
+                assert {f["value"] for f in neighbours[0]["features"]} <= titles
             assert body["movie_id"] == movie and body["title"] == catalog.titles[row]
             rated = {f["value"] for g in body["fields"] if g["field"] == "user.rated"
                      for f in g["features"]}
             assert rated == {str(catalog.titles[catalog.row(m)])
                              for m in full_payload(data, uid)["rated"]}
+    assert head == "relevance" or corrected >= 3  # the neighbourhood is exercised
 
 
 async def test_explain_inline_user_and_movie(settings: Settings, small_bundle: Bundle) -> None:
@@ -153,7 +170,9 @@ async def _check_because(client: httpx.AsyncClient, user: dict[str, Any],
         explained = await client.post("/explain", json={
             "user": user, "context": CONTEXT, "movies": [{"id": item["movie_id"]}],
             "head": rank_by})
-        assert explained.json()["score"] == pytest.approx(item["score"], abs=1e-5)
+        # /recommend ranks by the FM; the rating head's explanation adds the neighbourhood
+        assert explained.json()["score"] - _neighbours(explained.json()) == pytest.approx(
+            item["score"], abs=1e-5)
         per_movie = _rated_contributions(explained.json())
         best = sorted(per_movie.values(), reverse=True)[:2]
         because = item["because"]

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from app.cli import main
-from model.blocks import user_histories, user_payload
+from model.blocks import user_histories, user_payload, user_stars
 from model.bundle import Bundle
 from model.data.synthetic import synthetic
-from tests.support.api_client import CONTEXT, service_settings, serving
+from tests.support.api_client import CONTEXT, inline_user, service_settings, serving
 from tests.support.redis_server import RedisServer, free_port
 
 TINY = ["--synthetic", "3000", "--hash-bits", "12"]
@@ -95,14 +95,14 @@ async def test_load_users_then_predict_by_id_equals_inline_history(
     assert report["ratings"] == len(data.train)
     bundle = Bundle(tiny_bundle)
     movies = [{"id": str(i)} for i in bundle.catalog.ids[:30]]
-    histories = user_histories(data.train)
+    histories, stars = user_histories(data.train), user_stars(data.train)
     settings = service_settings(bundle=tiny_bundle, redis_url=redis_server.url)
     async with serving(settings) as (_, client):
         for uid in ("1", "10", "42"):
-            inline = user_payload(uid, data.users[uid], histories[uid])
+            inline = user_payload(uid, data.users[uid], histories[uid], stars[uid])
             by_id, sent = [await client.post("/predict", json={
                 "user": user, "context": CONTEXT, "movies": movies})
-                for user in ({"id": uid}, inline)]
+                for user in ({"id": uid}, inline_user(inline))]
             assert by_id.json()["user_cached"] is False  # loaded, computed, then cached
             got = [p["rating"] for p in by_id.json()["predictions"]]
             np.testing.assert_allclose(got, [p["rating"] for p in sent.json()["predictions"]],

@@ -1,5 +1,6 @@
 """`fmrec train`'s training flags: --average (a decay in [0, 1)), --min-improvement (a
-share in [0, 1)), --refit-epochs (a positive count); anything else one clear error."""
+share in [0, 1)), --refit-epochs (a positive count), --no-neighbours; anything else one
+clear error."""
 
 from __future__ import annotations
 
@@ -46,3 +47,17 @@ def test_early_stop_flags_reach_the_training(tmp_path: Path,
     out = json.loads(capsys.readouterr().out)
     assert out["best_epoch"] == 1
     assert out["refit_epochs"] == 3
+
+
+def test_no_neighbours_trains_a_bundle_that_predicts_with_the_fm_alone(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from model.bundle import Bundle
+
+    for name, flags in (("with", []), ("without", ["--no-neighbours"])):
+        assert main(["train", "--synthetic", "600", "--epochs", "2", "--k", "2", "--quiet",
+                     "--out", str(tmp_path / name), *flags]) == 0
+        capsys.readouterr()
+    assert Bundle(tmp_path / "with").neighbours is not None
+    plain = Bundle(tmp_path / "without")
+    assert plain.neighbours is None and "neighbours" not in plain.metrics
+    assert plain.metrics["test_rmse"] == plain.metrics["test_rmse_fm"]

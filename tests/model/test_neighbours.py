@@ -194,6 +194,16 @@ def test_bundle_corrects_with_its_stored_neighbours(small_bundle: Bundle,
         np.testing.assert_allclose(small_bundle.predict(payload, movies),
                                    small_bundle.clip(fm + np.array(expect)), atol=1e-5)
         checked += int(np.count_nonzero(expect))
+        # a movie rated without stars (an inline bare id) has no residual: no neighbour
+        half = {**payload, "rated_stars": [[m, s if n % 2 else None] for n, (m, s)
+                                           in enumerate(payload["rated_stars"])]}
+        starred = [n for n in range(len(own)) if n % 2]
+        fm_half = small_bundle.scores(half, [{"id": m} for m in rated[uid]])  # its own sums
+        np.testing.assert_allclose(
+            small_bundle.neighbour_correction(half, movies),
+            [_slow_term(nb, r, [own[n] for n in starred],  # type: ignore[misc]
+                        [stars[uid][n] - fm_half[n] for n in starred]) for r in range(40)],
+            atol=1e-5)
         # without stars there are no residuals: the FM alone
         bare = {k: v for k, v in payload.items() if k != "rated_stars"}
         np.testing.assert_allclose(small_bundle.predict(bare, movies),

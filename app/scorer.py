@@ -24,6 +24,7 @@ from app.batching import MicroBatcher
 from app.explain import because_you_rated
 from app.metrics import Metrics
 from app.rated_rows import RatedRows
+from app.residuals import ResidualCache
 from app.schemas import (
     ContextIn,
     InvalidInput,
@@ -66,6 +67,7 @@ class Scorer:
         self.bundle = bundle
         self.metrics = metrics
         self.rated_rows = RatedRows(bundle.catalog)
+        self.residuals = ResidualCache()
         self.batcher: MicroBatcher[Job, JobResult] = MicroBatcher(
             BatchScorer(bundle, ApproximateTopN(settings, bundle.catalog.genre_bits())
                         ).run_batch, max_batch_size=settings.max_batch_size,
@@ -86,15 +88,13 @@ class Scorer:
         catalog = self.bundle.catalog
         found = [catalog.row(p["id"]) if set(p) == {"id"} else None for p in movies]
         rows = np.array([-1 if r is None else r for r in found], dtype=np.int64)  # -1: inline
-        neighbours = self.bundle.neighbours is not None  # they read the user's stars
-        user = await self._user(request.user, store, need_ratings=neighbours)
+        user = await self._user(request.user, store, need_ratings=False)
         job = Job(user, await self._context(request.context, user, store), rows,
                   [p for p, r in zip(movies, rows, strict=True) if r < 0])
         result = await self._run(job, store)
         scores = result.scores["rating"]
-        if neighbours:
-            scores = scores + self.bundle.neighbour_term(
-                rating_sums(self.bundle, result), user.rated or [], user.stars, rows)
+        if self.bundle.neighbours is not None:
+            scores = scores + await self._neighbour_term(user, result, rows, store)
         ratings = self.bundle.clip(scores)
         # unknown: by id only and not in the catalog (inline attributes describe a movie)
         known = [r is not None or set(p) != {"id"} for p, r in zip(movies, found, strict=True)]
@@ -148,6 +148,29 @@ class Scorer:
                     result.scores[job.head].tolist(), result.scores["relevance"].tolist(),
                     ratings.tolist(), strict=True))],
             "user_cached": user.cached}
+
+    async def _neighbour_term(self, user: UserQuery, result: JobResult, rows: np.ndarray,
+                              store: Store) -> np.ndarray:
+        """The rating head's neighbourhood correction of catalog rows `rows` (-1: 0). The
+        user's residuals are remembered per history version (`app.residuals`): a cached
+        user's stored ratings are read and parsed only to compute them."""
+        query = rating_sums(self.bundle, result)
+        found, residuals = self.residuals.get(user, query)
+        if not found:
+            rated, stars = user.rated, user.stars
+            if rated is None:  # cached sums, history not read
+                assert user.uid is not None  # a cached user is read under its id
+                try:
+                    ratings = await store.read_ratings(user.uid)
+                except StoreUnavailable:  # answered without: the FM alone, not remembered
+                    self.metrics.degraded.inc()
+                    return np.zeros(len(rows))
+                rated, stars = list(ratings), [r.rating for r in ratings.values()]
+            residuals = self.bundle.residuals(query, rated, stars)
+            self.residuals.put(user, query, residuals)
+        if residuals is None or self.bundle.neighbours is None:
+            return np.zeros(len(rows))
+        return self.bundle.neighbours.term(rows, *residuals)
 
     async def user_and_context(self, user: UserIn, context: ContextIn | None, store: Store
                                ) -> tuple[UserQuery, dict[str, Any]]:

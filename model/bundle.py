@@ -565,7 +565,10 @@ class Bundle:
         return self._residual_cache
 
     def warm_up(self) -> None:
-        """Run every signature once so the first real request is not the slow one."""
+        """Run every signature once so the first real request is not the slow one (and
+        precompute what the neighbourhood's residuals read)."""
+        if self.neighbours is not None:
+            self._residual_terms()
         for h in self.heads.values():
             user, ctx = h.query({"id": "warm-up"}, {})
             h.score_pairs(user, ctx, np.zeros(1, np.int32), h.items.take(np.zeros(1, int)))

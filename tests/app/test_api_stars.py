@@ -125,3 +125,50 @@ async def test_a_cached_recommend_parses_no_stored_rating_unless_it_explains(
         assert response.status_code == 200, response.text
         assert all(i["because"] for i in response.json()["items"])
         assert len(parsed) >= n_rated
+
+
+async def test_a_cached_predict_parses_its_history_once_per_version(
+        settings: Settings, small_bundle: Bundle, small_data: tuple[Dataset, FeatureSpec],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The neighbourhood's residuals come from the user's stored stars: the first
+    /predict parses them, later ones reuse them (`app.residuals`) until a rating changes
+    the history, and every answer is the offline one. Counted, not timed."""
+    from app import redis_layout
+
+    data, _ = small_data
+    await load_users(settings, data)
+    parsed = []
+
+    def counting(raw: bytes) -> redis_layout.Rating:
+        parsed.append(raw)
+        return parse(raw)
+
+    parse = redis_layout.parse_rating
+    monkeypatch.setattr(redis_layout, "parse_rating", counting)
+    uid, movies = "11", [{"id": str(m)} for m in small_bundle.catalog.ids[:20]]
+    payload = full_payload(data, uid)
+    assert small_bundle.neighbours is not None
+    assert np.any(small_bundle.neighbour_correction(payload, movies) != 0)  # exercised
+    body = {"user": {"id": uid}, "context": CONTEXT, "movies": movies}
+    async with serving(settings) as (_, client):
+        for n in range(4):
+            response = await client.post("/predict", json=body)
+            assert response.status_code == 200, response.text
+            np.testing.assert_allclose([p["rating"] for p in response.json()["predictions"]],
+                                       small_bundle.predict(payload, movies, CONTEXT),
+                                       atol=1e-5)
+            if n == 0:
+                assert len(parsed) >= len(payload["rated"])
+                parsed.clear()
+        assert parsed == []
+        new = next(str(m) for m in small_bundle.catalog.ids if str(m) not in payload["rated"])
+        event = {"event_id": "e-neighbours", "user_id": uid, "movie_id": new,
+                 "rating": 1.0, "timestamp": 880_000_000}
+        added = await client.post("/ratings", json={"events": [event]})
+        assert added.status_code == 200, added.text
+        response = await client.post("/predict", json=body)
+        assert len(parsed) > len(payload["rated"])  # the new version: parsed again
+        newer = {**payload, "rated": [*payload["rated"], new],
+                 "rated_stars": [*payload["rated_stars"], [new, 1.0]]}
+        np.testing.assert_allclose([p["rating"] for p in response.json()["predictions"]],
+                                   small_bundle.predict(newer, movies, CONTEXT), atol=1e-5)

@@ -24,7 +24,7 @@ from app.batching import MicroBatcher
 from app.explain import because_you_rated
 from app.metrics import Metrics
 from app.rated_rows import RatedRows
-from app.residuals import ResidualCache
+from app.residuals import ResidualCache, UserResiduals
 from app.schemas import (
     ContextIn,
     InvalidInput,
@@ -40,6 +40,8 @@ from model.bundle import Bundle
 from model.features import context_payload
 from model.sums import Sums
 
+FEW_MOVIES = 8  # a /predict of this many movies or fewer corrects them in plain Python
+
 
 def latest(ratings: Mapping[str, Rating]) -> tuple[str | None, int]:
     """The most recently rated movie (ties: the larger id, so the choice is stable)."""
@@ -47,15 +49,6 @@ def latest(ratings: Mapping[str, Rating]) -> tuple[str | None, int]:
         return None, 0
     movie, rating = max(ratings.items(), key=lambda mr: (mr[1].timestamp, mr[0]))
     return movie, rating.timestamp
-
-
-def rating_sums(bundle: Bundle, result: JobResult) -> Sums:
-    """The user's rating-head sums (no context) from the parts a job used."""
-    head = bundle.heads["rating"]
-    position = list(bundle.heads).index("rating")
-    L, s, q = combine(result.base[position], result.history[position],
-                      history_weighting(head.fmap.spec), head.size_sums)
-    return Sums(np.array([L], np.float32), np.array([s], np.float32), np.array([q], np.float32))
 
 
 class Scorer:
@@ -68,6 +61,8 @@ class Scorer:
         self.metrics = metrics
         self.rated_rows = RatedRows(bundle.catalog)
         self.residuals = ResidualCache()
+        self._rating_position = list(bundle.heads).index("rating")
+        self._rating_weighting = history_weighting(bundle.heads["rating"].fmap.spec)
         self.batcher: MicroBatcher[Job, JobResult] = MicroBatcher(
             BatchScorer(bundle, ApproximateTopN(settings, bundle.catalog.genre_bits())
                         ).run_batch, max_batch_size=settings.max_batch_size,
@@ -154,9 +149,13 @@ class Scorer:
         """The rating head's neighbourhood correction of catalog rows `rows` (-1: 0). The
         user's residuals are remembered per history version (`app.residuals`): a cached
         user's stored ratings are read and parsed only to compute them."""
-        query = rating_sums(self.bundle, result)
-        found, residuals = self.residuals.get(user, query)
-        if not found:
+        head, position = self.bundle.heads["rating"], self._rating_position
+        L, s, q = combine(result.base[position], result.history[position],
+                          self._rating_weighting, head.size_sums)
+        query = Sums(np.array([L], np.float32), np.array([s], np.float32),
+                     np.array([q], np.float32))  # the user's rating-head sums, no context
+        residuals = self.residuals.get(user, query)
+        if residuals is None:
             rated, stars = user.rated, user.stars
             if rated is None:  # cached sums, history not read
                 assert user.uid is not None  # a cached user is read under its id
@@ -166,11 +165,14 @@ class Scorer:
                     self.metrics.degraded.inc()
                     return np.zeros(len(rows))
                 rated, stars = list(ratings), [r.rating for r in ratings.values()]
-            residuals = self.bundle.residuals(query, rated, stars)
+            residuals = UserResiduals.of(self.bundle.residuals(query, rated, stars))
             self.residuals.put(user, query, residuals)
-        if residuals is None or self.bundle.neighbours is None:
+        neighbours = self.bundle.neighbours
+        if residuals.arrays is None or neighbours is None:
             return np.zeros(len(rows))
-        return self.bundle.neighbours.term(rows, *residuals)
+        if len(rows) <= FEW_MOVIES:  # the same sums in Python: no NumPy call overhead
+            return np.array([neighbours.term_of(r, residuals.by_row) for r in rows.tolist()])
+        return neighbours.term(rows, *residuals.arrays)
 
     async def user_and_context(self, user: UserIn, context: ContextIn | None, store: Store
                                ) -> tuple[UserQuery, dict[str, Any]]:

@@ -59,7 +59,7 @@ from model.manifest import (
     check_bundle,
     content_hash,
 )
-from model.neighbours import Neighbours
+from model.neighbours import Neighbours, sorted_unique
 from model.sums import Sums
 
 SIGNATURES = ("side_sums", "score_pairs", "top_n")
@@ -535,7 +535,8 @@ class Bundle:
                   stars: Sequence[float | None] | None
                   ) -> tuple[np.ndarray, np.ndarray] | None:
         """(catalog rows, stars - the rating head's score from the user's and the movie's
-        sums alone) of the user's starred catalog movies; None if there are none."""
+        sums alone) of the user's starred catalog movies, by row (a movie rated twice:
+        its last stars); None if there are none."""
         if stars is None or len(rated) != len(stars):
             return None
         index = self.catalog.index  # type: ignore[attr-defined]
@@ -544,7 +545,7 @@ class Bundle:
         keep = (rows >= 0) & ~np.isnan(values)
         if not keep.any():
             return None
-        rows, values = rows[keep], values[keep]
+        rows, values = sorted_unique(rows[keep], values[keep])
         w0, item_bias = self._residual_terms()
         s = query.s[0].astype(np.float64)
         fm = (w0 + float(query.L[0]) + 0.5 * (s @ s - float(query.q[0]))

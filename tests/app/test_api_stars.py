@@ -161,6 +161,11 @@ async def test_a_cached_predict_parses_its_history_once_per_version(
                 assert len(parsed) >= len(payload["rated"])
                 parsed.clear()
         assert parsed == []
+        for movie in movies[:3]:  # one movie at a time: the plain-Python sums
+            one = await client.post("/predict", json={**body, "movies": [movie]})
+            assert one.json()["predictions"][0]["rating"] == pytest.approx(
+                float(small_bundle.predict(payload, [movie], CONTEXT)[0]), abs=1e-5)
+        assert parsed == []
         new = next(str(m) for m in small_bundle.catalog.ids if str(m) not in payload["rated"])
         event = {"event_id": "e-neighbours", "user_id": uid, "movie_id": new,
                  "rating": 1.0, "timestamp": 880_000_000}

@@ -102,6 +102,9 @@ def test_term_reads_the_k_most_similar_rated_neighbours() -> None:
     expect = [_slow_term(nb, int(t), rated, residuals) for t in targets]
     np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-15)
     assert np.count_nonzero(got) >= 4
+    by_row = dict(zip(rated, residuals, strict=True))  # the last of a repeated movie
+    np.testing.assert_allclose([nb.term_of(int(t), by_row) for t in targets], expect,
+                               rtol=1e-12, atol=1e-15)
     for t in (1, 4, 11):
         used, parts = nb.contributions(t, np.array(rated), np.array(residuals))
         assert parts.sum() == pytest.approx(nb.term(np.array([t]), np.array(rated),

@@ -112,14 +112,12 @@ class Neighbours:
               ) -> tuple[np.ndarray, np.ndarray]:
         """Per target and stored neighbour: (s_ij if it is among the k most similar rated
         movies, else 0; e_uj where rated)."""
-        rated, residuals = sorted_unique(np.asarray(rated, dtype=np.int64),
-                                         np.asarray(residuals, dtype=np.float64))
-        neighbours = self.rows[targets]
-        at = np.searchsorted(rated, neighbours)
-        at[at == len(rated)] = 0
-        found = rated[at] == neighbours  # a -1 (no neighbour) matches no rated row
+        by_row = np.full(len(self.rows) + 1, np.nan)  # the last slot: the -1 padding's
+        by_row[np.asarray(rated, dtype=np.int64)] = residuals  # a repeat: the last wins
+        e = by_row[self.rows[targets]]
+        found = ~np.isnan(e)
         keep = found & (np.cumsum(found, axis=1) <= self.k)
-        return np.where(keep, self.sims[targets], 0.0).astype(np.float64), residuals[at]
+        return np.where(keep, self.sims[targets], 0.0).astype(np.float64), np.where(keep, e, 0.0)
 
 
 def sorted_unique(rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

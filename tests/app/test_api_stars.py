@@ -84,6 +84,21 @@ async def test_bad_stars_are_refused_naming_the_entry(
             assert errors and words in errors[0]["msg"], response.text
 
 
+def _counted_parses(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every stored rating parsed from now on, appended to the list returned."""
+    from app import redis_layout
+
+    parsed: list[bytes] = []
+    parse = redis_layout.parse_rating
+
+    def counting(raw: bytes) -> redis_layout.Rating:
+        parsed.append(raw)
+        return parse(raw)
+
+    monkeypatch.setattr(redis_layout, "parse_rating", counting)
+    return parsed
+
+
 async def test_a_cached_recommend_parses_no_stored_rating_unless_it_explains(
         settings: Settings, small_data: tuple[Dataset, FeatureSpec],
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,18 +106,9 @@ async def test_a_cached_recommend_parses_no_stored_rating_unless_it_explains(
     which movies it rated (the exclusion); the stars are parsed when an explanation by a
     head that reads them does. Counted, not timed: parsing every rating was a quarter of
     the route's CPU."""
-    from app import redis_layout
-
     data, _ = small_data
     await load_users(settings, data)
-    parsed = []
-
-    def counting(raw: bytes) -> redis_layout.Rating:
-        parsed.append(raw)
-        return parse(raw)
-
-    parse = redis_layout.parse_rating
-    monkeypatch.setattr(redis_layout, "parse_rating", counting)
+    parsed = _counted_parses(monkeypatch)
     uid = "11"
     n_rated = int(np.sum(data.train.user.astype(str) == uid))
     async with serving(settings) as (_, client):
@@ -133,18 +139,9 @@ async def test_a_cached_predict_parses_its_history_once_per_version(
     """The neighbourhood's residuals come from the user's stored stars: the first
     /predict parses them, later ones reuse them (`app.residuals`) until a rating changes
     the history, and every answer is the offline one. Counted, not timed."""
-    from app import redis_layout
-
     data, _ = small_data
     await load_users(settings, data)
-    parsed = []
-
-    def counting(raw: bytes) -> redis_layout.Rating:
-        parsed.append(raw)
-        return parse(raw)
-
-    parse = redis_layout.parse_rating
-    monkeypatch.setattr(redis_layout, "parse_rating", counting)
+    parsed = _counted_parses(monkeypatch)
     uid, movies = "11", [{"id": str(m)} for m in small_bundle.catalog.ids[:20]]
     payload = full_payload(data, uid)
     assert small_bundle.neighbours is not None

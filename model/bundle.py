@@ -185,6 +185,11 @@ class Catalog:
     def row(self, movie_id: str) -> int | None:
         return self.index.get(movie_id)  # type: ignore[attr-defined]
 
+    def rows(self, movie_ids: Sequence[str]) -> np.ndarray:
+        """The catalog row of each id, -1 for one not in the catalog."""
+        index = self.index  # type: ignore[attr-defined]
+        return np.fromiter((index.get(m, -1) for m in movie_ids), np.int64, len(movie_ids))
+
     def genre_bits(self) -> np.ndarray:
         """Per movie, a bit per genre (position in `genre_names`): the top_n filter."""
         pos = {g: n for n, g in enumerate(self.genre_names)}
@@ -396,7 +401,11 @@ class Bundle:
         self.widths = tuple(h.k for h in self.heads.values())  # cached parts' layout
         check_catalog(root, self.catalog, self.k)  # and the rating head's sums
         self.neighbours = self._neighbours()
-        self._residual_cache: tuple[float, np.ndarray] | None = None
+        # what a residual reads besides the user's and the movie's s (`residuals`): the
+        # rating head's w0 and every catalog movie's own terms, as the SavedModel stores them
+        saved = self.model.rating
+        self._w0 = float(np.asarray(saved.fm.w0.numpy()).reshape(-1)[0])
+        self._item_bias = saved.item_bias.numpy().astype(np.float64)
 
     check = staticmethod(check_bundle)  # Bundle.check(path): the files, without TensorFlow
 
@@ -539,37 +548,22 @@ class Bundle:
         its last stars); None if there are none."""
         if stars is None or len(rated) != len(stars):
             return None
-        index = self.catalog.index  # type: ignore[attr-defined]
-        rows = np.fromiter((index.get(m, -1) for m in rated), np.int64, len(rated))
+        rows = self.catalog.rows(rated)
         values = np.array(list(stars), dtype=np.float64)  # unknown stars (None): NaN
         keep = (rows >= 0) & ~np.isnan(values)
         if not keep.any():
             return None
         rows, values = sorted_unique(rows[keep], values[keep])
-        w0, item_bias = self._residual_terms()
+        # the score of a user and catalog movie j without context, w0 + bias(user) +
+        # <s_user, s_j> + bias(j) (`model.fm.item_bias`), in NumPy whatever the engine:
+        # a SavedModel call would cost /predict another 0.4 ms for this
         s = query.s[0].astype(np.float64)
-        fm = (w0 + float(query.L[0]) + 0.5 * (s @ s - float(query.q[0]))
-              + self.heads["rating"].items.s[rows] @ s + item_bias[rows])
+        fm = (self._w0 + float(query.L[0]) + 0.5 * (s @ s - float(query.q[0]))
+              + self.heads["rating"].items.s[rows] @ s + self._item_bias[rows])
         return rows, values - fm
 
-    def _residual_terms(self) -> tuple[float, np.ndarray]:
-        """(w0, every catalog movie's own terms) of the rating head: its score of a user
-        and catalog movie j without context is w0 + bias(user) + <s_user, s_j> +
-        bias(j) (`model.fm.item_bias`), in NumPy here whatever the engine: a SavedModel
-        call would cost /predict another 0.4 ms for a few hundred multiply-adds."""
-        if self._residual_cache is None:
-            items = self.heads["rating"].items
-            s = items.s.astype(np.float64)
-            self._residual_cache = (
-                float(np.asarray(self.model.rating.fm.w0.numpy()).reshape(-1)[0]),
-                items.L + 0.5 * (np.einsum("ij,ij->i", s, s) - items.q))
-        return self._residual_cache
-
     def warm_up(self) -> None:
-        """Run every signature once so the first real request is not the slow one (and
-        precompute what the neighbourhood's residuals read)."""
-        if self.neighbours is not None:
-            self._residual_terms()
+        """Run every signature once so the first real request is not the slow one."""
         for h in self.heads.values():
             user, ctx = h.query({"id": "warm-up"}, {})
             h.score_pairs(user, ctx, np.zeros(1, np.int32), h.items.take(np.zeros(1, int)))

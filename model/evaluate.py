@@ -144,9 +144,7 @@ def neighbour_terms(bundle: Bundle, data: Dataset, row_user: np.ndarray, users: 
     being their training ratings (what /predict reads from the store); `row_user` and
     `users` as `encode_ratings` orders the test split's users."""
     rated, stars = user_histories(data.train), user_stars(data.train)
-    catalog = bundle.catalog
-    rows = np.array([-1 if (r := catalog.row(str(m))) is None else r for m in data.test.item],
-                    dtype=np.int64)
+    rows = bundle.catalog.rows(data.test.item.astype(str).tolist())
     out = np.zeros(len(row_user))
     for n, uid in enumerate(np.unique(data.test.user.astype(str)).tolist()):
         mine = np.flatnonzero(row_user == n)
